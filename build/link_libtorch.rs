@@ -1,0 +1,32 @@
+// Build script shared by every package that links libtorch (core's tests, the
+// extension, the trainer, the benches). See DESIGN.md, "Toolchain".
+//
+// - rpath to libtorch's lib folder: the postmaster's loader knows nothing of
+//   LD_LIBRARY_PATH, so the extension must find libtorch on its own.
+// - libtorch_cuda linked with --no-as-needed: nothing references it by symbol, so
+//   the linker would drop it and CUDA would silently stay off.
+// - M3RET_TORCH_VERSION: the PyTorch version of the libtorch we built against,
+//   read from its version.py, reported at run time.
+use std::path::Path;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=../build/link_libtorch.rs");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        panic!("torch-sys did not report libtorch's lib folder; run scripts/setup.sh and source scripts/env.sh");
+    };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    if Path::new(&lib).join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+    let version = Path::new(&lib)
+        .parent()
+        .map(|torch| torch.join("version.py"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string()))
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=M3RET_TORCH_VERSION={version}");
+}

@@ -1,0 +1,202 @@
+//! Starting, using and stopping a throwaway cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// The system PostgreSQL 15 binaries (Debian's layout).
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// util-linux's runuser (root only), to run PostgreSQL binaries as `postgres`.
+const RUNUSER: &str = "/usr/sbin/runuser";
+/// The line PostgreSQL logs when a backend crashes; it must never appear.
+pub const CRASH_MARKER: &str = "terminated by signal";
+
+/// A PostgreSQL 15 cluster in a temporary data directory, on loopback and its own
+/// port, stopped when dropped (or, for the shared one, when the test binary exits).
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    stopped: AtomicBool,
+}
+
+static SHARED: OnceLock<Cluster> = OnceLock::new();
+
+impl Cluster {
+    /// The cluster shared by all tests of this test binary, started on first use.
+    pub fn shared() -> &'static Cluster {
+        SHARED.get_or_init(|| {
+            let cluster = Cluster::start(&[]);
+            // Statics are never dropped: stop the server when the test binary exits,
+            // whether its tests passed or failed.
+            unsafe { libc::atexit(stop_shared_at_exit) };
+            cluster
+        })
+    }
+
+    /// Starts a new cluster with extra `postgresql.conf` lines.
+    pub fn start(extra_settings: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("m3ret-cluster-").tempdir().expect("temp dir");
+        let cluster = Cluster { port: free_port(), dir, stopped: AtomicBool::new(false) };
+        std::fs::create_dir(cluster.data_dir()).expect("data dir");
+        give_to_postgres(cluster.dir.path());
+        cluster.run_as_postgres(
+            "initdb",
+            &["-D", path_str(&cluster.data_dir()), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+        );
+        let mut conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = off\n\
+             max_connections = 40\nshared_buffers = 128MB\nlog_min_messages = warning\n",
+            cluster.port,
+            path_str(cluster.dir.path()),
+        );
+        for line in extra_settings {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = cluster.data_dir().join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+        cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", path_str(&cluster.log_path())]);
+        cluster
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Panics, showing the log, if any backend of this cluster died of a signal.
+    pub fn assert_no_backend_crashed(&self) {
+        let log = self.log();
+        if log.contains(CRASH_MARKER) {
+            panic!("a backend was {CRASH_MARKER}; server log:\n{log}");
+        }
+    }
+
+    pub fn connection_string(&self, database: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={database}", self.port)
+    }
+
+    /// Creates a fresh database with the m3ret extension (dropping any old one of that name).
+    pub fn database(&self, name: &str) -> Database<'_> {
+        let mut admin = postgres::Client::connect(&self.connection_string("postgres"), postgres::NoTls)
+            .expect("connect to the test cluster");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).expect("drop database");
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
+        let db = Database { cluster: self, name: name.to_string() };
+        db.connect().batch_execute("CREATE EXTENSION m3ret").expect("CREATE EXTENSION m3ret");
+        db
+    }
+
+    /// Stops the server at once (no shutdown checkpoint needed for a throwaway cluster).
+    pub fn stop(&self) {
+        if !self.stopped.swap(true, Ordering::SeqCst) {
+            let _ = self.try_pg_ctl(&["stop", "-m", "immediate", "-w"]);
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        if let Err(e) = self.try_pg_ctl(args) {
+            panic!("pg_ctl {args:?} failed: {e}\nserver log:\n{}", self.log());
+        }
+    }
+
+    fn try_pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let data_dir = self.data_dir();
+        let mut all = vec!["-D", path_str(&data_dir)];
+        all.extend_from_slice(args);
+        let out = self.postgres_command("pg_ctl", &all).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn run_as_postgres(&self, program: &str, args: &[&str]) {
+        let out = self.postgres_command(program, args).output().expect("run PostgreSQL binary");
+        assert!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A command for a PostgreSQL binary, as the `postgres` user when we are root
+    /// (initdb and the postmaster refuse to run as root), with a clean environment:
+    /// in particular no RUST_BACKTRACE, which would make every ERROR capture a backtrace,
+    /// and no LD_LIBRARY_PATH, so the extension must find libtorch through its rpath.
+    fn postgres_command(&self, program: &str, args: &[&str]) -> Command {
+        let binary = Path::new(PG_BIN).join(program);
+        let mut cmd = if is_root() {
+            let mut c = Command::new(RUNUSER);
+            c.args(["-u", "postgres", "--"]).arg(binary);
+            c
+        } else {
+            Command::new(binary)
+        };
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("LC_ALL", "C.UTF-8")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+extern "C" fn stop_shared_at_exit() {
+    if let Some(cluster) = SHARED.get() {
+        cluster.stop();
+    }
+}
+
+/// One database of a cluster, with the extension created.
+pub struct Database<'c> {
+    pub cluster: &'c Cluster,
+    pub name: String,
+}
+
+impl Database<'_> {
+    pub fn connect(&self) -> postgres::Client {
+        postgres::Client::connect(&self.cluster.connection_string(&self.name), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}\nserver log:\n{}", self.name, self.cluster.log()))
+    }
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn give_to_postgres(dir: &Path) {
+    if is_root() {
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().expect("chown");
+        assert!(status.success(), "chown {dir:?} to postgres failed");
+    }
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}

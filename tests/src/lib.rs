@@ -1,0 +1,33 @@
+//! The end-to-end test harness: a throwaway PostgreSQL 15 cluster with the m3ret
+//! extension installed, driven through the `postgres` crate.
+//!
+//! `scripts/test.sh` installs the freshly built extension into the system
+//! PostgreSQL 15 (`cargo pgrx install`) before the tests run; each test then gets a
+//! database of its own in a cluster shared by its test binary:
+//!
+//! ```no_run
+//! let db = m3ret_e2e::Cluster::shared().database("my_test");
+//! let mut client = db.connect();
+//! client.execute("SELECT '[1,2]'::embedding", &[]).unwrap();
+//! ```
+
+mod cluster;
+pub mod wire;
+
+pub use cluster::{Cluster, Database};
+
+/// The error message of a failed statement (the server's, without SQLSTATE or context).
+pub fn error_message(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => err.to_string(),
+    }
+}
+
+/// Runs `sql` and returns the server's error message; panics if it succeeded.
+pub fn expect_error(client: &mut postgres::Client, sql: &str) -> String {
+    match client.batch_execute(sql) {
+        Ok(()) => panic!("expected an error from: {sql}"),
+        Err(e) => error_message(&e),
+    }
+}
