@@ -2,6 +2,7 @@
 -- Today it shows the embedding type and nearest-neighbour search with its operators;
 -- it grows with the model, the image functions and the index.
 
+SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS m3ret CASCADE;
 CREATE EXTENSION m3ret;
 

@@ -164,6 +164,8 @@ impl Drop for Cluster {
 extern "C" fn stop_shared_at_exit() {
     if let Some(cluster) = SHARED.get() {
         cluster.stop();
+        // The TempDir is never dropped either: remove the data directory ourselves.
+        let _ = std::fs::remove_dir_all(cluster.dir.path());
     }
 }
 
