@@ -4,5 +4,6 @@
 //! The extension (`m3ret`) and the trainer (`m3ret-train`) are two front ends over
 //! this crate; they never depend on each other.
 
+pub mod model;
 pub mod runtime;
 pub mod vector;

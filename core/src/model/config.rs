@@ -1,0 +1,199 @@
+//! What a model is: architecture, training method, pooling and input spec.
+//! Stored as JSON in the model file's safetensors metadata.
+
+use serde::{Deserialize, Serialize};
+
+/// The self-supervised objective the encoder was (or will be) trained with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Mae,
+    Simdino,
+}
+
+/// How token outputs become one embedding (the paper's figure 3b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pooling {
+    /// Mean of the patch tokens.
+    #[serde(rename = "avg")]
+    Avg,
+    /// The [CLS] token.
+    #[serde(rename = "cls")]
+    Cls,
+    /// [CLS] concatenated with the mean of the patch tokens (SimDINO's default).
+    #[serde(rename = "cls+avg")]
+    ClsAvg,
+}
+
+/// ViT widths, depths and head counts of the paper's presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Tiny,
+    Small,
+    Base,
+}
+
+impl Preset {
+    /// (width, depth, heads)
+    pub fn dims(self) -> (i64, i64, i64) {
+        match self {
+            Preset::Tiny => (192, 12, 3),
+            Preset::Small => (384, 12, 6),
+            Preset::Base => (768, 12, 12),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Preset> {
+        match name {
+            "tiny" => Some(Preset::Tiny),
+            "small" => Some(Preset::Small),
+            "base" => Some(Preset::Base),
+            _ => None,
+        }
+    }
+}
+
+/// The encoder's architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    pub width: i64,
+    pub depth: i64,
+    pub heads: i64,
+    pub mlp_ratio: f64,
+    /// Patch size over (slice, height, width); the channel axis is always whole (3).
+    pub patch: [i64; 3],
+    /// Whether a [CLS] token is prepended (SimDINO: yes; MAE: no).
+    pub cls_token: bool,
+}
+
+/// MAE's decoder (the official implementation: 512 wide, 8 deep, 16 heads).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    pub width: i64,
+    pub depth: i64,
+    pub heads: i64,
+    pub mask_ratio: f64,
+    pub norm_pix_loss: bool,
+}
+
+/// SimDINO's projection head: in -> hidden -> hidden -> out, GELU, L2-normalised output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadConfig {
+    pub hidden: i64,
+    pub out: i64,
+    /// The coding-rate epsilon: R = 1/2 logdet(I + d / (m eps^2) Z^T Z).
+    pub eps: f64,
+}
+
+/// The input the model expects: the canonical tensor `3 x S x size x size`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub image_size: i64,
+    pub slices_2d: i64,
+    pub frames_video: i64,
+    pub slices_volume: i64,
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        InputSpec { image_size: 256, slices_2d: 4, frames_video: 16, slices_volume: 64 }
+    }
+}
+
+/// Everything needed to rebuild a model, saved with its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Always "m3ret": tells an m3ret model file from any other safetensors file.
+    pub format: String,
+    pub format_version: u32,
+    pub method: Method,
+    pub preset: Option<Preset>,
+    pub encoder: EncoderConfig,
+    pub pooling: Pooling,
+    pub decoder: Option<DecoderConfig>,
+    pub head: Option<HeadConfig>,
+    pub input: InputSpec,
+    /// Free-form record of how the model was trained (steps, data, hardware).
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+pub const FORMAT: &str = "m3ret";
+pub const FORMAT_VERSION: u32 = 1;
+
+impl ModelConfig {
+    /// The paper's configuration of a method at a preset: MAE with the official
+    /// decoder and mean pooling; SimDINO with [CLS], the 2048-2048-256 head and
+    /// [CLS]+mean pooling.
+    pub fn new(method: Method, preset: Preset) -> ModelConfig {
+        let (width, depth, heads) = preset.dims();
+        let encoder = EncoderConfig { width, depth, heads, mlp_ratio: 4.0, patch: [4, 16, 16], cls_token: method == Method::Simdino };
+        let (pooling, decoder, head) = match method {
+            Method::Mae => (
+                Pooling::Avg,
+                Some(DecoderConfig { width: 512, depth: 8, heads: 16, mask_ratio: 0.75, norm_pix_loss: false }),
+                None,
+            ),
+            Method::Simdino => (Pooling::ClsAvg, None, Some(HeadConfig { hidden: 2048, out: 256, eps: 0.5 })),
+        };
+        ModelConfig {
+            format: FORMAT.to_string(),
+            format_version: FORMAT_VERSION,
+            method,
+            preset: Some(preset),
+            encoder,
+            pooling,
+            decoder,
+            head,
+            input: InputSpec::default(),
+            training: serde_json::Value::Null,
+        }
+    }
+
+    /// Dimensions of the embeddings this model produces.
+    pub fn embedding_dims(&self) -> i64 {
+        match self.pooling {
+            Pooling::Avg | Pooling::Cls => self.encoder.width,
+            Pooling::ClsAvg => 2 * self.encoder.width,
+        }
+    }
+
+    /// Checks the combinations a model cannot be built from.
+    pub fn validate(&self) -> Result<(), String> {
+        let e = &self.encoder;
+        if self.format != FORMAT {
+            return Err(format!("format is \"{}\", not \"{FORMAT}\"", self.format));
+        }
+        if self.format_version > FORMAT_VERSION {
+            return Err(format!("format version {} is newer than this m3ret reads ({FORMAT_VERSION})", self.format_version));
+        }
+        if !(1..=8192).contains(&e.width) || !(1..=64).contains(&e.depth) || e.heads < 1 || e.width % e.heads != 0 {
+            return Err(format!("encoder width {} / depth {} / heads {} is not a valid ViT", e.width, e.depth, e.heads));
+        }
+        if e.width % 6 != 0 {
+            return Err(format!("encoder width {} must be divisible by 6 for the 3-axis sin-cos positions", e.width));
+        }
+        if e.patch.iter().any(|p| *p < 1 || *p > 256) {
+            return Err(format!("patch size {:?} out of range", e.patch));
+        }
+        let i = &self.input;
+        for (what, s) in [("2D", i.slices_2d), ("video", i.frames_video), ("volume", i.slices_volume)] {
+            if s % e.patch[0] != 0 {
+                return Err(format!("{what} slices {s} are not a multiple of the slice patch {}", e.patch[0]));
+            }
+        }
+        if i.image_size % e.patch[1] != 0 || i.image_size % e.patch[2] != 0 {
+            return Err(format!("image size {} is not a multiple of the patch size {:?}", i.image_size, e.patch));
+        }
+        if matches!(self.pooling, Pooling::Cls | Pooling::ClsAvg) && !e.cls_token {
+            return Err("pooling uses [CLS] but the encoder has no [CLS] token".to_string());
+        }
+        if let Some(d) = &self.decoder {
+            if d.heads < 1 || d.width % d.heads != 0 || d.width % 6 != 0 || !(0.0..1.0).contains(&d.mask_ratio) {
+                return Err(format!("decoder {d:?} is not valid"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! SimDINO (Wu et al., 2025): DINO without the centring and sharpening tricks.
+//! A student and an EMA teacher, each an encoder with [CLS] and a projection head;
+//! the loss aligns every student view with every teacher global view (but its own)
+//! and subtracts a coding-rate term that keeps the batch's features spread out.
+
+use super::config::{EncoderConfig, HeadConfig};
+use super::vit::{linear, Encoder};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// The projection head: in -> hidden -> hidden -> out with GELU, output L2-normalised.
+#[derive(Debug)]
+pub struct Head {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    fc3: nn::Linear,
+}
+
+impl Head {
+    pub fn new(vs: nn::Path, input: i64, config: &HeadConfig) -> Self {
+        Head {
+            fc1: linear(&vs / "fc1", input, config.hidden),
+            fc2: linear(&vs / "fc2", config.hidden, config.hidden),
+            fc3: linear(&vs / "fc3", config.hidden, config.out),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let h = self.fc1.forward(x).gelu("none");
+        let h = self.fc2.forward(&h).gelu("none");
+        l2_normalize(&self.fc3.forward(&h).to_kind(Kind::Float))
+    }
+}
+
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    let norm = x.norm_scalaropt_dim(2.0, [-1], true).clamp_min(1e-12);
+    x / norm
+}
+
+/// Encoder + head: one side (student or teacher).
+#[derive(Debug)]
+pub struct Branch {
+    pub encoder: Encoder,
+    pub head: Head,
+}
+
+impl Branch {
+    pub fn new(vs: nn::Path, encoder: &EncoderConfig, head: &HeadConfig) -> Self {
+        Branch { encoder: Encoder::new(&vs / "encoder", encoder), head: Head::new(&vs / "head", encoder.width, head) }
+    }
+
+    /// The head's output for the [CLS] token of each view: `[B, out]`.
+    pub fn project(&self, view: &Tensor) -> Tensor {
+        let cls = self.encoder.forward(view).cls.expect("SimDINO encoders have [CLS]");
+        self.head.forward(&cls)
+    }
+}
+
+/// The SimDINO objective's parts.
+pub struct SimDinoLoss {
+    pub loss: Tensor,
+    pub alignment: Tensor,
+    pub coding_rate: Tensor,
+}
+
+/// `student`: one `[B, d]` tensor per view, global views first; `teacher`: one per
+/// global view. Both L2-normalised.
+///
+/// loss = mean over pairs (teacher view t, student view s != t) of 1/2 |z_s - z_t|^2
+///        - gamma * mean over global student views of R(Z),
+/// R(Z) = 1/2 logdet(I + d / (m eps^2) Z^T Z), Z the view's `[m, d]` batch.
+/// gamma = (d + m) / (d m) balances the two terms as the official implementation does.
+/// (The official code writes the scale as d / (m eps'), so its `eps = 0.05` is our eps^2.)
+pub fn simdino_loss(student: &[Tensor], teacher: &[Tensor], eps: f64) -> SimDinoLoss {
+    let mut alignment = Tensor::zeros([], (Kind::Float, student[0].device()));
+    let mut terms = 0;
+    for (t, zt) in teacher.iter().enumerate() {
+        for (s, zs) in student.iter().enumerate() {
+            if s == t {
+                continue;
+            }
+            alignment = alignment + (zs - zt).square().sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float) * 0.5;
+            terms += 1;
+        }
+    }
+    let alignment = alignment / terms.max(1) as f64;
+    let (m, d) = student[0].size2().expect("[B, d]");
+    let rates: Vec<Tensor> = student[..teacher.len()].iter().map(|z| coding_rate(z, eps)).collect();
+    let coding_rate = Tensor::stack(&rates, 0).mean(Kind::Float);
+    let gamma = (d + m) as f64 / (d * m) as f64;
+    let loss = &alignment - &coding_rate * gamma;
+    SimDinoLoss { loss, alignment, coding_rate }
+}
+
+/// R(Z) = 1/2 logdet(I + d / (m eps^2) Z^T Z), through a Cholesky factor:
+/// 1/2 logdet(A) = sum(log(diag(chol(A)))).
+pub fn coding_rate(z: &Tensor, eps: f64) -> Tensor {
+    let (m, d) = z.size2().expect("[m, d]");
+    let z = z.to_kind(Kind::Float);
+    let scale = d as f64 / (m as f64 * eps * eps);
+    let a = Tensor::eye(d, (Kind::Float, z.device())) + z.transpose(0, 1).matmul(&z) * scale;
+    a.linalg_cholesky(false).diagonal(0, 0, 1).log().sum(Kind::Float)
+}
+
+/// The teacher momentum at `step` of `total`: cosine from `base` (0.996) up to 1.
+pub fn teacher_momentum(step: i64, total: i64, base: f64) -> f64 {
+    let progress = (step as f64 / total.max(1) as f64).clamp(0.0, 1.0);
+    1.0 - (1.0 - base) * (std::f64::consts::PI * progress).cos().mul_add(0.5, 0.5)
+}
+
+/// teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.
+pub fn ema_update(teacher: &nn::VarStore, student: &nn::VarStore, momentum: f64) {
+    tch::no_grad(|| {
+        let student_vars = student.variables();
+        for (name, mut t) in teacher.variables() {
+            let s = student_vars.get(&name).unwrap_or_else(|| panic!("student has no {name}"));
+            t.copy_(&(&t * momentum + s * (1.0 - momentum)));
+        }
+    });
+}

@@ -1,0 +1,165 @@
+//! The ViT encoder with M3Ret's unified 4D patchification.
+//!
+//! Input: `[B, 3, S, H, W]` (the canonical tensor, batched). One `Conv3d` with kernel
+//! and stride (4, 16, 16) over (slice, height, width) turns every modality into
+//! tokens: 2D (S = 4) gives 256, video (S = 16) 1,024, CT (S = 64) 4,096.
+
+use super::config::EncoderConfig;
+use super::pos_embed::sincos_3d;
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// LayerNorm eps of the reference ViTs.
+pub const LN_EPS: f64 = 1e-6;
+
+pub fn layer_norm(vs: nn::Path, width: i64) -> nn::LayerNorm {
+    nn::layer_norm(vs, vec![width], nn::LayerNormConfig { eps: LN_EPS, ..Default::default() })
+}
+
+/// Linear layer initialised as the reference ViTs do (normal, std 0.02; zero bias).
+pub fn linear(vs: nn::Path, i: i64, o: i64) -> nn::Linear {
+    let config = nn::LinearConfig {
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(vs, i, o, config)
+}
+
+/// Multi-head self-attention through `scaled_dot_product_attention`.
+#[derive(Debug)]
+struct Attention {
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    heads: i64,
+}
+
+impl Attention {
+    fn new(vs: nn::Path, width: i64, heads: i64) -> Self {
+        Attention { qkv: linear(&vs / "qkv", width, 3 * width), proj: linear(&vs / "proj", width, width), heads }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, n, c) = x.size3().expect("[B, N, C]");
+        let qkv = self.qkv.forward(x).reshape([b, n, 3, self.heads, c / self.heads]).permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
+    }
+}
+
+/// A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+#[derive(Debug)]
+pub struct Block {
+    norm1: nn::LayerNorm,
+    attn: Attention,
+    norm2: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl Block {
+    pub fn new(vs: nn::Path, width: i64, heads: i64, mlp_ratio: f64) -> Self {
+        let hidden = (width as f64 * mlp_ratio) as i64;
+        Block {
+            norm1: layer_norm(&vs / "norm1", width),
+            attn: Attention::new(&vs / "attn", width, heads),
+            norm2: layer_norm(&vs / "norm2", width),
+            fc1: linear(&vs / "mlp" / "fc1", width, hidden),
+            fc2: linear(&vs / "mlp" / "fc2", hidden, width),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x + self.attn.forward(&self.norm1.forward(x));
+        let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
+        x + h
+    }
+}
+
+/// The encoder: patch embedding, optional [CLS], blocks, final norm.
+#[derive(Debug)]
+pub struct Encoder {
+    pub config: EncoderConfig,
+    patch_embed: nn::Conv<[i64; 3]>,
+    cls_token: Option<Tensor>,
+    blocks: Vec<Block>,
+    norm: nn::LayerNorm,
+}
+
+/// The encoder's output: token features after the final norm.
+pub struct EncoderOutput {
+    /// `[B, width]` when the encoder has a [CLS] token.
+    pub cls: Option<Tensor>,
+    /// `[B, N, width]`, the (visible) patch tokens.
+    pub patches: Tensor,
+}
+
+impl Encoder {
+    pub fn new(vs: nn::Path, config: &EncoderConfig) -> Self {
+        let w = config.width;
+        let conv_config = nn::ConvConfigND::<[i64; 3]> {
+            stride: config.patch,
+            padding: [0, 0, 0],
+            dilation: [1, 1, 1],
+            groups: 1,
+            bias: true,
+            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+            bs_init: nn::Init::Const(0.0),
+            padding_mode: nn::PaddingMode::Zeros,
+        };
+        let patch_embed = nn::conv(&vs / "patch_embed", 3, w, config.patch, conv_config);
+        let cls_token = config.cls_token.then(|| vs.var("cls_token", &[1, 1, w], nn::Init::Randn { mean: 0.0, stdev: 0.02 }));
+        let blocks = (0..config.depth).map(|i| Block::new(&vs / "blocks" / i, w, config.heads, config.mlp_ratio)).collect();
+        Encoder { config: config.clone(), patch_embed, cls_token, blocks, norm: layer_norm(&vs / "norm", w) }
+    }
+
+    /// The token grid (slices, rows, columns) of an input `[B, 3, S, H, W]`.
+    pub fn grid(&self, input: &Tensor) -> [i64; 3] {
+        let size = input.size();
+        let [ps, ph, pw] = self.config.patch;
+        [size[2] / ps, size[3] / ph, size[4] / pw]
+    }
+
+    /// Patch tokens with positions added: `[B, N, width]`.
+    pub fn tokens(&self, input: &Tensor) -> Tensor {
+        let grid = self.grid(input);
+        let x = self.patch_embed.forward(input).flatten(2, -1).transpose(1, 2);
+        let pos = sincos_3d(self.config.width, grid, input.device()).to_kind(x.kind());
+        x + pos.unsqueeze(0)
+    }
+
+    /// Runs the blocks over `tokens` (already position-coded), prepending [CLS].
+    pub fn encode_tokens(&self, tokens: &Tensor) -> EncoderOutput {
+        let b = tokens.size()[0];
+        let mut x = match &self.cls_token {
+            Some(cls) => Tensor::cat(&[cls.expand([b, 1, self.config.width], false).to_kind(tokens.kind()), tokens.shallow_clone()], 1),
+            None => tokens.shallow_clone(),
+        };
+        for block in &self.blocks {
+            x = block.forward(&x);
+        }
+        let x = self.norm.forward(&x);
+        match self.cls_token {
+            Some(_) => EncoderOutput { cls: Some(x.select(1, 0)), patches: x.narrow(1, 1, x.size()[1] - 1) },
+            None => EncoderOutput { cls: None, patches: x },
+        }
+    }
+
+    /// The full forward pass over every patch.
+    pub fn forward(&self, input: &Tensor) -> EncoderOutput {
+        self.encode_tokens(&self.tokens(input))
+    }
+}
+
+/// Pools encoder outputs into one vector per input (not yet normalised).
+pub fn pool(output: &EncoderOutput, pooling: super::config::Pooling) -> Tensor {
+    use super::config::Pooling;
+    let avg = || output.patches.mean_dim(1, false, Kind::Float);
+    let cls = || output.cls.as_ref().expect("pooling needs [CLS]").to_kind(Kind::Float);
+    match pooling {
+        Pooling::Avg => avg(),
+        Pooling::Cls => cls(),
+        Pooling::ClsAvg => Tensor::cat(&[cls(), avg()], 1),
+    }
+}
