@@ -176,6 +176,24 @@ fn saved_and_loaded_model_gives_identical_embeddings() {
 }
 
 #[test]
+fn mae_file_with_decoder_loads_encoder_only() {
+    tch::manual_seed(4);
+    let config = small_config(Method::Mae);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mae = Mae::new(vs.root(), &config.encoder, config.decoder.as_ref().unwrap());
+    let tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    assert!(tensors.iter().any(|(n, _)| n.starts_with("decoder.")));
+    let bytes = file::to_bytes(&config, &tensors, WeightDtype::F32).unwrap();
+    let embedder = Embedder::from_bytes(&bytes, Device::Cpu).unwrap();
+    let input = Tensor::rand([2, 3, 4, 64, 64], (Kind::Float, Device::Cpu));
+    let got = embedder.embed_batch(&input).unwrap();
+    assert_eq!(got.size(), vec![2, 96], "MAE: mean of patch tokens, encoder width");
+    // The same as the training model's encoder, pooled and normalised by hand.
+    let expected = tch::no_grad(|| simdino::l2_normalize(&mae.encoder.forward(&input).patches.mean_dim(1, false, Kind::Float)));
+    assert!(got.allclose(&expected, 1e-5, 1e-6, false));
+}
+
+#[test]
 fn mismatched_and_foreign_files_are_refused() {
     let (mut config, _) = simdino_file(WeightDtype::F32);
     let vs = nn::VarStore::new(Device::Cpu);
