@@ -4,6 +4,10 @@
 //! The extension (`m3ret`) and the trainer (`m3ret-train`) are two front ends over
 //! this crate; they never depend on each other.
 
+pub mod io;
+pub mod modality;
 pub mod model;
+pub mod preprocess;
 pub mod runtime;
+pub mod study;
 pub mod vector;
