@@ -285,3 +285,29 @@ fn bad_inputs_are_clear_errors() {
     let err = study::load(&png, &options(ModalityChoice::Auto)).unwrap_err().to_string();
     assert!(err.starts_with("modality auto needs a DICOM file"), "{err}");
 }
+
+/// The committed fixtures read everywhere, with or without ../shared/data.
+#[test]
+fn committed_fixtures_read_without_the_corpus() {
+    let load = |name: &str, m: Modality| study::load(&read(&common::fixture(name)), &options(ModalityChoice::Given(m))).unwrap();
+    let s = load("pmnist_train_0000.png", Modality::Xray);
+    assert_eq!((s.detected.shape, s.detected.layout.clone()), ([1, 28, 28, 1], Layout::Image2d));
+    assert_canonical(&s.tensor, 4, "png");
+    let s = load("wce_img1310.jpg", Modality::Endoscopy);
+    assert_eq!(s.detected.shape, [1, 224, 224, 3]);
+    assert_canonical(&s.tensor, 4, "jpeg");
+    let s = load("pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4", Modality::Ultrasound);
+    assert_eq!(s.detected.shape, [138, 256, 256, 3]);
+    assert_eq!(s.detected.frame_indices.as_ref().unwrap()[..3], [4, 12, 21]);
+    assert_canonical(&s.tensor, 16, "mp4");
+    let s = load("totalseg_example_mr_sm.nii.gz", Modality::Mri);
+    assert_eq!(s.detected.layout, Layout::Volume);
+    assert_canonical(&s.tensor, 64, "nifti mri");
+    let mut series: Vec<_> = std::fs::read_dir(common::fixture("ct_series")).unwrap().map(|e| read(&e.unwrap().path())).collect();
+    series.reverse();
+    let refs: Vec<&[u8]> = series.iter().map(|b| b.as_slice()).collect();
+    let s = study::load_many(&refs, &options(ModalityChoice::Auto)).unwrap();
+    assert_eq!((s.detected.modality, s.detected.shape), (Modality::Ct, [3, 512, 512, 1]));
+    assert!((s.detected.spacing.unwrap()[0] - 2.0).abs() < 1e-6);
+    assert_canonical(&s.tensor, 64, "series");
+}

@@ -22,3 +22,8 @@ pub fn corpus_files(dir: &str, n: usize) -> Option<Vec<PathBuf>> {
     files.truncate(n);
     Some(files)
 }
+
+/// The repository's committed fixtures (always present).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name)
+}
