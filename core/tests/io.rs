@@ -311,3 +311,18 @@ fn committed_fixtures_read_without_the_corpus() {
     assert!((s.detected.spacing.unwrap()[0] - 2.0).abs() < 1e-6);
     assert_canonical(&s.tensor, 64, "series");
 }
+
+/// fuzz/seeds/nifti2_2x2x2.nii was written by hand (Python struct, following the
+/// NIfTI-2 header layout): 2 x 2 x 2 int16 values 0, 100, ..., 700, scl_slope 1,
+/// scl_inter -1024, no sform or qform (so slices along k).
+#[test]
+fn nifti2_plain_and_gzip() {
+    let seeds = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    for name in ["nifti2_2x2x2.nii", "nifti2_2x2x2.nii.gz"] {
+        let v = io::read(&read(&seeds.join(name)), &Limits::default()).unwrap();
+        assert_eq!(v.format, io::Format::Nifti2, "{name}");
+        assert_eq!((v.frames, v.rows, v.cols), (2, 2, 2));
+        let expected: Vec<f32> = (0..8).map(|i| i as f32 * 100.0 - 1024.0).collect();
+        assert_eq!(v.data, expected, "{name}");
+    }
+}
