@@ -1,7 +1,10 @@
 //! m3ret: the PostgreSQL extension.
 //!
 //! - `embedding/`: the `embedding(dim)` type, its operators and casts
-//!   (on-disk and binary layout identical to pgvector's `vector`).
+//!   (on-disk and binary layout identical to pgvector's `vector`);
+//! - `embed.rs`: `m3ret_embed` and friends; `runtime.rs`: libtorch and the per-backend
+//!   model cache; `registry.rs` (+ sql/registry.sql): models stored in the database;
+//! - `settings.rs`: the `m3ret.*` settings.
 //!
 //! Everything about images, models and distances lives in `m3ret-core`; this crate
 //! only translates between PostgreSQL and it. No libtorch call happens at load time
@@ -9,9 +12,22 @@
 
 pgrx::pg_module_magic!(name, version);
 
+mod embed;
 mod embedding;
 mod error;
+mod registry;
+mod runtime;
+mod settings;
+
+/// Registers the settings. Deliberately nothing else: no libtorch call may happen
+/// here (the postmaster may load the library before forking backends).
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+}
 
 // The type, its I/O functions, operators and casts, written as SQL by hand so that
 // the names and properties users rely on are in one readable place.
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding_type", bootstrap);
+// The registry's table, view and admin functions, after the Rust functions they use.
+pgrx::extension_sql_file!("../sql/registry.sql", name = "registry", finalize);

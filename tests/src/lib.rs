@@ -12,6 +12,7 @@
 //! ```
 
 mod cluster;
+pub mod models;
 pub mod wire;
 
 pub use cluster::{Cluster, Database};
@@ -30,4 +31,24 @@ pub fn expect_error(client: &mut postgres::Client, sql: &str) -> String {
         Ok(()) => panic!("expected an error from: {sql}"),
         Err(e) => error_message(&e),
     }
+}
+
+/// The repository's committed fixtures (real files with attribution).
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The CT series fixture, one buffer per slice, in file-name order.
+pub fn fixture_series() -> Vec<Vec<u8>> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ct_series");
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+/// `../shared/data` beside the repository, if present.
+pub fn shared_data() -> Option<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    dir.join("manifest.csv").exists().then_some(dir)
 }

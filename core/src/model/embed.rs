@@ -43,9 +43,18 @@ fn cuda(index: usize, name: &str, available: usize) -> Result<Device, ModelError
 impl Embedder {
     /// Loads the encoder of a model file (its decoder or head, if any, are skipped).
     pub fn from_file(file: &ModelFile, device: Device) -> Result<Embedder, ModelError> {
-        let embedder = Self::random_init(&file.config, device);
+        let mut embedder = Self::random_init(&file.config, Device::Cpu);
         file.load_into(&embedder.vs, "encoder.")?;
+        embedder.place_on(device);
         Ok(embedder)
+    }
+
+    /// Moves the weights to `device`; on CUDA they become bf16 (inference in bf16).
+    fn place_on(&mut self, device: Device) {
+        self.vs.set_device(device);
+        if device.is_cuda() {
+            self.vs.bfloat16();
+        }
     }
 
     pub fn from_bytes(bytes: &[u8], device: Device) -> Result<Embedder, ModelError> {
@@ -55,9 +64,11 @@ impl Embedder {
     /// The architecture of `config` with fresh random weights (the `random-init`
     /// baseline; seed with `tch::manual_seed` first for a reproducible one).
     pub fn random_init(config: &ModelConfig, device: Device) -> Embedder {
-        let vs = nn::VarStore::new(device);
+        let vs = nn::VarStore::new(Device::Cpu);
         let encoder = Encoder::new(vs.root(), &config.encoder);
-        Embedder { config: config.clone(), vs, encoder }
+        let mut embedder = Embedder { config: config.clone(), vs, encoder };
+        embedder.place_on(device);
+        embedder
     }
 
     pub fn device(&self) -> Device {
@@ -69,27 +80,42 @@ impl Embedder {
     }
 
     /// Embeds a batch `[B, 3, S, H, W]` of one shape: `[B, dims]`, f32 on the CPU.
-    /// Runs without gradients, in bf16 autocast on CUDA.
+    /// Runs without gradients; in bf16 on CUDA.
     pub fn embed_batch(&self, batch: &Tensor) -> Result<Tensor, ModelError> {
+        self.embed_batch_with(batch, &mut || {})
+    }
+
+    /// As [`Embedder::embed_batch`], calling `between_blocks` between transformer blocks
+    /// (where a caller may abort by panicking, e.g. PostgreSQL's query cancellation).
+    pub fn embed_batch_with(&self, batch: &Tensor, between_blocks: &mut dyn FnMut()) -> Result<Tensor, ModelError> {
         self.check_input(batch)?;
         let device = self.device();
+        let kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
         let run = || {
             tch::no_grad(|| {
-                let x = batch.to_device(device).to_kind(Kind::Float);
-                let out = self.encoder.forward(&x);
+                let x = batch.to_device(device).to_kind(kind);
+                let out = self.encoder.encode_tokens_with(&self.encoder.tokens(&x), between_blocks);
                 l2_normalize(&pool(&out, self.config.pooling).to_kind(Kind::Float)).to_device(Device::Cpu)
             })
         };
-        let on_cuda = device.is_cuda();
-        // A C++ exception inside libtorch (e.g. out of memory) surfaces as a panic in tch's
-        // non-fallible API: catch it and report it as an error.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| if on_cuda { tch::autocast(true, run) } else { run() }))
-            .map_err(|p| ModelError::Torch(panic_message(&p)))
+        // A C++ exception inside libtorch (e.g. out of memory) surfaces as a panic with a
+        // text payload in tch's non-fallible API: report it as an error. Any other panic
+        // (the caller's own, from `between_blocks`) goes on unwinding.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .map_err(|p| match panic_text(&p) {
+                Some(text) => ModelError::Torch(text),
+                None => std::panic::resume_unwind(p),
+            })
     }
 
     /// Embeds canonical tensors `[3, S, H, W]` of any mix of shapes, batching those
     /// of equal shape together, `max_batch` at a time; results in input order.
     pub fn embed(&self, inputs: &[Tensor], max_batch: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.embed_with(inputs, max_batch, &mut || {})
+    }
+
+    /// As [`Embedder::embed`], calling `between_blocks` as [`Embedder::embed_batch_with`] does.
+    pub fn embed_with(&self, inputs: &[Tensor], max_batch: usize, between_blocks: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>, ModelError> {
         let mut groups: Vec<(Vec<i64>, Vec<usize>)> = Vec::new();
         for (i, t) in inputs.iter().enumerate() {
             let shape = t.size();
@@ -102,7 +128,7 @@ impl Embedder {
         for (_, members) in groups {
             for chunk in members.chunks(max_batch.max(1)) {
                 let batch = Tensor::stack(&chunk.iter().map(|&i| inputs[i].shallow_clone()).collect::<Vec<_>>(), 0);
-                let emb = self.embed_batch(&batch)?;
+                let emb = self.embed_batch_with(&batch, between_blocks)?;
                 for (row, &i) in chunk.iter().enumerate() {
                     out[i] = Vec::<f32>::try_from(emb.get(row as i64)).map_err(torch_error)?;
                 }
@@ -127,11 +153,10 @@ impl Embedder {
     }
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    let text = p
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| p.downcast_ref::<&str>().copied())
-        .unwrap_or("libtorch failed");
-    text.lines().next().unwrap_or("libtorch failed").to_string()
+/// The first line of a text panic payload, without tch's `unwrap` wrapping.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> Option<String> {
+    let text = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied())?;
+    let first = text.lines().next().unwrap_or("libtorch failed");
+    let inner = first.split_once("Torch(\"").map(|(_, rest)| rest.trim_end_matches("\")")).unwrap_or(first);
+    Some(inner.to_string())
 }

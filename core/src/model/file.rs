@@ -74,6 +74,12 @@ pub fn save(path: &std::path::Path, config: &ModelConfig, tensors: &[(String, Te
     std::fs::write(path, bytes).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))
 }
 
+/// The SHA-256 of a model file's bytes, in hex: the identity of a model version.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A parsed model file: its config and its tensors as f32 on the CPU.
 pub struct ModelFile {
     pub config: ModelConfig,

@@ -131,12 +131,19 @@ impl Encoder {
 
     /// Runs the blocks over `tokens` (already position-coded), prepending [CLS].
     pub fn encode_tokens(&self, tokens: &Tensor) -> EncoderOutput {
+        self.encode_tokens_with(tokens, &mut || {})
+    }
+
+    /// As [`Encoder::encode_tokens`], calling `between_blocks` before each block: the
+    /// extension checks for query cancellation there, between tensor operations.
+    pub fn encode_tokens_with(&self, tokens: &Tensor, between_blocks: &mut dyn FnMut()) -> EncoderOutput {
         let b = tokens.size()[0];
         let mut x = match &self.cls_token {
             Some(cls) => Tensor::cat(&[cls.expand([b, 1, self.config.width], false).to_kind(tokens.kind()), tokens.shallow_clone()], 1),
             None => tokens.shallow_clone(),
         };
         for block in &self.blocks {
+            between_blocks();
             x = block.forward(&x);
         }
         let x = self.norm.forward(&x);

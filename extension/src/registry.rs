@@ -1,0 +1,134 @@
+//! The model registry, seen from Rust: resolving `name`, `name@version` or the
+//! default to a version, fetching its weights, and checking files before import.
+//! The table, view and admin functions themselves are SQL (sql/registry.sql).
+
+use crate::error::raise;
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+/// One model version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: i32,
+    pub sha256: String,
+}
+
+impl ModelRef {
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// `name@version` -> (name, Some(version)); `name` -> (name, None).
+pub fn parse_ref(model: &str) -> (String, Option<i32>) {
+    match model.rsplit_once('@') {
+        Some((name, v)) => match v.parse::<i32>() {
+            Ok(version) if version > 0 => (name.to_string(), Some(version)),
+            _ => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid model reference \"{model}\": expected name or name@version")),
+        },
+        None => (model.to_string(), None),
+    }
+}
+
+/// The version `model` names (the latest when no version is given), or the default.
+pub fn resolve(model: Option<&str>) -> ModelRef {
+    let row = match model {
+        None => Spi::get_three::<String, i32, String>(
+            "SELECT name, version, sha256 FROM m3ret_models WHERE is_default",
+        ),
+        Some(m) => {
+            let (name, version) = parse_ref(m);
+            Spi::get_three_with_args::<String, i32, String>(
+                "SELECT name, version, sha256 FROM m3ret_models \
+                 WHERE name = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
+                &[name.into(), version.into()],
+            )
+        }
+    };
+    match row {
+        Ok((Some(name), Some(version), Some(sha256))) => ModelRef { name, version, sha256 },
+        Ok(_) | Err(pgrx::spi::SpiError::InvalidPosition) => match model {
+            None => raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                "no default model: import one with m3ret_model_import(name, weights), or pass a model name",
+            ),
+            Some(m) => raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!("unknown model \"{m}\": m3ret_model_list shows the imported models"),
+            ),
+        },
+        Err(e) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading m3ret_models: {e}")),
+    }
+}
+
+/// The weights of a model version.
+pub fn weights(model: &ModelRef) -> Vec<u8> {
+    Spi::get_one_with_args::<Vec<u8>>(
+        "SELECT weights FROM m3ret_models WHERE name = $1 AND version = $2",
+        &[model.name.clone().into(), model.version.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("model {} was dropped", model.label())))
+}
+
+/// Checks a model file and describes it: `{"sha256", "dims", "config"}`.
+/// Used by m3ret_model_import before it stores anything.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn m3ret_model_inspect(weights: &[u8]) -> JsonB {
+    let file = m3ret_core::model::ModelFile::from_bytes(weights)
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("model file refused: {e}")));
+    JsonB(serde_json::json!({
+        "sha256": m3ret_core::model::file::sha256_hex(weights),
+        "dims": file.config.embedding_dims(),
+        "config": file.config,
+    }))
+}
+
+/// Reads a model file under `m3ret.model_dir` (a superuser-only setting) and
+/// imports it as m3ret_model_import does.
+#[pg_extern(volatile, strict)]
+fn m3ret_model_import_file(name: &str, path: &str) -> String {
+    require_admin("import models");
+    let Some(dir) = crate::settings::string(&crate::settings::MODEL_DIR).filter(|d| !d.is_empty()) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "m3ret_model_import_file reads only under m3ret.model_dir, which is not set (a superuser sets it)",
+        )
+    };
+    let canonical_dir = std::fs::canonicalize(&dir)
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, format!("m3ret.model_dir \"{dir}\": {e}")));
+    let full = std::path::Path::new(&dir).join(path);
+    let canonical = std::fs::canonicalize(&full)
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, format!("model file \"{}\": {e}", full.display())));
+    if !canonical.starts_with(&canonical_dir) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("model file \"{path}\" is outside m3ret.model_dir"),
+        );
+    }
+    let bytes = std::fs::read(&canonical)
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, format!("model file \"{}\": {e}", canonical.display())));
+    Spi::get_one_with_args::<String>("SELECT m3ret_model_import($1, $2)", &[name.into(), bytes.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "m3ret_model_import returned nothing"))
+}
+
+/// Superusers and members of m3ret_admin only.
+pub fn require_admin(action: &str) {
+    let allowed = Spi::get_one::<bool>(
+        "SELECT rolsuper OR pg_has_role(current_user, 'm3ret_admin', 'MEMBER') FROM pg_roles WHERE rolname = current_user",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !allowed {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to {action}: only superusers and members of m3ret_admin may"),
+        );
+    }
+}
