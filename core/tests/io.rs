@@ -326,3 +326,14 @@ fn nifti2_plain_and_gzip() {
         assert_eq!(v.data, expected, "{name}");
     }
 }
+
+/// Inputs the fuzzer found (fuzz/regressions/): each must be a clear error, within limits.
+#[test]
+fn fuzzer_findings_stay_fixed() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
+    // A mutated CT slice with a private element declaring 4 GB in a 70 KB file:
+    // dicom-parser zero-filled 2.7 GB for it before the length pre-scan existed.
+    let input = read(&dir.join("oom-element-length-4gb.bin"));
+    let err = study::load(&input[1..], &options(ModalityChoice::Given(Modality::Ct))).unwrap_err().to_string();
+    assert_eq!(err, "invalid dicom: element (0029,1044) at byte 4322 claims 4176751630 bytes, only 14 remain");
+}

@@ -20,6 +20,7 @@ fn reason(e: impl std::fmt::Display) -> String {
 
 /// Parses the object (meta group and data set), with or without the 128-byte preamble.
 pub fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, IoError> {
+    super::dicom_scan::check_lengths(bytes)?;
     let preamble = if bytes.starts_with(b"DICM") { ReadPreamble::Never } else { ReadPreamble::Always };
     // dicom-object reads the magic itself after an optional preamble.
     OpenFileOptions::new()
@@ -101,8 +102,9 @@ pub fn read_object(obj: &DefaultDicomObject, limits: &Limits) -> Result<Volume, 
     if a.samples_per_pixel != 1 && a.samples_per_pixel != 3 {
         return Err(IoError::unsupported(Format::Dicom, format!("{} samples per pixel", a.samples_per_pixel)));
     }
-    // Checked before decoding: the decoders allocate what the header claims.
+    // Checked before decoding: the decoders allocate what the headers claim.
     limits.check_geometry(a.frames, a.rows, a.cols, a.samples_per_pixel).map_err(IoError::TooLarge)?;
+    check_compressed_frames(obj, &a)?;
     let decoded = obj.decode_pixel_data().map_err(|e| invalid(format!("pixel data: {}", reason(e))))?;
     check_pixel_length(&decoded, &a)?;
     let pi = decoded.photometric_interpretation().clone();
@@ -129,6 +131,40 @@ pub fn read_object(obj: &DefaultDicomObject, limits: &Limits) -> Result<Volume, 
         inverted: pi == PhotometricInterpretation::Monochrome1,
         is_video: a.frames > 1 && !a.modality.is_some_and(Modality::is_volume),
     })
+}
+
+/// Every compressed frame must declare the size the DICOM attributes give it.
+fn check_compressed_frames(obj: &DefaultDicomObject, a: &Attributes) -> Result<(), IoError> {
+    let Some(element) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
+        return Err(invalid("no Pixel Data"));
+    };
+    let native = matches!(
+        obj.meta().transfer_syntax().trim_end_matches('\0'),
+        "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" | "1.2.840.10008.1.2.1.99"
+    );
+    let whole;
+    let fragments: Vec<&[u8]> = match element.value() {
+        dicom_core::DicomValue::PixelSequence(sequence) => sequence.fragments().iter().map(|f| f.as_slice()).collect(),
+        // A compressed transfer syntax with unencapsulated data: the decoder reads it whole.
+        dicom_core::DicomValue::Primitive(p) if !native => {
+            whole = p.to_bytes();
+            vec![&whole[..]]
+        }
+        _ => return Ok(()), // native pixel data: its length is checked after decoding
+    };
+    if fragments.len() > a.frames.max(1) * 64 + 64 {
+        return Err(invalid(format!("{} pixel data fragments for {} frames", fragments.len(), a.frames)));
+    }
+    for fragment in fragments {
+        let Some(d) = super::codestream::declared_size(fragment) else { continue };
+        if (d.width, d.height) != (a.cols as u64, a.rows as u64) || d.components > 4 || d.tiles > 65_536 {
+            return Err(invalid(format!(
+                "a compressed frame declares {} x {} pixels, {} components and {} tiles, but Rows x Columns are {} x {}",
+                d.width, d.height, d.components, d.tiles, a.rows, a.cols
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_pixel_length(decoded: &DecodedPixelData<'_>, a: &Attributes) -> Result<(), IoError> {

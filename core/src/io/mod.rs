@@ -8,7 +8,9 @@
 //! - `nifti.rs`: NIfTI-1 and NIfTI-2, gzip-compressed or not;
 //! - `raster.rs`: PNG and JPEG; `video.rs`: MP4 (H.264 and whatever FFmpeg decodes).
 
+pub mod codestream;
 pub mod dicom;
+mod dicom_scan;
 pub mod limits;
 pub mod nifti;
 pub mod raster;
