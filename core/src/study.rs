@@ -64,7 +64,7 @@ pub fn load(bytes: &[u8], options: &StudyOptions) -> Result<Study, StudyError> {
 pub fn load_many(buffers: &[&[u8]], options: &StudyOptions) -> Result<Study, StudyError> {
     let formats: Vec<Option<Format>> = buffers.iter().map(|b| io::sniff(b)).collect();
     let volume = if formats.iter().all(|f| *f == Some(Format::Dicom)) {
-        io::series::read(buffers, &options.limits)?
+        io::guard(|| io::series::read(buffers, &options.limits))?
     } else if let Some(i) = formats.iter().position(|f| !matches!(f, Some(Format::Png | Format::Jpeg))) {
         let what = formats[i].map(|f| f.name().to_string()).unwrap_or_else(|| "unrecognised".into());
         return Err(StudyError::MixedBuffers(i + 1, what));
@@ -80,7 +80,7 @@ fn frames_as_video(buffers: &[&[u8]], limits: &Limits) -> Result<Volume, StudyEr
     }
     let mut frames: Vec<Volume> = Vec::with_capacity(buffers.len());
     for (i, b) in buffers.iter().enumerate() {
-        let f = io::raster::read(b, limits)?;
+        let f = io::guard(|| io::raster::read(b, limits))?;
         if let Some(first) = frames.first() {
             if (f.rows, f.cols, f.channels) != (first.rows, first.cols, first.channels) {
                 return Err(IoError::invalid(f.format, format!("frame {} is {} x {}, frame 1 is {} x {}", i + 1, f.rows, f.cols, first.rows, first.cols)).into());

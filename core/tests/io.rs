@@ -337,3 +337,12 @@ fn fuzzer_findings_stay_fixed() {
     let err = study::load(&input[1..], &options(ModalityChoice::Given(Modality::Ct))).unwrap_err().to_string();
     assert_eq!(err, "invalid dicom: element (0029,1044) at byte 4322 claims 4176751630 bytes, only 14 remain");
 }
+
+/// A DICOM whose Bits Stored is impossible: dicom-pixeldata asserts (a panic) on it.
+#[test]
+fn impossible_bits_stored_is_an_error_not_a_panic() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
+    let input = read(&dir.join("panic-bits-stored.bin"));
+    let err = study::load(&input[1..], &options(ModalityChoice::Auto)).unwrap_err().to_string();
+    assert!(err.contains("do not describe a sample"), "{err}");
+}

@@ -1,5 +1,19 @@
 //! m3ret-train: the command-line tool that pretrains, evaluates and exports M3Ret
-//! models. Each subcommand lives in its own module.
+//! models. One module per subcommand; the model itself lives in m3ret-core.
+
+mod augment;
+mod checkpoint;
+mod embedset;
+mod eval;
+mod export;
+mod loader;
+mod manifest;
+mod metrics;
+mod optim;
+mod plot;
+mod pretrain;
+mod probe;
+mod trainee;
 
 use clap::{Parser, Subcommand};
 
@@ -12,13 +26,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Pretrain an encoder with MAE or SimDINO on a manifest or folder of studies.
+    Pretrain(pretrain::PretrainArgs),
+    /// Zero-shot retrieval report (Recall@1/5/10, mean and median rank) beside the raw-pixels and random-init baselines.
+    Eval(eval::EvalArgs),
+    /// Linear probe on frozen embeddings: accuracy, precision, F1 and AUROC per modality.
+    Probe(probe::ProbeArgs),
+    /// Write a checkpoint's encoder as a model file for the extension (m3ret_model_import).
+    Export(export::ExportArgs),
     /// Print the libtorch version this binary runs on and the CUDA devices it can use.
     Info,
 }
 
 fn main() {
-    match Cli::parse().command {
-        Command::Info => info(),
+    let result = match Cli::parse().command {
+        Command::Pretrain(a) => pretrain::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Probe(a) => probe::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Info => {
+            info();
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -99,6 +99,7 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
 
 pub fn read_object(obj: &DefaultDicomObject, limits: &Limits) -> Result<Volume, IoError> {
     let a = attributes(obj)?;
+    check_bits(obj)?;
     if a.samples_per_pixel != 1 && a.samples_per_pixel != 3 {
         return Err(IoError::unsupported(Format::Dicom, format!("{} samples per pixel", a.samples_per_pixel)));
     }
@@ -131,6 +132,18 @@ pub fn read_object(obj: &DefaultDicomObject, limits: &Limits) -> Result<Volume, 
         inverted: pi == PhotometricInterpretation::Monochrome1,
         is_video: a.frames > 1 && !a.modality.is_some_and(Modality::is_volume),
     })
+}
+
+/// Bits Allocated, Bits Stored and High Bit must describe a real sample layout
+/// (the pixel decoders assert on impossible ones; found by fuzzing).
+fn check_bits(obj: &DefaultDicomObject) -> Result<(), IoError> {
+    let allocated = int(obj, tags::BITS_ALLOCATED).ok_or_else(|| invalid("no Bits Allocated"))?;
+    let stored = int(obj, tags::BITS_STORED).unwrap_or(allocated);
+    let high = int(obj, tags::HIGH_BIT).unwrap_or(stored - 1);
+    if ![1, 8, 16, 32, 64].contains(&allocated) || stored < 1 || stored > allocated || high < stored - 1 || high >= allocated {
+        return Err(invalid(format!("Bits Allocated {allocated}, Bits Stored {stored}, High Bit {high} do not describe a sample")));
+    }
+    Ok(())
 }
 
 /// Every compressed frame must declare the size the DICOM attributes give it.

@@ -135,7 +135,26 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
 }
 
 /// Reads one buffer of any accepted format.
+///
+/// A panic inside a third-party decoder (a bug of theirs on input they did not
+/// expect) becomes an error here instead of ending the caller's process.
 pub fn read(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
+    guard(|| read_unguarded(bytes, limits))
+}
+
+/// Runs a reader, turning a panic inside a decoder into an error.
+pub fn guard<T>(reader: impl FnOnce() -> Result<T, IoError>) -> Result<T, IoError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(reader)).unwrap_or_else(|payload| {
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown failure");
+        Err(IoError::Invalid { format: "input", reason: format!("the decoder failed: {text}") })
+    })
+}
+
+fn read_unguarded(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
     if bytes.is_empty() {
         return Err(IoError::Empty);
     }

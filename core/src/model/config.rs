@@ -171,8 +171,8 @@ impl ModelConfig {
         if !(1..=8192).contains(&e.width) || !(1..=64).contains(&e.depth) || e.heads < 1 || e.width % e.heads != 0 {
             return Err(format!("encoder width {} / depth {} / heads {} is not a valid ViT", e.width, e.depth, e.heads));
         }
-        if e.width % 6 != 0 {
-            return Err(format!("encoder width {} must be divisible by 6 for the 3-axis sin-cos positions", e.width));
+        if e.width % 2 != 0 || e.width < 6 {
+            return Err(format!("encoder width {} must be even (and at least 6) for the 3-axis sin-cos positions", e.width));
         }
         if e.patch.iter().any(|p| *p < 1 || *p > 256) {
             return Err(format!("patch size {:?} out of range", e.patch));
@@ -190,7 +190,7 @@ impl ModelConfig {
             return Err("pooling uses [CLS] but the encoder has no [CLS] token".to_string());
         }
         if let Some(d) = &self.decoder {
-            if d.heads < 1 || d.width % d.heads != 0 || d.width % 6 != 0 || !(0.0..1.0).contains(&d.mask_ratio) {
+            if d.heads < 1 || d.width % d.heads != 0 || d.width % 2 != 0 || !(0.0..1.0).contains(&d.mask_ratio) {
                 return Err(format!("decoder {d:?} is not valid"));
             }
         }

@@ -7,18 +7,18 @@
 use tch::{Device, Kind, Tensor};
 
 /// `[grid_s * grid_h * grid_w, width]`, patch order slice-major then row then column
-/// (the order `Conv3d` output flattens to). `width` must be divisible by 6.
+/// (the order `Conv3d` output flattens to). `width` must be even: the slice and row
+/// axes get `2 * floor(width / 6)` dimensions each, the column axis the rest.
 pub fn sincos_3d(width: i64, grid: [i64; 3], device: Device) -> Tensor {
-    assert!(width % 6 == 0, "width {width} must be divisible by 6");
-    let per_axis = width / 3;
+    assert!(width % 2 == 0 && width >= 6, "width {width} must be even and at least 6");
+    let (ds, dh) = (2 * (width / 6), 2 * (width / 6));
+    let dw = width - ds - dh;
     let [gs, gh, gw] = grid;
-    let axis = |n: i64| axis_embedding(per_axis, n, device);
-    let (es, eh, ew) = (axis(gs), axis(gh), axis(gw));
     let n = gs * gh * gw;
     // Broadcast each axis' table over the other two axes, then flatten the grid.
-    let es = es.view([gs, 1, 1, per_axis]).expand([gs, gh, gw, per_axis], false);
-    let eh = eh.view([1, gh, 1, per_axis]).expand([gs, gh, gw, per_axis], false);
-    let ew = ew.view([1, 1, gw, per_axis]).expand([gs, gh, gw, per_axis], false);
+    let es = axis_embedding(ds, gs, device).view([gs, 1, 1, ds]).expand([gs, gh, gw, ds], false);
+    let eh = axis_embedding(dh, gh, device).view([1, gh, 1, dh]).expand([gs, gh, gw, dh], false);
+    let ew = axis_embedding(dw, gw, device).view([1, 1, gw, dw]).expand([gs, gh, gw, dw], false);
     Tensor::cat(&[es, eh, ew], -1).reshape([n, width])
 }
 

@@ -1,0 +1,50 @@
+//! `m3ret-train export`: a checkpoint's encoder as a model file the extension loads.
+
+use crate::checkpoint;
+use crate::trainee::export_prefix;
+use m3ret_core::model::file::{self, WeightDtype};
+use m3ret_core::model::ModelFile;
+use std::path::Path;
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// A pretraining output folder or its checkpoint/ folder.
+    #[arg(long)]
+    pub checkpoint: std::path::PathBuf,
+    /// The model file to write (.safetensors).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Weight precision: f32, f16 (half the size) or bf16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
+}
+
+pub fn run(args: ExportArgs) -> Result<(), String> {
+    export(&args.checkpoint, &args.out, WeightDtype::parse(&args.dtype).expect("validated by clap"))?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Encoder only: MAE's encoder, or SimDINO's EMA teacher encoder, renamed `encoder.*`.
+pub fn export(checkpoint_dir: &Path, out: &Path, dtype: WeightDtype) -> Result<(), String> {
+    let cp = if checkpoint_dir.join("checkpoint").is_dir() { checkpoint_dir.join("checkpoint") } else { checkpoint_dir.to_path_buf() };
+    let model = ModelFile::from_path(&cp.join("model.safetensors")).map_err(|e| e.to_string())?;
+    let mut config = checkpoint::config(checkpoint_dir)?;
+    let prefix = export_prefix(config.method);
+    let tensors: Vec<(String, tch::Tensor)> = model
+        .tensors
+        .iter()
+        .filter_map(|(n, t)| n.strip_prefix(prefix).map(|rest| (format!("encoder.{rest}"), t.shallow_clone())))
+        .collect();
+    if tensors.is_empty() {
+        return Err(format!("{}: no {prefix}* tensors", cp.display()));
+    }
+    let state = std::fs::read_to_string(cp.join("state.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    config.decoder = None;
+    config.training = serde_json::json!({
+        "exported_from": cp.display().to_string(),
+        "state": state,
+        "weights": format!("{dtype:?}").to_lowercase(),
+    });
+    file::save(out, &config, &tensors, dtype).map_err(|e| e.to_string())
+}

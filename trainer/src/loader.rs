@@ -1,0 +1,169 @@
+//! Training batches, decoded by worker threads into a bounded queue.
+//!
+//! Items are grouped by (modality, layout) because a batch is one tensor: the same
+//! modality within a step, groups alternating between steps (as the paper trains).
+//! Which items make step s is a pure function of (seed, s), so a resumed run sees
+//! the same batches it would have seen.
+
+use crate::manifest::{self, Item};
+use m3ret_core::model::config::InputSpec;
+use m3ret_core::modality::{Modality, ModalityChoice};
+use m3ret_core::preprocess::FrameSampling;
+use m3ret_core::study::{self, StudyOptions};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use tch::Tensor;
+
+/// The layout a manifest `kind` gives: the tensor's slice count depends on it.
+fn layout_of(item: &Item) -> &'static str {
+    match item.kind.as_str() {
+        "video" => "video",
+        "volume" | "dicom-series" => "volume",
+        _ => "2d",
+    }
+}
+
+/// Items of one (modality, layout), and its batch size.
+#[derive(Clone)]
+pub struct Group {
+    pub modality: Modality,
+    pub layout: &'static str,
+    pub items: Vec<Item>,
+    pub batch: usize,
+}
+
+impl Group {
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.modality, self.layout)
+    }
+}
+
+/// Batch sizes per layout (the paper: 16 for CT volumes, 32 otherwise).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchSizes {
+    pub image2d: usize,
+    pub video: usize,
+    pub volume: usize,
+}
+
+pub fn groups(items: &[Item], sizes: BatchSizes) -> Vec<Group> {
+    let mut map: BTreeMap<(String, &'static str), Group> = BTreeMap::new();
+    for item in items {
+        let layout = layout_of(item);
+        let batch = match layout {
+            "video" => sizes.video,
+            "volume" => sizes.volume,
+            _ => sizes.image2d,
+        };
+        map.entry((item.modality.name().to_string(), layout))
+            .or_insert_with(|| Group { modality: item.modality, layout, items: Vec::new(), batch })
+            .items
+            .push(item.clone());
+    }
+    map.into_values().collect()
+}
+
+/// A decoded batch for one step.
+pub struct Batch {
+    pub step: i64,
+    pub group: String,
+    pub tensor: Tensor,
+}
+
+/// splitmix64, for reproducible choices from (seed, step, slot).
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Worker threads that decode steps `start..end` into a bounded queue.
+pub struct Loader {
+    receiver: mpsc::Receiver<Result<Batch, String>>,
+    pending: BTreeMap<i64, Batch>,
+    next: i64,
+    pub skipped: Arc<AtomicUsize>,
+}
+
+pub struct LoaderOptions {
+    pub seed: u64,
+    pub workers: usize,
+    pub queue: usize,
+    pub strict: bool,
+    pub input: InputSpec,
+}
+
+impl Loader {
+    pub fn start(groups: Vec<Group>, start: i64, end: i64, options: LoaderOptions) -> Loader {
+        let (sender, receiver) = mpsc::sync_channel(options.queue.max(1));
+        let groups = Arc::new(groups);
+        let next_step = Arc::new(AtomicI64::new(start));
+        let skipped = Arc::new(AtomicUsize::new(0));
+        for _ in 0..options.workers.max(1) {
+            let (groups, next_step, sender, skipped) = (groups.clone(), next_step.clone(), sender.clone(), skipped.clone());
+            let (seed, strict, input) = (options.seed, options.strict, options.input.clone());
+            std::thread::spawn(move || {
+                // Decoding threads leave the tensor math to the training thread.
+                tch::set_num_threads(1);
+                loop {
+                    let step = next_step.fetch_add(1, Ordering::SeqCst);
+                    if step >= end {
+                        return;
+                    }
+                    let batch = decode_step(&groups, step, seed, strict, &input, &skipped);
+                    if sender.send(batch).is_err() {
+                        return; // the trainer stopped
+                    }
+                }
+            });
+        }
+        Loader { receiver, pending: BTreeMap::new(), next: start, skipped }
+    }
+
+    /// The batch of the next step, in step order.
+    pub fn next(&mut self) -> Result<Batch, String> {
+        loop {
+            if let Some(b) = self.pending.remove(&self.next) {
+                self.next += 1;
+                return Ok(b);
+            }
+            let b = self.receiver.recv().map_err(|_| "the data loader stopped".to_string())??;
+            self.pending.insert(b.step, b);
+        }
+    }
+}
+
+fn decode_step(groups: &[Group], step: i64, seed: u64, strict: bool, input: &InputSpec, skipped: &AtomicUsize) -> Result<Batch, String> {
+    let group = &groups[step as usize % groups.len()];
+    let mut options = StudyOptions::new(ModalityChoice::Given(group.modality));
+    options.input = input.clone();
+    let mut tensors = Vec::with_capacity(group.batch);
+    let mut attempt = 0u64;
+    while tensors.len() < group.batch {
+        let slot = tensors.len() as u64;
+        let pick = mix(seed ^ mix(step as u64) ^ mix(slot.wrapping_mul(1_000_003).wrapping_add(attempt)));
+        let item = &group.items[(pick % group.items.len() as u64) as usize];
+        options.sampling = FrameSampling::Random(pick);
+        let loaded = manifest::read_item(item).and_then(|bufs| {
+            let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+            let result = if refs.len() == 1 { study::load(refs[0], &options) } else { study::load_many(&refs, &options) };
+            result.map_err(|e| format!("{}: {e}", item.path.display()))
+        });
+        match loaded {
+            Ok(s) => tensors.push(s.tensor),
+            Err(e) if strict => return Err(e),
+            Err(e) => {
+                if skipped.fetch_add(1, Ordering::SeqCst) < 10 {
+                    eprintln!("warning: skipping {e}");
+                }
+                attempt += 1;
+                if attempt > 64 * group.batch as u64 {
+                    return Err(format!("group {}: too many items fail to decode (last: {e})", group.name()));
+                }
+            }
+        }
+    }
+    Ok(Batch { step, group: group.name(), tensor: Tensor::stack(&tensors, 0) })
+}

@@ -1,0 +1,213 @@
+//! `m3ret-train pretrain`: MAE or SimDINO on a manifest, resumable.
+
+use crate::checkpoint::{self, State};
+use crate::loader::{self, BatchSizes, Loader, LoaderOptions};
+use crate::manifest;
+use crate::optim::{self, AdamW};
+use crate::trainee::Trainee;
+use indicatif::{ProgressBar, ProgressStyle};
+use m3ret_core::model::{parse_device, Method, ModelConfig, Preset};
+use m3ret_core::modality::Modality;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PretrainArgs {
+    /// Pretraining objective: mae (masked reconstruction) or simdino (self-distillation with coding-rate regularisation).
+    #[arg(long, value_parser = ["mae", "simdino"])]
+    pub method: String,
+    /// Encoder size: tiny (192 wide, 12 deep, 3 heads), small (384, 12, 6) or base (768, 12, 12).
+    #[arg(long, default_value = "small", value_parser = ["tiny", "small", "base"])]
+    pub preset: String,
+    /// A manifest CSV (path,modality,region,cls,kind,split,...; paths relative to it) or a folder tree <modality>/<class>/<file>.
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Output folder: checkpoint/, metrics.jsonl, loss.png, model.safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of optimiser steps (one batch of one modality group each).
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<i64>,
+    /// Passes over the training items (converted to steps: items / batch size, summed over groups).
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Batch size for 2D images (X-ray, ultrasound stills, endoscopy stills, CT/MRI slices).
+    #[arg(long, default_value_t = 32)]
+    pub batch_2d: usize,
+    /// Batch size for videos (16 frames each).
+    #[arg(long, default_value_t = 32)]
+    pub batch_video: usize,
+    /// Batch size for volumes (64 slices each).
+    #[arg(long, default_value_t = 16)]
+    pub batch_volume: usize,
+    /// Peak learning rate (after warm-up; cosine decay follows).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Linear warm-up steps (default: 5% of the steps).
+    #[arg(long)]
+    pub warmup_steps: Option<i64>,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    /// Gradient clipping: maximum global L2 norm.
+    #[arg(long, default_value_t = 3.0)]
+    pub clip: f64,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Leave a modality out of pretraining (repeatable), e.g. mri for the paper's unseen-MRI setting.
+    #[arg(long = "exclude-modality")]
+    pub exclude_modality: Vec<String>,
+    /// Manifest splits to train on (repeatable; default: every row).
+    #[arg(long = "split")]
+    pub splits: Vec<String>,
+    /// Random seed (weights, sampling, masks, augmentations).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue a run from its output folder (or a checkpoint folder).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Input side in pixels (the paper: 256). Smaller trains faster.
+    #[arg(long, default_value_t = 256)]
+    pub image_size: i64,
+    /// Override the preset's depth (number of blocks), for quick experiments.
+    #[arg(long)]
+    pub depth: Option<i64>,
+    /// Save a checkpoint every N steps (and always at the end).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: i64,
+    /// Data-decoding worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Fail on the first item that cannot be decoded (default: skip it with a warning and count it).
+    #[arg(long)]
+    pub strict: bool,
+    /// SimDINO coding-rate epsilon (the paper: 0.5; the official README trains with 0.05 for eps^2).
+    #[arg(long, default_value_t = 0.5)]
+    pub eps: f64,
+    /// SimDINO local views for 2D inputs (the paper: 10).
+    #[arg(long, default_value_t = 10)]
+    pub local_views_2d: usize,
+    /// SimDINO local views for video and volume inputs (the paper: 4).
+    #[arg(long, default_value_t = 4)]
+    pub local_views_3d: usize,
+    /// Stop after this many steps of this invocation (the run stays resumable), e.g. to fit a time budget.
+    #[arg(long)]
+    pub stop_after: Option<i64>,
+}
+
+fn excluded(args: &PretrainArgs) -> Result<Vec<Modality>, String> {
+    args.exclude_modality
+        .iter()
+        .map(|m| Modality::ALL.into_iter().find(|x| x.name() == m).ok_or_else(|| format!("--exclude-modality: unknown modality \"{m}\"")))
+        .collect()
+}
+
+pub fn model_config(args: &PretrainArgs) -> ModelConfig {
+    let method = if args.method == "mae" { Method::Mae } else { Method::Simdino };
+    let mut config = ModelConfig::new(method, Preset::parse(&args.preset).expect("validated by clap"));
+    config.input.image_size = args.image_size;
+    if let Some(d) = args.depth {
+        config.encoder.depth = d;
+    }
+    if let Some(h) = config.head.as_mut() {
+        h.eps = args.eps;
+    }
+    config
+}
+
+pub fn run(mut args: PretrainArgs) -> Result<(), String> {
+    if let Some(from) = args.resume.clone() {
+        // A resumed run keeps its own settings; only how long it runs may change.
+        let cp = if from.join("checkpoint").is_dir() { from.join("checkpoint") } else { from.clone() };
+        let text = std::fs::read_to_string(cp.join("state.json")).map_err(|e| format!("--resume {}: {e}", from.display()))?;
+        let state: State = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let saved: PretrainArgs = serde_json::from_value(state.settings).map_err(|e| e.to_string())?;
+        args = PretrainArgs { resume: Some(from), stop_after: args.stop_after, device: args.device, workers: args.workers, ..saved };
+    }
+    let config = model_config(&args);
+    config.validate()?;
+    let items = manifest::select(manifest::load(&args.manifest)?, &args.splits, &excluded(&args)?);
+    let sizes = BatchSizes { image2d: args.batch_2d, video: args.batch_video, volume: args.batch_volume };
+    let groups = loader::groups(&items, sizes);
+    if groups.is_empty() {
+        return Err(format!("{}: no training items (after --split and --exclude-modality)", args.manifest.display()));
+    }
+    let total = match (args.steps, args.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => (e * groups.iter().map(|g| g.items.len().div_ceil(g.batch) as f64).sum::<f64>()).ceil() as i64,
+        (None, None) => return Err("give --steps or --epochs".into()),
+    }
+    .max(1);
+    let warmup = args.warmup_steps.unwrap_or((total / 20).max(1));
+    tch::manual_seed(args.seed as i64);
+    let device = parse_device(&args.device).map_err(|e| e.to_string())?;
+    let trainee = Trainee::new(&config, device);
+    let mut opt = AdamW::new(0.9, 0.95, args.weight_decay);
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let mut start = 0;
+    if let Some(from) = &args.resume {
+        start = checkpoint::load(from, &trainee, &mut opt)?.step;
+        eprintln!("resuming at step {start} of {total}");
+    }
+    let end = args.stop_after.map(|n| (start + n).min(total)).unwrap_or(total);
+    eprintln!(
+        "pretraining {} {} on {} items in {} groups ({}), steps {start}..{end} of {total}, device {device:?}",
+        args.method, args.preset, items.len(), groups.len(),
+        groups.iter().map(|g| format!("{} x{}", g.name(), g.items.len())).collect::<Vec<_>>().join(", ")
+    );
+    let mut loader = Loader::start(groups, start, end, LoaderOptions { seed: args.seed, workers: args.workers, queue: 4, strict: args.strict, input: config.input.clone() });
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join("metrics.jsonl")).map_err(|e| e.to_string())?;
+    let bar = ProgressBar::new((end - start) as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("template"));
+    let settings = serde_json::to_value(&args).expect("args serialise");
+    let started = Instant::now();
+    let mut samples = 0usize;
+    for step in start..end {
+        let batch = loader.next()?;
+        let x = batch.tensor.to_device(device);
+        let lr = optim::learning_rate(step, total, warmup, args.lr, 0.01);
+        optim::zero_grad(trainee.trainable());
+        let local = if x.size()[2] > config.input.slices_2d { args.local_views_3d } else { args.local_views_2d };
+        let out = trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64));
+        out.loss.backward();
+        let grad_norm = optim::clip_grad_norm(trainee.trainable(), args.clip);
+        opt.step(trainee.trainable(), lr);
+        trainee.after_step(step, total);
+        samples += x.size()[0] as usize;
+        let loss = out.loss.double_value(&[]);
+        let rate = samples as f64 / started.elapsed().as_secs_f64();
+        let mut record = serde_json::json!({"step": step + 1, "group": batch.group, "loss": loss, "lr": lr, "grad_norm": grad_norm, "samples_per_s": rate});
+        for (k, v) in &out.parts {
+            record[*k] = serde_json::json!(v);
+        }
+        writeln!(log, "{record}").map_err(|e| e.to_string())?;
+        bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {rate:.1} samples/s"));
+        bar.inc(1);
+        if (step + 1) % args.checkpoint_every == 0 || step + 1 == end {
+            let state = State { step: step + 1, total_steps: total, seed: args.seed, optimizer_steps: opt.steps, settings: settings.clone() };
+            checkpoint::save(&args.out, &config, &trainee, &opt, &state)?;
+        }
+    }
+    bar.finish();
+    let skipped = loader.skipped.load(std::sync::atomic::Ordering::SeqCst);
+    if skipped > 0 {
+        eprintln!("{skipped} items could not be decoded and were skipped");
+    }
+    finish(&args, &config, end, total)
+}
+
+/// At the end of the run: the loss curve, and the exported model once all steps are done.
+fn finish(args: &PretrainArgs, config: &ModelConfig, end: i64, total: i64) -> Result<(), String> {
+    let text = std::fs::read_to_string(args.out.join("metrics.jsonl")).unwrap_or_default();
+    let losses: Vec<f64> = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v["loss"].as_f64()).collect();
+    crate::plot::loss_curve(&losses, &args.out.join("loss.png"))?;
+    if end == total {
+        let out = args.out.join("model.safetensors");
+        crate::export::export(&args.out, &out, m3ret_core::model::WeightDtype::F32)?;
+        eprintln!("wrote {} ({} {}, {} steps)", out.display(), args.method, args.preset, total);
+    }
+    let _ = config;
+    Ok(())
+}
