@@ -19,11 +19,12 @@ def axis_embedding(dim, n, device):
 
 
 def sincos_3d(width, grid, device):
-    per = width // 3
+    ds = dh = 2 * (width // 6)
+    dw = width - ds - dh
     gs, gh, gw = grid
-    es = axis_embedding(per, gs, device)[:, None, None, :].expand(gs, gh, gw, per)
-    eh = axis_embedding(per, gh, device)[None, :, None, :].expand(gs, gh, gw, per)
-    ew = axis_embedding(per, gw, device)[None, None, :, :].expand(gs, gh, gw, per)
+    es = axis_embedding(ds, gs, device)[:, None, None, :].expand(gs, gh, gw, ds)
+    eh = axis_embedding(dh, gh, device)[None, :, None, :].expand(gs, gh, gw, dh)
+    ew = axis_embedding(dw, gw, device)[None, None, :, :].expand(gs, gh, gw, dw)
     return torch.cat([es, eh, ew], -1).reshape(gs * gh * gw, width)
 
 

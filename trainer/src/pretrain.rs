@@ -165,7 +165,10 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     let started = Instant::now();
     let mut samples = 0usize;
     for step in start..end {
+        let waited = Instant::now();
         let batch = loader.next()?;
+        let data_wait_s = waited.elapsed().as_secs_f64();
+        let computed = Instant::now();
         let x = batch.tensor.to_device(device);
         let lr = optim::learning_rate(step, total, warmup, args.lr, 0.01);
         optim::zero_grad(trainee.trainable());
@@ -177,8 +180,12 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         trainee.after_step(step, total);
         samples += x.size()[0] as usize;
         let loss = out.loss.double_value(&[]);
+        let step_s = computed.elapsed().as_secs_f64();
         let rate = samples as f64 / started.elapsed().as_secs_f64();
-        let mut record = serde_json::json!({"step": step + 1, "group": batch.group, "loss": loss, "lr": lr, "grad_norm": grad_norm, "samples_per_s": rate});
+        let mut record = serde_json::json!({
+            "step": step + 1, "group": batch.group, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "samples_per_s": rate, "step_s": step_s, "data_wait_s": data_wait_s,
+        });
         for (k, v) in &out.parts {
             record[*k] = serde_json::json!(v);
         }
