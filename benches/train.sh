@@ -16,7 +16,7 @@ else
 fi
 cargo build -q --release -p m3ret-train
 ./target/release/m3ret-train pretrain --method mae --preset small --manifest "$out/manifest.csv" --out "$out/run" \
-  --steps $((steps + 1)) --batch-2d 8 --device cpu --workers 2 --checkpoint-every 1000 2>/dev/null
+  --steps $((steps + 1)) --batch-2d 8 --device cpu --workers 2 --threads 2 --checkpoint-every 1000 2>/dev/null
 (cd benches/python && "$M3RET_VENV/bin/python" bench_train.py --steps "$steps" --threads 2) > "$out/python.json"
 python3 - "$out" <<'PY'
 import json, statistics, sys

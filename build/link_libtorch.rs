@@ -9,7 +9,13 @@
 //   read from its version.py, reported at run time.
 use std::path::Path;
 
+#[allow(dead_code)]
 fn main() {
+    link_libtorch();
+}
+
+/// Emits the link flags and the version; returns libtorch's lib folder.
+pub fn link_libtorch() -> String {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=../build/link_libtorch.rs");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
@@ -29,4 +35,5 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=M3RET_TORCH_VERSION={version}");
+    lib
 }

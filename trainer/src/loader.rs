@@ -105,8 +105,6 @@ impl Loader {
             let (groups, next_step, sender, skipped) = (groups.clone(), next_step.clone(), sender.clone(), skipped.clone());
             let (seed, strict, input) = (options.seed, options.strict, options.input.clone());
             std::thread::spawn(move || {
-                // Decoding threads leave the tensor math to the training thread.
-                tch::set_num_threads(1);
                 loop {
                     let step = next_step.fetch_add(1, Ordering::SeqCst);
                     if step >= end {

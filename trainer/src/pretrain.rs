@@ -80,6 +80,9 @@ pub struct PretrainArgs {
     /// Data-decoding worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// libtorch intra-op threads for the training step (default: every core).
+    #[arg(long)]
+    pub threads: Option<i32>,
     /// Fail on the first item that cannot be decoded (default: skip it with a warning and count it).
     #[arg(long)]
     pub strict: bool,
@@ -124,7 +127,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         let text = std::fs::read_to_string(cp.join("state.json")).map_err(|e| format!("--resume {}: {e}", from.display()))?;
         let state: State = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         let saved: PretrainArgs = serde_json::from_value(state.settings).map_err(|e| e.to_string())?;
-        args = PretrainArgs { resume: Some(from), stop_after: args.stop_after, device: args.device, workers: args.workers, ..saved };
+        args = PretrainArgs { resume: Some(from), stop_after: args.stop_after, device: args.device, workers: args.workers, threads: args.threads, ..saved };
     }
     let config = model_config(&args);
     config.validate()?;
@@ -142,6 +145,9 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     .max(1);
     let warmup = args.warmup_steps.unwrap_or((total / 20).max(1));
     tch::manual_seed(args.seed as i64);
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
     let trainee = Trainee::new(&config, device);
     let mut opt = AdamW::new(0.9, 0.95, args.weight_decay);
@@ -173,7 +179,8 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         let lr = optim::learning_rate(step, total, warmup, args.lr, 0.01);
         optim::zero_grad(trainee.trainable());
         let local = if x.size()[2] > config.input.slices_2d { args.local_views_3d } else { args.local_views_2d };
-        let out = trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64));
+        // bf16 autocast on CUDA (the paper's precision); f32 on the CPU.
+        let out = m3ret_core::amp::bf16_autocast(device.is_cuda(), || trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64)));
         out.loss.backward();
         let grad_norm = optim::clip_grad_norm(trainee.trainable(), args.clip);
         opt.step(trainee.trainable(), lr);
