@@ -66,57 +66,79 @@ pub fn sample_frames(total: usize, wanted: usize, sampling: FrameSampling) -> Ve
 
 /// The canonical tensor of `volume` read as `modality`; also returns the frame
 /// indices used when it is a video.
-pub fn canonical(volume: &Volume, modality: Modality, spec: &InputSpec, sampling: FrameSampling) -> (Tensor, Option<Vec<usize>>) {
-    let layout = layout(volume, modality);
-    let (frames, indices) = match layout {
+///
+/// Work is ordered to touch as few samples as possible: intensities are mapped in
+/// one pass over the kept samples, grey stays one channel until the end, and a
+/// volume with more slices than wanted is resized along the slices first.
+pub fn canonical(volume: Volume, modality: Modality, spec: &InputSpec, sampling: FrameSampling) -> (Tensor, Option<Vec<usize>>) {
+    let layout = layout(&volume, modality);
+    let mapping = intensity_mapping(&volume, modality);
+    let (data, frames, indices) = match layout {
         Layout::Video => {
             let idx = sample_frames(volume.frames, spec.frames_video as usize, sampling);
-            (select_frames(volume, &idx), Some(idx))
+            (select_frames(&volume, &idx), idx.len(), Some(idx))
         }
-        _ => (as_tensor(volume, &volume.data, volume.frames), None),
+        _ => {
+            let frames = volume.frames;
+            (volume.data, frames, None)
+        }
     };
-    let frames = to_unit_range(frames, volume, modality);
-    let frames = if volume.channels == 1 { frames.expand([-1, 3, -1, -1], false) } else { frames };
-    let frames = resize_in_plane(&frames, spec.image_size);
-    let slices = match layout {
-        Layout::Image2d => frames.expand([spec.slices_2d, -1, -1, -1], false),
-        Layout::Video => frames,
-        Layout::Volume => resize_slices(&frames, spec.slices_volume),
+    let data = map_intensities(data, mapping);
+    let x = Tensor::from_slice(&data).view([frames as i64, volume.rows as i64, volume.cols as i64, volume.channels as i64]).permute([0, 3, 1, 2]);
+    drop(data);
+    let x = match layout {
+        Layout::Volume if frames as i64 > spec.slices_volume => resize_in_plane(&resize_slices(&x, spec.slices_volume), spec.image_size),
+        Layout::Volume => resize_slices(&resize_in_plane(&x, spec.image_size), spec.slices_volume),
+        _ => resize_in_plane(&x, spec.image_size),
+    };
+    let x = if volume.channels == 1 { x.expand([-1, 3, -1, -1], false) } else { x };
+    let x = match layout {
+        Layout::Image2d => x.expand([spec.slices_2d, -1, -1, -1], false),
+        _ => x,
     };
     // [S, 3, H, W] -> [3, S, H, W]
-    (slices.permute([1, 0, 2, 3]).contiguous(), indices)
+    (x.permute([1, 0, 2, 3]).contiguous(), indices)
 }
 
-/// `[F, C, H, W]` f32 from samples stored `[F][H][W][C]`.
-fn as_tensor(volume: &Volume, data: &[f32], frames: usize) -> Tensor {
-    Tensor::from_slice(data)
-        .view([frames as i64, volume.rows as i64, volume.cols as i64, volume.channels as i64])
-        .permute([0, 3, 1, 2])
-}
-
-fn select_frames(volume: &Volume, idx: &[usize]) -> Tensor {
+/// The frames at `idx`, samples `[F][H][W][C]`.
+fn select_frames(volume: &Volume, idx: &[usize]) -> Vec<f32> {
     let per = volume.rows * volume.cols * volume.channels;
     let mut data = Vec::with_capacity(per * idx.len());
     for &i in idx {
         data.extend_from_slice(&volume.data[i * per..(i + 1) * per]);
     }
-    as_tensor(volume, &data, idx.len())
+    data
 }
 
-/// Maps stored values into [0, 1] as the module comment says.
-fn to_unit_range(x: Tensor, volume: &Volume, modality: Modality) -> Tensor {
-    let mapped = match volume.values {
-        Values::EightBit => x / 255.0,
-        Values::Rescaled if modality == Modality::Ct => (x.clamp(-1000.0, 1000.0) + 1000.0) / 2000.0,
-        Values::Rescaled => {
-            let window = match (modality, volume.window) {
-                (Modality::Mri, _) | (_, None) => percentile_window(&volume.data),
-                (_, Some((center, width))) => dicom_window(center, width),
-            };
-            ((x - window.0) / (window.1 - window.0).max(1e-6)).clamp(0.0, 1.0)
-        }
+/// value -> clamp((value - low) / (high - low), 0, 1), inverted for MONOCHROME1.
+#[derive(Debug, Clone, Copy)]
+struct Mapping {
+    low: f32,
+    high: f32,
+    invert: bool,
+}
+
+/// The intensity window the module comment describes, for this volume and modality.
+fn intensity_mapping(volume: &Volume, modality: Modality) -> Mapping {
+    let (low, high) = match volume.values {
+        Values::EightBit => (0.0, 255.0),
+        Values::Rescaled if modality == Modality::Ct => (-1000.0, 1000.0),
+        Values::Rescaled => match (modality, volume.window) {
+            (Modality::Mri, _) | (_, None) => percentile_window(&volume.data),
+            (_, Some((center, width))) => dicom_window(center, width),
+        },
     };
-    if volume.inverted { 1.0 - mapped } else { mapped }
+    Mapping { low: low as f32, high: high.max(low + 1e-6) as f32, invert: volume.inverted }
+}
+
+/// One vectorisable pass over the samples, in place.
+fn map_intensities(mut data: Vec<f32>, m: Mapping) -> Vec<f32> {
+    let scale = 1.0 / (m.high - m.low);
+    for v in data.iter_mut() {
+        let u = ((*v - m.low) * scale).clamp(0.0, 1.0);
+        *v = if m.invert { 1.0 - u } else { u };
+    }
+    data
 }
 
 /// DICOM's linear VOI window as (low, high) bounds.

@@ -102,16 +102,7 @@ fn finish(volume: Volume, options: &StudyOptions) -> Result<Study, StudyError> {
         ModalityChoice::Auto => volume.modality.ok_or(StudyError::NoModality(volume.format.name()))?,
     };
     let layout = preprocess::layout(&volume, modality);
-    let (tensor, frame_indices) = preprocess::canonical(&volume, modality, &options.input, options.sampling);
-    Ok(Study {
-        tensor,
-        detected: Detected {
-            format: volume.format,
-            modality,
-            layout,
-            shape: volume.shape(),
-            spacing: volume.spacing,
-            frame_indices,
-        },
-    })
+    let (format, shape, spacing) = (volume.format, volume.shape(), volume.spacing);
+    let (tensor, frame_indices) = preprocess::canonical(volume, modality, &options.input, options.sampling);
+    Ok(Study { tensor, detected: Detected { format, modality, layout, shape, spacing, frame_indices } })
 }
