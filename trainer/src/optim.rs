@@ -35,14 +35,20 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
+                // In place, as PyTorch's AdamW: few temporaries on a hot path.
                 let m = self.m.entry(name.clone()).or_insert_with(|| p.zeros_like());
+                let _ = m.lerp_(&g, 1.0 - b1); // m = b1 m + (1 - b1) g
                 let v = self.v.entry(name.clone()).or_insert_with(|| p.zeros_like());
-                *m = &*m * b1 + &g * (1.0 - b1);
-                *v = &*v * b2 + g.square() * (1.0 - b2);
-                let update = (&*m / bc1) / ((&*v / bc2).sqrt() + self.eps);
+                let _ = v.g_mul_scalar_(b2);
+                let _ = v.addcmul_(&(&g * (1.0 - b2)), &g); // v = b2 v + (1 - b2) g^2
                 let decay = if p.dim() > 1 { self.weight_decay } else { 0.0 };
-                let new = &p * (1.0 - lr * decay) - update * lr;
-                p.copy_(&new);
+                if decay > 0.0 {
+                    let _ = p.g_mul_scalar_(1.0 - lr * decay);
+                }
+                let mut denom = &*v / bc2;
+                let _ = denom.sqrt_();
+                let _ = denom.g_add_scalar_(self.eps);
+                let _ = p.addcdiv_(&(&*m * (-lr / bc1)), &denom); // p -= lr m_hat / (sqrt(v_hat) + eps)
             }
         });
     }
@@ -66,7 +72,9 @@ pub fn clip_grad_norm(vs: &nn::VarStore, max_norm: f64) -> f64 {
         if grads.is_empty() {
             return 0.0;
         }
-        let total: f64 = grads.iter().map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float).double_value(&[])).sum::<f64>().sqrt();
+        // One synchronisation for the whole norm, not one per tensor.
+        let squares: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float)).collect();
+        let total = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
         if total > max_norm {
             let scale = max_norm / (total + 1e-6);
             for mut g in grads {
