@@ -30,11 +30,11 @@ as_pg "$BIN/pg_ctl" -D "$DEMO_DIR/data" -l "$DEMO_DIR/server.log" stop -m fast >
 as_pg "$BIN/pg_ctl" -D "$DEMO_DIR/data" -l "$DEMO_DIR/server.log" start -w >/dev/null
 
 # A small model trained here on the committed sample files, so that the demo runs
-# end to end on a fresh machine. It is a smoke test of the pipeline (minutes on a CPU),
+# end to end on a fresh machine. It is a smoke test of the pipeline (24 steps, seconds),
 # not a model whose neighbours mean anything clinically.
 MODEL="$DEMO_DIR/demo-model.safetensors"
 if [ ! -f "$MODEL" ]; then
-  echo "[demo] training a small SimDINO model on the sample files (a few minutes on a CPU)" >&2
+  echo "[demo] training a small SimDINO model on the sample files (seconds on a CPU)" >&2
   work=$(mktemp -d)
   {
     echo "path,modality,region,cls,kind,split"
