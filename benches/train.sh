@@ -14,20 +14,25 @@ if [ -n "$data" ]; then
 else
   { echo "path,modality,region,cls,kind,split"; for i in $(seq 8); do echo "$PWD/fixtures/covidrepo_0637.jpg,xray,chest,a,image2d,train"; done; } > "$out/manifest.csv"
 fi
+rounds="${M3RET_BENCH_ROUNDS:-3}"
 cargo build -q --release -p m3ret-train
-./target/release/m3ret-train pretrain --method mae --preset small --manifest "$out/manifest.csv" --out "$out/run" \
-  --steps $((steps + 1)) --batch-2d 8 --device cpu --workers 2 --threads 2 --checkpoint-every 1000 2>/dev/null
-(cd benches/python && "$M3RET_VENV/bin/python" bench_train.py --steps "$steps" --threads 2) > "$out/python.json"
-python3 - "$out" <<'PY'
+# Alternate the two implementations so that drifts of the machine hit both alike.
+for r in $(seq "$rounds"); do
+  "${CARGO_TARGET_DIR:-target}/release/m3ret-train" pretrain --method mae --preset small --manifest "$out/manifest.csv" --out "$out/run$r" \
+    --steps $((steps + 1)) --batch-2d 8 --device cpu --workers 2 --threads 2 --checkpoint-every 1000 2>/dev/null
+  (cd benches/python && "$M3RET_VENV/bin/python" bench_train.py --steps "$steps" --threads 2 --all) >> "$out/python.jsonl"
+done
+python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys
-d = sys.argv[1]
-rows = [json.loads(l) for l in open(f"{d}/run/metrics.jsonl")][1:]  # the first step warms up
+d, rounds = sys.argv[1], int(sys.argv[2])
+rows = [row for r in range(1, rounds + 1) for row in [json.loads(l) for l in open(f"{d}/run{r}/metrics.jsonl")][1:]]  # first step of each run warms up
 step = statistics.median(r["step_s"] for r in rows)
 wait = statistics.median(r["data_wait_s"] for r in rows)
-py = json.load(open(f"{d}/python.json"))
+py_steps = [t for l in open(f"{d}/python.jsonl") for t in json.loads(l)["step_s"]]
+py = {"median_step_s": statistics.median(py_steps)}
 print(f"| implementation | median s/step | samples/s |\n|---|---|---|")
 print(f"| m3ret-train (tch) | {step:.3f} | {8/step:.2f} |")
 print(f"| PyTorch eager | {py['median_step_s']:.3f} | {8/py['median_step_s']:.2f} |")
-print(f"\nratio (m3ret / PyTorch samples/s): {py['median_step_s']/step:.2f}")
+print(f"\nratio (m3ret / PyTorch samples/s): {py['median_step_s']/step:.2f}  ({rounds} alternating rounds of {len(rows)//rounds} steps each)")
 print(f"median wait for the data loader per step: {wait*1000:.1f} ms (decoding 8 X-rays, 2 workers)")
 PY

@@ -16,6 +16,7 @@ p.add_argument("--batch", type=int, default=8)
 p.add_argument("--image-size", type=int, default=256)
 p.add_argument("--steps", type=int, default=6)
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--all", action="store_true", help="also print every step's time")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -69,4 +70,7 @@ for i in range(args.steps + 1):
     opt.step()
     if i > 0:  # the first step warms up
         times.append(time.perf_counter() - t0)
-print(json.dumps({"impl": "pytorch-eager", "median_step_s": statistics.median(times), "batch": args.batch}))
+out = {"impl": "pytorch-eager", "median_step_s": statistics.median(times), "batch": args.batch}
+if args.all:
+    out["step_s"] = times
+print(json.dumps(out))

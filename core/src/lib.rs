@@ -4,7 +4,7 @@
 //! The extension (`m3ret`) and the trainer (`m3ret-train`) are two front ends over
 //! this crate; they never depend on each other.
 
-pub mod amp;
+pub mod torch_ext;
 pub mod io;
 pub mod modality;
 pub mod model;

@@ -224,3 +224,15 @@ fn mismatched_and_foreign_files_are_refused() {
     let err = e.embed_batch(&Tensor::zeros([1, 3, 5, 64, 64], (Kind::Float, Device::Cpu))).err().unwrap();
     assert!(err.to_string().contains("multiples of the patch size"), "{err}");
 }
+
+#[test]
+fn clear_grad_drops_the_gradient_so_backward_does_not_accumulate() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let w = vs.root().var("w", &[3], nn::Init::Const(2.0));
+    (&w * &w).sum(Kind::Float).backward();
+    assert_eq!(Vec::<f32>::try_from(w.grad()).unwrap(), vec![4.0; 3]);
+    m3ret_core::torch_ext::clear_grad(&w);
+    assert!(!w.grad().defined());
+    (&w * &w).sum(Kind::Float).backward();
+    assert_eq!(Vec::<f32>::try_from(w.grad()).unwrap(), vec![4.0; 3], "fresh, not 8 = 4 + 4");
+}

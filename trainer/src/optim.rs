@@ -54,14 +54,10 @@ impl AdamW {
     }
 }
 
-/// Clears the gradients of every variable.
+/// Drops the gradients of every variable (set to None, as PyTorch does by default).
 pub fn zero_grad(vs: &nn::VarStore) {
-    for (_, mut p) in vs.variables() {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-        let _ = &mut p;
+    for p in vs.variables().values() {
+        m3ret_core::torch_ext::clear_grad(p);
     }
 }
 

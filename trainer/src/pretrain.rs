@@ -180,7 +180,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         optim::zero_grad(trainee.trainable());
         let local = if x.size()[2] > config.input.slices_2d { args.local_views_3d } else { args.local_views_2d };
         // bf16 autocast on CUDA (the paper's precision); f32 on the CPU.
-        let out = m3ret_core::amp::bf16_autocast(device.is_cuda(), || trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64)));
+        let out = m3ret_core::torch_ext::bf16_autocast(device.is_cuda(), || trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64)));
         out.loss.backward();
         let grad_norm = optim::clip_grad_norm(trainee.trainable(), args.clip);
         opt.step(trainee.trainable(), lr);
