@@ -12,3 +12,8 @@ pub mod preprocess;
 pub mod runtime;
 pub mod study;
 pub mod vector;
+
+/// The text of a panic payload (`panic!` with a message gives a String or a &str).
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied())
+}

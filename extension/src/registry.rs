@@ -117,18 +117,10 @@ fn m3ret_model_import_file(name: &str, path: &str) -> String {
         .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "m3ret_model_import returned nothing"))
 }
 
-/// Superusers and members of m3ret_admin only.
+/// Superusers and members of m3ret_admin only: the registry's own check
+/// (m3ret_require_admin in sql/registry.sql), which raises the ERROR itself.
 pub fn require_admin(action: &str) {
-    let allowed = Spi::get_one::<bool>(
-        "SELECT rolsuper OR pg_has_role(current_user, 'm3ret_admin', 'MEMBER') FROM pg_roles WHERE rolname = current_user",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
-    if !allowed {
-        raise(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("permission denied to {action}: only superusers and members of m3ret_admin may"),
-        );
+    if let Err(e) = Spi::get_one_with_args::<String>("SELECT m3ret_require_admin($1)::text", &[action.into()]) {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("checking privileges: {e}"));
     }
 }

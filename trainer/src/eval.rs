@@ -8,6 +8,7 @@ use crate::manifest::{self, Item};
 use crate::metrics::{first_hit_ranks, summarise, Retrieval};
 use m3ret_core::model::{parse_device, Embedder, ModelFile};
 use m3ret_core::modality::Modality;
+use m3ret_core::vector::distance::dot;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -189,8 +190,4 @@ fn montage(items: &[Item], embedded: &[Embedded], per_modality: usize, path: &st
         }
     }
     crate::plot::montage(&rows, path)
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -5,6 +5,7 @@
 //! hit. Recall@K is the fraction of queries whose rank is <= K; MnR and MdR are the
 //! mean and median of the ranks. Queries with no possible hit are left out.
 
+use m3ret_core::vector::distance::dot;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -15,10 +16,6 @@ pub struct Retrieval {
     pub recall_at_10: f64,
     pub mean_rank: f64,
     pub median_rank: f64,
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Ranks of the first hit for each query against `gallery`; `is_hit(q, g)` says

@@ -145,11 +145,7 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
 /// Runs a reader, turning a panic inside a decoder into an error.
 pub fn guard<T>(reader: impl FnOnce() -> Result<T, IoError>) -> Result<T, IoError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(reader)).unwrap_or_else(|payload| {
-        let text = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown failure");
+        let text = crate::panic_text(payload.as_ref()).unwrap_or("unknown failure");
         Err(IoError::Invalid { format: "input", reason: format!("the decoder failed: {text}") })
     })
 }

@@ -102,7 +102,7 @@ impl Embedder {
         // text payload in tch's non-fallible API: report it as an error. Any other panic
         // (the caller's own, from `between_blocks`) goes on unwinding.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
-            .map_err(|p| match panic_text(&p) {
+            .map_err(|p| match torch_panic_text(&p) {
                 Some(text) => ModelError::Torch(text),
                 None => std::panic::resume_unwind(p),
             })
@@ -154,8 +154,8 @@ impl Embedder {
 }
 
 /// The first line of a text panic payload, without tch's `unwrap` wrapping.
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> Option<String> {
-    let text = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied())?;
+fn torch_panic_text(p: &Box<dyn std::any::Any + Send>) -> Option<String> {
+    let text = crate::panic_text(p.as_ref())?;
     let first = text.lines().next().unwrap_or("libtorch failed");
     let inner = first.split_once("Torch(\"").map(|(_, rest)| rest.trim_end_matches("\")")).unwrap_or(first);
     Some(inner.to_string())
