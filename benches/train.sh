@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Training throughput, small preset, MAE, 2D batches of 8 at 256 x 256, 2 threads:
 # m3ret-train (real X-rays through its data loader) against a PyTorch-eager loop of
-# the same model and batch (random tensors), in one run. Also reports how long the
-# trainer waited for its data loader (0 = decoding keeps up with the device).
+# the same model on the same files (decoded by two background threads, as
+# m3ret-train does), alternating, in one run. Also reports how long the trainer
+# waited for its data loader (0 = decoding keeps up with the step).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
@@ -20,7 +21,8 @@ cargo build -q --release -p m3ret-train
 for r in $(seq "$rounds"); do
   "${CARGO_TARGET_DIR:-target}/release/m3ret-train" pretrain --method mae --preset small --manifest "$out/manifest.csv" --out "$out/run$r" \
     --steps $((steps + 1)) --batch-2d 8 --device cpu --workers 2 --threads 2 --checkpoint-every 1000 2>/dev/null
-  (cd benches/python && "$M3RET_VENV/bin/python" bench_train.py --steps "$steps" --threads 2 --all) >> "$out/python.jsonl"
+  files=$(tail -n +2 "$out/manifest.csv" | cut -d, -f1 | tr '\n' ' ')
+  (cd benches/python && "$M3RET_VENV/bin/python" bench_train.py --steps "$steps" --threads 2 --all --files $files) >> "$out/python.jsonl"
 done
 python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys

@@ -1,6 +1,10 @@
 """PyTorch-eager MAE training steps of the M3Ret encoder (small preset) with the
 official decoder (512 wide, 8 deep, 16 heads), AdamW (0.9, 0.95), 2D inputs: the
-baseline of benches/train.sh. Prints the median seconds per step."""
+baseline of benches/train.sh. Prints the median seconds per step.
+
+With --files, batches are real images decoded by two background threads into a
+bounded queue (as m3ret-train's loader does), so both sides do the same work;
+without, one random tensor is reused (compute only)."""
 import argparse
 import json
 import statistics
@@ -17,6 +21,7 @@ p.add_argument("--image-size", type=int, default=256)
 p.add_argument("--steps", type=int, default=6)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--all", action="store_true", help="also print every step's time")
+p.add_argument("--files", nargs="*", default=[], help="JPEG/PNG files to decode into batches")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -57,11 +62,49 @@ class Mae(nn.Module):
         return (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
 
 
+def canonical(path):
+    """Grey 8-bit image -> [3, 4, S, S] in [0, 1], longer side resized, shorter padded."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+    a = torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0)[None, None]
+    h, w = a.shape[-2:]
+    s = args.image_size / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    a = F.interpolate(a, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    top, left = (args.image_size - nh) // 2, (args.image_size - nw) // 2
+    a = F.pad(a, (left, args.image_size - nw - left, top, args.image_size - nh - top))
+    return a.expand(3, 4, -1, -1).contiguous()
+
+
+def batches():
+    import itertools
+    import queue
+    import threading
+    if not args.files:
+        x = torch.rand(args.batch, 3, 4, args.image_size, args.image_size)
+        while True:
+            yield x
+    q = queue.Queue(maxsize=4)
+    counter = itertools.count()
+
+    def work():
+        while True:
+            step = next(counter)
+            q.put(torch.stack([canonical(args.files[(step * args.batch + k) % len(args.files)]) for k in range(args.batch)]))
+
+    for _ in range(2):
+        threading.Thread(target=work, daemon=True).start()
+    while True:
+        yield q.get()
+
+
 model = Mae()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-x = torch.rand(args.batch, 3, 4, args.image_size, args.image_size)
+data = batches()
 times = []
 for i in range(args.steps + 1):
+    x = next(data)
     t0 = time.perf_counter()
     opt.zero_grad()
     loss = model(x)

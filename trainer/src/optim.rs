@@ -35,20 +35,27 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
-                // In place, as PyTorch's AdamW: few temporaries on a hot path.
+                // In place, one temporary per tensor (as PyTorch's AdamW): each fresh
+                // buffer of a large tensor costs page faults on every step. tch's
+                // addcmul_/addcdiv_ take no scale, so the scales are folded in.
                 let m = self.m.entry(name.clone()).or_insert_with(|| p.zeros_like());
                 let _ = m.lerp_(&g, 1.0 - b1); // m = b1 m + (1 - b1) g
                 let v = self.v.entry(name.clone()).or_insert_with(|| p.zeros_like());
-                let _ = v.g_mul_scalar_(b2);
-                let _ = v.addcmul_(&(&g * (1.0 - b2)), &g); // v = b2 v + (1 - b2) g^2
+                let _ = v.g_mul_scalar_(b2 / (1.0 - b2));
+                let _ = v.addcmul_(&g, &g);
+                let _ = v.g_mul_scalar_(1.0 - b2); // v = b2 v + (1 - b2) g^2
+                if lr <= 0.0 {
+                    continue;
+                }
                 let decay = if p.dim() > 1 { self.weight_decay } else { 0.0 };
                 if decay > 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * decay);
                 }
-                let mut denom = &*v / bc2;
-                let _ = denom.sqrt_();
+                let mut denom = v.sqrt();
+                let _ = denom.g_div_scalar_(bc2.sqrt());
                 let _ = denom.g_add_scalar_(self.eps);
-                let _ = p.addcdiv_(&(&*m * (-lr / bc1)), &denom); // p -= lr m_hat / (sqrt(v_hat) + eps)
+                let _ = denom.g_mul_scalar_(-bc1 / lr);
+                let _ = p.addcdiv_(m, &denom); // p -= (lr / bc1) m / (sqrt(v / bc2) + eps)
             }
         });
     }
