@@ -89,8 +89,13 @@ fn mae_pretraining_loss_falls_and_exports_a_loadable_model() {
         assert!(last < 0.7 * first, "{group}: MAE loss {first:.4} -> {last:.4}");
     }
     assert!(out.join("loss.png").exists());
-    // The model written at the end and an f16 export load and embed alike.
+    // The exported model embeds exactly as the checkpoint's encoder does.
     let f32_model = m3ret_core::model::Embedder::from_bytes(&std::fs::read(out.join("model.safetensors")).unwrap(), tch::Device::Cpu).unwrap();
+    let checkpoint = m3ret_core::model::ModelFile::from_path(&out.join("checkpoint/model.safetensors")).unwrap();
+    let from_checkpoint = m3ret_core::model::Embedder::from_file(&checkpoint, tch::Device::Cpu).unwrap();
+    let probe = tch::Tensor::rand([2, 3, 4, 64, 64], (tch::Kind::Float, tch::Device::Cpu));
+    assert!(f32_model.embed_batch(&probe).unwrap().equal(&from_checkpoint.embed_batch(&probe).unwrap()), "export changed the encoder");
+    // An f16 export loads and embeds alike.
     let half = dir.path().join("half.safetensors");
     run(bin().args(["export", "--checkpoint", out.to_str().unwrap(), "--out", half.to_str().unwrap(), "--dtype", "f16"]));
     let f16_model = m3ret_core::model::Embedder::from_bytes(&std::fs::read(&half).unwrap(), tch::Device::Cpu).unwrap();
