@@ -20,6 +20,12 @@ pub struct State {
     pub settings: serde_json::Value,
 }
 
+/// The checkpoint folder of a run's output folder, or `dir` itself if it is one.
+pub fn folder(dir: &Path) -> std::path::PathBuf {
+    let inner = dir.join("checkpoint");
+    if inner.is_dir() { inner } else { dir.to_path_buf() }
+}
+
 pub fn save(dir: &Path, config: &ModelConfig, trainee: &Trainee, opt: &AdamW, state: &State) -> Result<(), String> {
     let tmp = dir.join("checkpoint.tmp");
     let final_dir = dir.join("checkpoint");
@@ -47,7 +53,7 @@ pub fn save(dir: &Path, config: &ModelConfig, trainee: &Trainee, opt: &AdamW, st
 
 /// Restores weights and optimizer state; returns the saved state.
 pub fn load(dir: &Path, trainee: &Trainee, opt: &mut AdamW) -> Result<State, String> {
-    let cp = if dir.join("checkpoint").is_dir() { dir.join("checkpoint") } else { dir.to_path_buf() };
+    let cp = folder(dir);
     let model = ModelFile::from_path(&cp.join("model.safetensors")).map_err(|e| e.to_string())?;
     trainee.load(&model)?;
     let device = trainee.trainable().device();
@@ -64,10 +70,4 @@ pub fn load(dir: &Path, trainee: &Trainee, opt: &mut AdamW) -> Result<State, Str
     let state: State = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     opt.steps = state.optimizer_steps;
     Ok(state)
-}
-
-/// The config saved with a checkpoint.
-pub fn config(dir: &Path) -> Result<ModelConfig, String> {
-    let cp = if dir.join("checkpoint").is_dir() { dir.join("checkpoint") } else { dir.to_path_buf() };
-    Ok(ModelFile::from_path(&cp.join("model.safetensors")).map_err(|e| e.to_string())?.config)
 }

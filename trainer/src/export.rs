@@ -1,6 +1,5 @@
 //! `m3ret-train export`: a checkpoint's encoder as a model file the extension loads.
 
-use crate::checkpoint;
 use crate::trainee::export_prefix;
 use m3ret_core::model::file::{self, WeightDtype};
 use m3ret_core::model::ModelFile;
@@ -27,9 +26,9 @@ pub fn run(args: ExportArgs) -> Result<(), String> {
 
 /// Encoder only: MAE's encoder, or SimDINO's EMA teacher encoder, renamed `encoder.*`.
 pub fn export(checkpoint_dir: &Path, out: &Path, dtype: WeightDtype) -> Result<(), String> {
-    let cp = if checkpoint_dir.join("checkpoint").is_dir() { checkpoint_dir.join("checkpoint") } else { checkpoint_dir.to_path_buf() };
+    let cp = crate::checkpoint::folder(checkpoint_dir);
     let model = ModelFile::from_path(&cp.join("model.safetensors")).map_err(|e| e.to_string())?;
-    let mut config = checkpoint::config(checkpoint_dir)?;
+    let mut config = model.config.clone();
     let prefix = export_prefix(config.method);
     let tensors: Vec<(String, tch::Tensor)> = model
         .tensors

@@ -123,7 +123,7 @@ pub fn model_config(args: &PretrainArgs) -> ModelConfig {
 pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     if let Some(from) = args.resume.clone() {
         // A resumed run keeps its own settings; only how long it runs may change.
-        let cp = if from.join("checkpoint").is_dir() { from.join("checkpoint") } else { from.clone() };
+        let cp = checkpoint::folder(&from);
         let text = std::fs::read_to_string(cp.join("state.json")).map_err(|e| format!("--resume {}: {e}", from.display()))?;
         let state: State = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         let saved: PretrainArgs = serde_json::from_value(state.settings).map_err(|e| e.to_string())?;
@@ -209,11 +209,11 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     if skipped > 0 {
         eprintln!("{skipped} items could not be decoded and were skipped");
     }
-    finish(&args, &config, end, total)
+    finish(&args, end, total)
 }
 
 /// At the end of the run: the loss curve, and the exported model once all steps are done.
-fn finish(args: &PretrainArgs, config: &ModelConfig, end: i64, total: i64) -> Result<(), String> {
+fn finish(args: &PretrainArgs, end: i64, total: i64) -> Result<(), String> {
     let text = std::fs::read_to_string(args.out.join("metrics.jsonl")).unwrap_or_default();
     let losses: Vec<f64> = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v["loss"].as_f64()).collect();
     crate::plot::loss_curve(&losses, &args.out.join("loss.png"))?;
@@ -222,6 +222,5 @@ fn finish(args: &PretrainArgs, config: &ModelConfig, end: i64, total: i64) -> Re
         crate::export::export(&args.out, &out, m3ret_core::model::WeightDtype::F32)?;
         eprintln!("wrote {} ({} {}, {} steps)", out.display(), args.method, args.preset, total);
     }
-    let _ = config;
     Ok(())
 }

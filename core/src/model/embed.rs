@@ -20,7 +20,7 @@ pub struct Embedder {
 /// device if there is one, else the CPU). Initialises CUDA: call it only in the
 /// process that will use the device.
 pub fn parse_device(name: &str) -> Result<Device, ModelError> {
-    let count = || if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 };
+    let count = crate::runtime::cuda_device_count;
     match name.trim() {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(if count() > 0 { Device::Cuda(0) } else { Device::Cpu }),
