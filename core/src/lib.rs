@@ -5,6 +5,7 @@
 //! this crate; they never depend on each other.
 
 pub mod torch_ext;
+pub mod hnsw;
 pub mod io;
 pub mod modality;
 pub mod model;

@@ -1,0 +1,24 @@
+//! Choosing an element's links among candidates (Algorithm 4 of the paper, as in
+//! hnswlib): keep a candidate only if it is nearer to the element than to every
+//! link already kept, so links spread in different directions instead of all
+//! pointing into the nearest cluster.
+
+use super::Candidate;
+
+/// At most `m` of `candidates` (sorted nearest first by distance to the element).
+/// `between(a, b)` is the distance between two candidates.
+pub fn select_neighbors<Id: Copy>(candidates: &[Candidate<Id>], m: usize, mut between: impl FnMut(Id, Id) -> f32) -> Vec<Candidate<Id>> {
+    if candidates.len() <= m {
+        return candidates.to_vec();
+    }
+    let mut kept: Vec<Candidate<Id>> = Vec::with_capacity(m);
+    for &c in candidates {
+        if kept.len() == m {
+            break;
+        }
+        if kept.iter().all(|k| between(c.id, k.id) > c.distance) {
+            kept.push(c);
+        }
+    }
+    kept
+}
