@@ -4,6 +4,7 @@
 //!   (on-disk and binary layout identical to pgvector's `vector`);
 //! - `embed.rs`: `m3ret_embed` and friends; `runtime.rs`: libtorch and the per-backend
 //!   model cache; `registry.rs` (+ sql/registry.sql): models stored in the database;
+//! - `hnsw/` (+ sql/hnsw.sql): the `m3ret_hnsw` index access method;
 //! - `settings.rs`: the `m3ret.*` settings.
 //!
 //! Everything about images, models and distances lives in `m3ret-core`; this crate
@@ -15,6 +16,7 @@ pgrx::pg_module_magic!(name, version);
 mod embed;
 mod embedding;
 mod error;
+mod hnsw;
 mod registry;
 mod runtime;
 mod settings;
@@ -24,10 +26,13 @@ mod settings;
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    hnsw::options::register();
 }
 
 // The type, its I/O functions, operators and casts, written as SQL by hand so that
 // the names and properties users rely on are in one readable place.
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding_type", bootstrap);
+// The index access method, its operator classes and its check function.
+pgrx::extension_sql_file!("../sql/hnsw.sql", name = "hnsw", requires = ["embedding_type"]);
 // The registry's table, view and admin functions, after the Rust functions they use.
 pgrx::extension_sql_file!("../sql/registry.sql", name = "registry", finalize);

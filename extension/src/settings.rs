@@ -8,6 +8,9 @@ pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_CACHED_MODELS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(40);
+pub static ITERATIVE_SCAN: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -54,6 +57,34 @@ pub fn register() {
         c"Unset (the default), m3ret_model_import_file reads nothing. Only superusers can set it.",
         &MODEL_DIR,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"m3ret.ef_search",
+        c"Candidates an m3ret_hnsw scan keeps per batch.",
+        c"Higher finds the true nearest neighbours more often and is slower.",
+        &EF_SEARCH,
+        1,
+        1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"m3ret.iterative_scan",
+        c"Lets an m3ret_hnsw scan go on past its first batch.",
+        c"On (the default), a query whose WHERE clause rejects rows still gets LIMIT rows, up to m3ret.max_scan_tuples visited elements.",
+        &ITERATIVE_SCAN,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"m3ret.max_scan_tuples",
+        c"Most index elements one m3ret_hnsw scan visits.",
+        c"Bounds the work of an iterative scan whose WHERE clause rejects most rows.",
+        &MAX_SCAN_TUPLES,
+        1,
+        i32::MAX,
+        GucContext::Userset,
         GucFlags::default(),
     );
 }

@@ -1,0 +1,156 @@
+//! Reading and changing index pages through the buffer manager. Every change goes
+//! through GenericXLog, so crash recovery and streaming replicas need nothing else.
+//!
+//! Rule: a backend holds at most one buffer lock at a time, except the meta page
+//! taken before one element page; so two backends can never wait on each other.
+
+use super::page::{self, Element, ElementMut, Layout, Meta, Special, Tid};
+use crate::error::raise;
+use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
+
+/// How a page is locked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    Share,
+    Exclusive,
+}
+
+/// A pinned and locked buffer, released when dropped (also when an ERROR unwinds
+/// through Rust frames; after a longjmp PostgreSQL's abort releases it anyway).
+pub struct Locked {
+    pub buffer: pg_sys::Buffer,
+}
+
+impl Locked {
+    pub fn new(index: pg_sys::Relation, block: u32, lock: Lock) -> Locked {
+        let buffer = unsafe { pg_sys::ReadBufferExtended(index, pg_sys::ForkNumber::MAIN_FORKNUM, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut()) };
+        let mode = if lock == Lock::Share { pg_sys::BUFFER_LOCK_SHARE } else { pg_sys::BUFFER_LOCK_EXCLUSIVE };
+        unsafe { pg_sys::LockBuffer(buffer, mode as i32) };
+        Locked { buffer }
+    }
+
+    /// A new page at the end of the index, locked exclusively, not yet initialised.
+    pub fn extend(index: pg_sys::Relation) -> Locked {
+        unsafe {
+            pg_sys::LockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
+            let buffer = pg_sys::ReadBufferExtended(index, pg_sys::ForkNumber::MAIN_FORKNUM, pg_sys::InvalidBlockNumber, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
+            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+            pg_sys::UnlockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
+            Locked { buffer }
+        }
+    }
+
+    pub fn block(&self) -> u32 {
+        unsafe { pg_sys::BufferGetBlockNumber(self.buffer) }
+    }
+
+    pub fn page(&self) -> pg_sys::Page {
+        unsafe { pg_sys::BufferGetPage(self.buffer) }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        unsafe { pg_sys::UnlockReleaseBuffer(self.buffer) };
+    }
+}
+
+/// Changes one locked page (or two: meta first) as one WAL record.
+pub fn change_pages<R>(index: pg_sys::Relation, pages: &[&Locked], new_page: bool, f: impl FnOnce(&[pg_sys::Page]) -> R) -> R {
+    unsafe {
+        let state = pg_sys::GenericXLogStart(index);
+        let flags = if new_page { pg_sys::GENERIC_XLOG_FULL_IMAGE as i32 } else { 0 };
+        let registered: Vec<pg_sys::Page> = pages.iter().map(|p| pg_sys::GenericXLogRegisterBuffer(state, p.buffer, flags)).collect();
+        let result = f(&registered);
+        pg_sys::GenericXLogFinish(state);
+        result
+    }
+}
+
+/// Formats an empty page of ours.
+pub fn init_page(page: pg_sys::Page) {
+    unsafe {
+        pg_sys::PageInit(page, pg_sys::BLCKSZ as usize, std::mem::size_of::<Special>());
+        let special = pg_sys::PageGetSpecialPointer(page) as *mut Special;
+        (*special).flags = 0;
+        (*special).page_id = page::PAGE_ID;
+    }
+}
+
+pub fn corrupt(index: pg_sys::Relation, what: impl std::fmt::Display) -> ! {
+    let name = unsafe { std::ffi::CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()) }.to_string_lossy().into_owned();
+    raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, format!("m3ret_hnsw index \"{name}\" is corrupt: {what}"))
+}
+
+/// The meta page's contents.
+pub fn meta_of(page: pg_sys::Page) -> *mut Meta {
+    unsafe { pg_sys::PageGetContents(page) as *mut Meta }
+}
+
+pub fn read_meta(index: pg_sys::Relation) -> Meta {
+    let locked = Locked::new(index, page::META_BLOCK, Lock::Share);
+    let meta = unsafe { *meta_of(locked.page()) };
+    drop(locked);
+    if meta.magic != page::MAGIC || meta.version != page::FORMAT_VERSION {
+        corrupt(index, format_args!("meta page has magic {:#x} version {}", meta.magic, meta.version));
+    }
+    meta
+}
+
+/// Writes `f`'s changes to the meta page.
+pub fn update_meta(index: pg_sys::Relation, f: impl FnOnce(&mut Meta)) {
+    let locked = Locked::new(index, page::META_BLOCK, Lock::Exclusive);
+    change_pages(index, &[&locked], false, |pages| f(unsafe { &mut *meta_of(pages[0]) }));
+}
+
+/// Number of item slots on a page.
+pub fn max_offset(page: pg_sys::Page) -> u16 {
+    unsafe { pg_sys::PageGetMaxOffsetNumber(page) }
+}
+
+/// The bytes of item `offset`, if it is a live item.
+pub fn item_bytes<'p>(page: pg_sys::Page, offset: u16) -> Option<&'p mut [u8]> {
+    unsafe {
+        if offset == 0 || offset > max_offset(page) {
+            return None;
+        }
+        let id = pg_sys::PageGetItemId(page, offset);
+        if (*id).lp_flags() != pg_sys::LP_NORMAL {
+            return None;
+        }
+        let ptr = pg_sys::PageGetItem(page, id) as *mut u8;
+        Some(std::slice::from_raw_parts_mut(ptr, (*id).lp_len() as usize))
+    }
+}
+
+/// The element at `offset` of `page`; ERROR if the tuple is malformed.
+pub fn element_on<'p>(index: pg_sys::Relation, page: pg_sys::Page, offset: u16, layout: Layout) -> Option<Element<'p>> {
+    let bytes = item_bytes(page, offset)?;
+    match Element::parse(bytes, layout) {
+        Ok(e) => Some(e),
+        Err(what) => corrupt(index, what),
+    }
+}
+
+pub fn element_mut_on<'p>(page: pg_sys::Page, offset: u16, layout: Layout) -> Option<ElementMut<'p>> {
+    item_bytes(page, offset).map(|bytes| ElementMut::new(bytes, layout))
+}
+
+/// Runs `f` on the element at `tid` under a share lock; None if there is none.
+/// `nblocks` is the caller's idea of the index size, refreshed when the index grew.
+pub fn with_element<R>(index: pg_sys::Relation, tid: Tid, layout: Layout, nblocks: &mut u32, f: impl FnOnce(&Element) -> R) -> Option<R> {
+    if tid.block >= *nblocks {
+        *nblocks = block_count(index);
+    }
+    if tid.block == page::META_BLOCK || tid.block >= *nblocks {
+        corrupt(index, format_args!("link to block {} of {}", tid.block, *nblocks));
+    }
+    let locked = Locked::new(index, tid.block, Lock::Share);
+    let element = element_on(index, locked.page(), tid.offset, layout)?;
+    Some(f(&element))
+}
+
+/// Blocks in the index's main fork.
+pub fn block_count(index: pg_sys::Relation) -> u32 {
+    unsafe { pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM) }
+}

@@ -1,0 +1,193 @@
+//! `m3ret_hnsw_check(index)`: verifies an index's structure against its table and
+//! reports what it found, for DBAs after a crash and for the tests after every
+//! scenario.
+
+use super::buffer::{self, Lock, Locked};
+use super::graph::TidMap;
+use super::page::{self, Layout, Meta, Tid};
+use crate::error::raise;
+use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
+use pgrx::prelude::*;
+
+/// Takes a share lock on the table, so it sees a stable set of rows.
+#[pg_extern(sql = false)]
+fn m3ret_hnsw_check(
+    index_oid: pg_sys::Oid,
+) -> TableIterator<
+    'static,
+    (name!(elements, i64), name!(live, i64), name!(dead, i64), name!(freed, i64), name!(entry_level, i32), name!(problems, Vec<String>)),
+> {
+    let (heap_oid, index) = unsafe {
+        let heap_oid = pg_sys::IndexGetRelation(index_oid, false);
+        if !pg_sys::pg_class_ownercheck(heap_oid, pg_sys::GetUserId()) {
+            raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "m3ret_hnsw_check: must be the owner of the table");
+        }
+        let heap = pg_sys::table_open(heap_oid, pg_sys::ShareLock as i32);
+        let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as i32);
+        let am = (*(*index).rd_rel).relam;
+        let name = std::ffi::CStr::from_ptr(pg_sys::get_am_name(am)).to_string_lossy().into_owned();
+        if name != "m3ret_hnsw" {
+            raise(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("m3ret_hnsw_check: the index uses {name}, not m3ret_hnsw"));
+        }
+        pg_sys::table_close(heap, pg_sys::NoLock as i32);
+        (heap_oid, index)
+    };
+    let alive = live_heap_rows(heap_oid, index);
+    let report = check(index, &alive);
+    unsafe { pg_sys::index_close(index, pg_sys::NoLock as i32) };
+    TableIterator::once((report.elements, report.live, report.dead, report.freed, report.entry_level, report.problems))
+}
+
+#[derive(Default)]
+struct Findings {
+    elements: i64,
+    live: i64,
+    dead: i64,
+    freed: i64,
+    entry_level: i32,
+    problems: Vec<String>,
+}
+
+impl Findings {
+    fn problem(&mut self, text: String) {
+        // A broken index can have millions; the first few tell the story.
+        if self.problems.len() < 100 {
+            self.problems.push(text);
+        }
+    }
+}
+
+/// One element as the check remembers it.
+struct Seen {
+    level: usize,
+    freed: bool,
+    links: Vec<Vec<Tid>>,
+}
+
+fn check(index: pg_sys::Relation, alive: &TidMap<()>) -> Findings {
+    let mut f = Findings::default();
+    let meta = buffer::read_meta(index);
+    let layout = meta.layout();
+    f.entry_level = meta.entry_level as i32;
+    let elements = read_all(index, layout, &mut f);
+    let mut indexed: TidMap<u32> = TidMap::default();
+    for (key, (heap, seen)) in &elements {
+        let tid = Tid { block: (key >> 16) as u32, offset: *key as u16 };
+        f.elements += 1;
+        if seen.freed {
+            f.freed += 1;
+            if seen.links.iter().flatten().next().is_some() {
+                f.problem(format!("freed element {tid:?} still has links"));
+            }
+            continue;
+        }
+        *indexed.entry(heap.key()).or_default() += 1;
+        if alive.contains_key(&heap.key()) {
+            f.live += 1;
+        } else {
+            f.dead += 1;
+        }
+        check_links(&mut f, &meta, tid, seen, &elements);
+    }
+    check_entry(&mut f, &meta, &elements);
+    for heap in alive.keys() {
+        match indexed.get(heap).copied().unwrap_or(0) {
+            1 => {}
+            n => f.problem(format!("heap row ({},{}) is indexed {n} times", heap >> 16, heap & 0xFFFF)),
+        }
+    }
+    f
+}
+
+fn read_all(index: pg_sys::Relation, layout: Layout, f: &mut Findings) -> TidMap<(Tid, Seen)> {
+    let mut elements = TidMap::default();
+    for block in 1..buffer::block_count(index) {
+        let locked = Locked::new(index, block, Lock::Share);
+        let special = unsafe { &*(pg_sys::PageGetSpecialPointer(locked.page()) as *const page::Special) };
+        if special.page_id != page::PAGE_ID {
+            f.problem(format!("block {block} is not an m3ret_hnsw page"));
+            continue;
+        }
+        for offset in 1..=buffer::max_offset(locked.page()) {
+            let Some(bytes) = buffer::item_bytes(locked.page(), offset) else { continue };
+            match page::Element::parse(bytes, layout) {
+                Ok(e) => {
+                    let links = (0..=e.level()).map(|l| e.neighbors(l).collect()).collect();
+                    elements.insert(Tid { block, offset }.key(), (e.heap_tid(), Seen { level: e.level(), freed: e.is_deleted(), links }));
+                }
+                Err(what) => f.problem(format!("block {block} item {offset}: {what}")),
+            }
+        }
+    }
+    elements
+}
+
+fn check_links(f: &mut Findings, meta: &Meta, tid: Tid, seen: &Seen, elements: &TidMap<(Tid, Seen)>) {
+    if meta.entry_level < 0 || seen.level > meta.entry_level as usize {
+        f.problem(format!("element {tid:?} has level {} above the entry level {}", seen.level, meta.entry_level));
+    }
+    for (level, links) in seen.links.iter().enumerate() {
+        if links.len() > meta.params().max_neighbors(level) {
+            f.problem(format!("element {tid:?} has {} links on level {level}", links.len()));
+        }
+        for (i, n) in links.iter().enumerate() {
+            if *n == tid {
+                f.problem(format!("element {tid:?} links to itself"));
+            } else if links[..i].contains(n) {
+                f.problem(format!("element {tid:?} links twice to {n:?}"));
+            }
+            match elements.get(&n.key()) {
+                None => f.problem(format!("element {tid:?} links to {n:?}, which is no element")),
+                Some((_, target)) if target.freed => f.problem(format!("element {tid:?} links to freed element {n:?}")),
+                Some((_, target)) if target.level < level => {
+                    f.problem(format!("element {tid:?} links to {n:?} on level {level}, above its level {}", target.level))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+fn check_entry(f: &mut Findings, meta: &Meta, elements: &TidMap<(Tid, Seen)>) {
+    let live_top = elements.values().filter(|(_, s)| !s.freed).map(|(_, s)| s.level).max();
+    match (meta.entry(), live_top) {
+        (None, None) => {}
+        (None, Some(_)) => f.problem("the index has elements but no entry element".into()),
+        (Some((entry, _)), None) => f.problem(format!("entry element {entry:?} in an index without elements")),
+        (Some((entry, level)), Some(top)) => match elements.get(&entry.key()) {
+            None => f.problem(format!("entry {entry:?} is no element")),
+            Some((_, e)) if e.freed => f.problem(format!("entry {entry:?} is a freed element")),
+            Some((_, e)) if e.level != level || level != top => {
+                f.problem(format!("entry {entry:?} has level {}, the meta page says {level}, the highest element {top}", e.level))
+            }
+            Some(_) => {}
+        },
+    }
+}
+
+/// The heap rows the index must hold: what a build would index now.
+fn live_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<()> {
+    let mut alive: TidMap<()> = TidMap::default();
+    unsafe {
+        let heap = pg_sys::table_open(heap_oid, pg_sys::NoLock as i32);
+        let info = pg_sys::BuildIndexInfo(index);
+        pg_sys::table_index_build_scan(heap, index, info, false, false, Some(collect_alive), &mut alive as *mut TidMap<()> as *mut std::ffi::c_void, std::ptr::null_mut());
+        pg_sys::table_close(heap, pg_sys::NoLock as i32);
+    }
+    alive
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn collect_alive(
+    _index: pg_sys::Relation,
+    tid: pg_sys::ItemPointer,
+    _values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    is_alive: bool,
+    state: *mut std::ffi::c_void,
+) {
+    if is_alive && !unsafe { *isnull } {
+        let alive = unsafe { &mut *(state as *mut TidMap<()>) };
+        alive.insert(Tid::from_item_pointer(unsafe { &*tid }).key(), ());
+    }
+}

@@ -1,0 +1,81 @@
+//! The graph in the index's pages, seen from one query: what the shared HNSW search
+//! of `m3ret_core::hnsw` walks during scans and inserts.
+
+use super::buffer::{self, with_element};
+use super::page::{Layout, Meta, Tid};
+use m3ret_core::hnsw::{greedy_closest, Candidate, Graph, Metric};
+use pgrx::pg_sys;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hashes a tid key with one multiplication: tids are not attacker-chosen and
+/// SipHash would be most of a visit's cost.
+#[derive(Default)]
+pub struct TidHasher(u64);
+
+impl Hasher for TidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys are hashed")
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    }
+}
+
+pub type TidSet = HashSet<u64, BuildHasherDefault<TidHasher>>;
+pub type TidMap<V> = HashMap<u64, V, BuildHasherDefault<TidHasher>>;
+
+pub struct DiskGraph {
+    pub index: pg_sys::Relation,
+    pub layout: Layout,
+    pub metric: Metric,
+    query: Vec<f32>,
+    nblocks: u32,
+    visited: TidSet,
+}
+
+impl DiskGraph {
+    pub fn new(index: pg_sys::Relation, meta: &Meta, metric: Metric, query: Vec<f32>) -> Self {
+        DiskGraph { index, layout: meta.layout(), metric, query, nblocks: buffer::block_count(index), visited: TidSet::default() }
+    }
+
+    pub fn clear_visited(&mut self) {
+        self.visited.clear();
+    }
+
+    /// Reads one element: `f` sees it under a share lock.
+    pub fn read<R>(&mut self, tid: Tid, f: impl FnOnce(&super::page::Element) -> R) -> Option<R> {
+        with_element(self.index, tid, self.layout, &mut self.nblocks, f)
+    }
+
+    /// Greedy descent from the entry element to `level`: the start of the search
+    /// on that layer. None if the entry element cannot be read.
+    pub fn descend(&mut self, entry: Tid, top: usize, level: usize) -> Option<Candidate<Tid>> {
+        let distance = self.distance(entry)?;
+        let mut nearest = Candidate { distance, id: entry };
+        for l in (level + 1..=top).rev() {
+            nearest = greedy_closest(self, nearest, l);
+        }
+        Some(nearest)
+    }
+}
+
+impl Graph for DiskGraph {
+    type Id = Tid;
+
+    fn distance(&mut self, id: Tid) -> Option<f32> {
+        let (index, layout, metric, query) = (self.index, self.layout, self.metric, &self.query);
+        with_element(index, id, layout, &mut self.nblocks, |e| metric.graph_distance(query, e.vector()))
+    }
+
+    fn neighbors(&mut self, id: Tid, level: usize, out: &mut Vec<Tid>) {
+        self.read(id, |e| out.extend(e.neighbors(level)));
+    }
+
+    fn visit(&mut self, id: Tid) -> bool {
+        self.visited.insert(id.key())
+    }
+}

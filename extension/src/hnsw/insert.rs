@@ -1,0 +1,225 @@
+//! Inserting into a live index (`aminsert`), and the on-disk part of a build that
+//! outgrew `maintenance_work_mem`.
+//!
+//! Concurrency: every insert holds the index's update lock in share mode (a
+//! heavyweight lock, so inserts run side by side); one that becomes the new entry
+//! element, or finds the index empty, takes it exclusively, and so does VACUUM while
+//! it repairs links. Pages are locked one at a time and each change is one
+//! GenericXLog record; a neighbour list changed meanwhile by someone else is re-read.
+
+use super::buffer::{self, change_pages, init_page, update_meta, Lock, Locked};
+use super::graph::{DiskGraph, TidMap};
+use super::page::{space_for, Element, Layout, Meta, Tid};
+use super::{metric_of, prepare_value, UPDATE_LOCK_BLOCK};
+use m3ret_core::hnsw::{search_layer, select_neighbors, Candidate, LevelRng, Metric};
+use pgrx::pg_sys;
+use std::cell::RefCell;
+
+thread_local! {
+    static LEVELS: RefCell<LevelRng> = RefCell::new(LevelRng::new(std::process::id() as u64 ^ unsafe { pg_sys::GetCurrentTimestamp() } as u64));
+}
+
+/// A level for a new element, as the paper draws it, capped so its tuple fits a page.
+pub fn draw_level(layout: &Layout) -> usize {
+    let cap = layout.max_level().unwrap_or(0);
+    LEVELS.with(|rng| layout.params.level_for(rng.borrow_mut().next_unit(), cap))
+}
+
+/// `aminsert`.
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn aminsert(
+    index: pg_sys::Relation,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    heap_tid: pg_sys::ItemPointer,
+    _heap: pg_sys::Relation,
+    _unique: pg_sys::IndexUniqueCheck::Type,
+    _unchanged: bool,
+    _info: *mut pg_sys::IndexInfo,
+) -> bool {
+    if unsafe { *isnull } {
+        return false;
+    }
+    let metric = metric_of(index);
+    let meta = buffer::read_meta(index);
+    let vector = prepare_value(index, unsafe { *values }, metric, meta.dims as usize);
+    insert_vector(index, metric, Tid::from_item_pointer(unsafe { &*heap_tid }), &vector);
+    false
+}
+
+/// Links one prepared vector into the graph on disk.
+pub fn insert_vector(index: pg_sys::Relation, metric: Metric, heap: Tid, vector: &[f32]) {
+    let mut mode = pg_sys::ShareLock;
+    unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, mode as i32) };
+    let mut meta = buffer::read_meta(index);
+    let layout = meta.layout();
+    let level = draw_level(&layout);
+    if meta.entry().is_none_or(|(_, top)| level > top) {
+        // This insert may change the entry element: nobody else may meanwhile.
+        unsafe {
+            pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, mode as i32);
+            mode = pg_sys::ExclusiveLock;
+            pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, mode as i32);
+        }
+        meta = buffer::read_meta(index);
+    }
+    let links = match meta.entry() {
+        Some((entry, top)) => find_links(index, &meta, metric, vector, level, entry, top),
+        None => Vec::new(),
+    };
+    let tid = place_element(index, &meta, heap, level, vector, &links);
+    for (l, list) in links.iter().enumerate() {
+        for c in list {
+            link_back(index, layout, metric, c.id, tid, c.distance, l);
+        }
+    }
+    if meta.entry().is_none_or(|(_, top)| level > top) {
+        update_meta(index, |m| {
+            m.entry = tid;
+            m.entry_level = level as i16;
+        });
+    }
+    unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, mode as i32) };
+}
+
+/// The links a new element at `level` gets on each of its layers.
+fn find_links(index: pg_sys::Relation, meta: &Meta, metric: Metric, vector: &[f32], level: usize, entry: Tid, top: usize) -> Vec<Vec<Candidate<Tid>>> {
+    let params = meta.params();
+    let mut graph = DiskGraph::new(index, meta, metric, vector.to_vec());
+    let Some(start) = graph.descend(entry, top, level) else { return Vec::new() };
+    let mut vectors: TidMap<Option<Vec<f32>>> = TidMap::default();
+    let mut links = vec![Vec::new(); level.min(top) + 1];
+    let mut entries = vec![start];
+    for l in (0..=level.min(top)).rev() {
+        graph.clear_visited();
+        entries.iter().for_each(|e| _ = m3ret_core::hnsw::Graph::visit(&mut graph, e.id));
+        let found = search_layer(&mut graph, &entries, params.ef_construction, l);
+        // Freed elements (awaiting reuse) are passed through, never linked to.
+        let live: Vec<Candidate<Tid>> = found
+            .iter()
+            .copied()
+            .filter(|c| vectors.entry(c.id.key()).or_insert_with(|| graph.read(c.id, live_vector).flatten()).is_some())
+            .collect();
+        let chosen = select_neighbors(&live, params.max_neighbors(l), |a, b| {
+            metric.graph_distance(vectors[&a.key()].as_deref().unwrap(), vectors[&b.key()].as_deref().unwrap())
+        });
+        links[l] = chosen;
+        entries = found;
+    }
+    links
+}
+
+fn live_vector(e: &Element) -> Option<Vec<f32>> {
+    (!e.is_deleted()).then(|| e.vector().to_vec())
+}
+
+/// Writes the element tuple: into a freed tuple large enough, else into free space
+/// from the insert page on, else on a new page. Returns where it went.
+fn place_element(index: pg_sys::Relation, meta: &Meta, heap: Tid, level: usize, vector: &[f32], links: &[Vec<Candidate<Tid>>]) -> Tid {
+    let layout = meta.layout();
+    let link_tids: Vec<Vec<Tid>> = links.iter().map(|l| l.iter().map(|c| c.id).collect()).collect();
+    let fresh = layout.encode(heap, level, level, vector, &link_tids);
+    let nblocks = buffer::block_count(index);
+    for block in meta.insert_page.max(1)..nblocks {
+        let locked = Locked::new(index, block, Lock::Exclusive);
+        if let Some(offset) = reusable_slot(index, locked.page(), layout, level) {
+            change_pages(index, &[&locked], false, |pages| {
+                let mut e = buffer::element_mut_on(pages[0], offset, layout).unwrap();
+                e.reset(heap, level, vector);
+                for (l, list) in link_tids.iter().enumerate() {
+                    e.set_neighbors(l, list);
+                }
+            });
+            return placed(index, meta, Tid { block, offset });
+        }
+        if unsafe { pg_sys::PageGetFreeSpace(locked.page()) } >= space_for(fresh.len()) {
+            let offset = change_pages(index, &[&locked], false, |pages| add_item(index, pages[0], &fresh));
+            return placed(index, meta, Tid { block, offset });
+        }
+    }
+    let locked = Locked::extend(index);
+    let block = locked.block();
+    let offset = change_pages(index, &[&locked], true, |pages| {
+        init_page(pages[0]);
+        add_item(index, pages[0], &fresh)
+    });
+    placed(index, meta, Tid { block, offset })
+}
+
+/// Remembers where there was room, so the next insert starts there.
+fn placed(index: pg_sys::Relation, meta: &Meta, tid: Tid) -> Tid {
+    if tid.block != meta.insert_page {
+        update_meta(index, |m| m.insert_page = tid.block);
+    }
+    tid
+}
+
+/// A freed element tuple on `page` with room for an element of `level`.
+fn reusable_slot(index: pg_sys::Relation, page: pg_sys::Page, layout: Layout, level: usize) -> Option<u16> {
+    (1..=buffer::max_offset(page)).find(|&off| buffer::element_on(index, page, off, layout).is_some_and(|e| e.is_deleted() && e.capacity() >= level))
+}
+
+pub fn add_item(index: pg_sys::Relation, page: pg_sys::Page, bytes: &[u8]) -> u16 {
+    let offset = unsafe { pg_sys::PageAddItemExtended(page, bytes.as_ptr() as pg_sys::Item, bytes.len(), pg_sys::InvalidOffsetNumber, 0) };
+    if offset == pg_sys::InvalidOffsetNumber {
+        buffer::corrupt(index, "no room for an element on a page that had room");
+    }
+    offset
+}
+
+/// Adds `new` (at `distance` from `to`) to `to`'s links on `level`; when the list is
+/// full, the selection heuristic decides what stays.
+fn link_back(index: pg_sys::Relation, layout: Layout, metric: Metric, to: Tid, new: Tid, distance: f32, level: usize) {
+    let max = layout.params.max_neighbors(level);
+    let mut nblocks = buffer::block_count(index);
+    for _attempt in 0..3 {
+        let read = buffer::with_element(index, to, layout, &mut nblocks, |e| {
+            (!e.is_deleted() && e.level() >= level).then(|| (e.neighbors(level).collect::<Vec<_>>(), e.vector().to_vec()))
+        });
+        let Some(Some((current, to_vector))) = read else { return };
+        if current.contains(&new) {
+            return;
+        }
+        let updated = if current.len() < max {
+            let mut list = current.clone();
+            list.push(new);
+            list
+        } else {
+            match reselect(index, layout, metric, &to_vector, &current, (new, distance), max, &mut nblocks) {
+                Some(list) => list,
+                None => return,
+            }
+        };
+        let locked = Locked::new(index, to.block, Lock::Exclusive);
+        let unchanged = buffer::element_on(index, locked.page(), to.offset, layout)
+            .is_some_and(|e| !e.is_deleted() && e.neighbors(level).eq(current.iter().copied()));
+        if unchanged {
+            change_pages(index, &[&locked], false, |pages| buffer::element_mut_on(pages[0], to.offset, layout).unwrap().set_neighbors(level, &updated));
+            return;
+        }
+        // Another insert changed the list between our read and our lock: read again.
+    }
+}
+
+/// The links a full list keeps once `new` competes for a place; None if `new` loses.
+#[allow(clippy::too_many_arguments)]
+fn reselect(index: pg_sys::Relation, layout: Layout, metric: Metric, to: &[f32], current: &[Tid], (new, distance): (Tid, f32), max: usize, nblocks: &mut u32) -> Option<Vec<Tid>> {
+    let mut vectors: TidMap<Vec<f32>> = TidMap::default();
+    let mut candidates = vec![Candidate { distance, id: new }];
+    for &n in current.iter().chain(std::iter::once(&new)) {
+        if let Some(Some(v)) = buffer::with_element(index, n, layout, nblocks, live_vector) {
+            if n != new {
+                candidates.push(Candidate { distance: metric.graph_distance(to, &v), id: n });
+            }
+            vectors.insert(n.key(), v);
+        }
+    }
+    if !vectors.contains_key(&new.key()) {
+        return None;
+    }
+    candidates.retain(|c| vectors.contains_key(&c.id.key()));
+    candidates.sort();
+    let kept = select_neighbors(&candidates, max, |a, b| metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()]));
+    let kept: Vec<Tid> = kept.into_iter().map(|c| c.id).collect();
+    kept.contains(&new).then_some(kept)
+}

@@ -1,0 +1,259 @@
+//! The on-disk layout of an `m3ret_hnsw` index, in ordinary PostgreSQL pages.
+//!
+//! Block 0 is the meta page ([`Meta`] in its contents). Every other block holds
+//! element tuples, one per indexed row:
+//!
+//! ```text
+//! heap tid (6) | level (1) | flags (1) | vector (4 x dims) | neighbour slots (6 each)
+//! ```
+//!
+//! Slots: 2m for layer 0, then m for each layer up to the element's capacity level;
+//! a list ends at its first invalid slot. The vector comes before the slots so that
+//! a tuple freed by VACUUM can take a new element of any lower level in place.
+//! Element tuples never move, so a [`Tid`] (block, offset) names an element for good.
+
+use m3ret_core::hnsw::{Params, MAX_LEVEL};
+use pgrx::pg_sys;
+
+pub const META_BLOCK: u32 = 0;
+pub const MAGIC: u32 = 0x4D33_484E;
+pub const FORMAT_VERSION: u32 = 1;
+/// In each page's special space, so that tools can tell our pages apart.
+pub const PAGE_ID: u16 = 0x4D33;
+const HEADER_BYTES: usize = 8;
+const SLOT_BYTES: usize = 6;
+const FLAG_DELETED: u8 = 1;
+const BLCKSZ: usize = pg_sys::BLCKSZ as usize;
+
+/// Where an element tuple is, or a heap tuple an element points at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tid {
+    pub block: u32,
+    pub offset: u16,
+}
+
+impl Tid {
+    pub const INVALID: Tid = Tid { block: pg_sys::InvalidBlockNumber, offset: 0 };
+
+    pub fn is_valid(self) -> bool {
+        self.block != pg_sys::InvalidBlockNumber && self.offset != 0
+    }
+
+    /// One integer per tid, for hash sets.
+    pub fn key(self) -> u64 {
+        ((self.block as u64) << 16) | self.offset as u64
+    }
+
+    fn read(bytes: &[u8]) -> Tid {
+        Tid {
+            block: u32::from_le_bytes(bytes[0..4].try_into().unwrap()),
+            offset: u16::from_le_bytes(bytes[4..6].try_into().unwrap()),
+        }
+    }
+
+    fn write(self, bytes: &mut [u8]) {
+        bytes[0..4].copy_from_slice(&self.block.to_le_bytes());
+        bytes[4..6].copy_from_slice(&self.offset.to_le_bytes());
+    }
+
+    pub fn from_item_pointer(p: &pg_sys::ItemPointerData) -> Tid {
+        Tid { block: ((p.ip_blkid.bi_hi as u32) << 16) | p.ip_blkid.bi_lo as u32, offset: p.ip_posid }
+    }
+
+    pub fn to_item_pointer(self) -> pg_sys::ItemPointerData {
+        pg_sys::ItemPointerData {
+            ip_blkid: pg_sys::BlockIdData { bi_hi: (self.block >> 16) as u16, bi_lo: self.block as u16 },
+            ip_posid: self.offset,
+        }
+    }
+}
+
+/// The meta page: what every operation reads first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    pub magic: u32,
+    pub version: u32,
+    pub dims: u32,
+    pub m: u16,
+    pub ef_construction: u16,
+    /// `Metric` as stored: 0 L2, 1 inner product, 2 cosine.
+    pub metric: u8,
+    pub unused: u8,
+    /// Level of the entry element; -1 while the index is empty.
+    pub entry_level: i16,
+    pub entry: Tid,
+    /// Where an insert starts looking for room (VACUUM moves it back to freed space).
+    pub insert_page: u32,
+}
+
+impl Meta {
+    pub fn entry(&self) -> Option<(Tid, usize)> {
+        (self.entry_level >= 0 && self.entry.is_valid()).then_some((self.entry, self.entry_level as usize))
+    }
+
+    pub fn params(&self) -> Params {
+        Params { m: self.m as usize, ef_construction: self.ef_construction as usize }
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout { dims: self.dims as usize, params: self.params() }
+    }
+}
+
+/// Marks our pages in their special space.
+#[repr(C)]
+pub struct Special {
+    pub flags: u16,
+    pub page_id: u16,
+}
+
+/// Bytes available for items on an empty element page (one line pointer each).
+pub fn page_capacity() -> usize {
+    let header = unsafe { pg_sys::SizeOfPageHeaderData() };
+    BLCKSZ - header - unsafe { pg_sys::MAXALIGN(std::mem::size_of::<Special>()) }
+}
+
+/// Space one tuple of `len` bytes takes on a page, line pointer included.
+pub fn space_for(len: usize) -> usize {
+    (unsafe { pg_sys::MAXALIGN(len) }) + std::mem::size_of::<pg_sys::ItemIdData>()
+}
+
+/// Sizes of element tuples for one index.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub dims: usize,
+    pub params: Params,
+}
+
+impl Layout {
+    pub fn tuple_len(&self, level: usize) -> usize {
+        HEADER_BYTES + 4 * self.dims + SLOT_BYTES * self.params.slots(level)
+    }
+
+    /// The highest level whose tuple fits on a page; None if not even level 0 does.
+    pub fn max_level(&self) -> Option<usize> {
+        (0..=MAX_LEVEL).rev().find(|&l| space_for(self.tuple_len(l)) <= page_capacity())
+    }
+
+    /// The level a tuple of `len` bytes has room for, if `len` is a valid size.
+    pub fn capacity_level(&self, len: usize) -> Option<usize> {
+        let slot_bytes = len.checked_sub(HEADER_BYTES + 4 * self.dims)?;
+        if slot_bytes % SLOT_BYTES != 0 {
+            return None;
+        }
+        let slots = slot_bytes / SLOT_BYTES;
+        let above = slots.checked_sub(2 * self.params.m)?;
+        (above % self.params.m == 0).then_some(above / self.params.m)
+    }
+
+    fn slot_range(&self, level: usize) -> std::ops::Range<usize> {
+        let m = self.params.m;
+        let (start, count) = if level == 0 { (0, 2 * m) } else { (2 * m + (level - 1) * m, m) };
+        let base = HEADER_BYTES + 4 * self.dims;
+        base + SLOT_BYTES * start..base + SLOT_BYTES * (start + count)
+    }
+
+    /// A new element tuple: `links[l]` are its neighbours on layer l.
+    pub fn encode(&self, heap: Tid, level: usize, capacity: usize, vector: &[f32], links: &[Vec<Tid>]) -> Vec<u8> {
+        let mut bytes = vec![0u8; self.tuple_len(capacity)];
+        let mut e = ElementMut { bytes: &mut bytes, layout: *self };
+        e.reset(heap, level, vector);
+        for (l, list) in links.iter().enumerate() {
+            e.set_neighbors(l, list);
+        }
+        bytes
+    }
+}
+
+/// An element tuple, read in place.
+pub struct Element<'a> {
+    bytes: &'a [u8],
+    layout: Layout,
+    capacity: usize,
+}
+
+impl<'a> Element<'a> {
+    /// Checks the tuple's size and level before anything reads it.
+    pub fn parse(bytes: &'a [u8], layout: Layout) -> Result<Self, String> {
+        let capacity = layout.capacity_level(bytes.len()).ok_or_else(|| format!("element tuple of {} bytes", bytes.len()))?;
+        let e = Element { bytes, layout, capacity };
+        if e.level() > capacity {
+            return Err(format!("element level {} above its capacity {capacity}", e.level()));
+        }
+        Ok(e)
+    }
+
+    pub fn heap_tid(&self) -> Tid {
+        Tid::read(&self.bytes[0..6])
+    }
+
+    pub fn level(&self) -> usize {
+        self.bytes[6] as usize
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.bytes[7] & FLAG_DELETED != 0
+    }
+
+    pub fn vector(&self) -> &'a [f32] {
+        let bytes = &self.bytes[HEADER_BYTES..HEADER_BYTES + 4 * self.layout.dims];
+        // Items start MAXALIGNed and the header is 8 bytes, so the floats are aligned.
+        assert_eq!(bytes.as_ptr() as usize % 4, 0, "misaligned element vector");
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, self.layout.dims) }
+    }
+
+    /// Neighbours on `level` (none above the element's level).
+    pub fn neighbors(&self, level: usize) -> impl Iterator<Item = Tid> + 'a {
+        let range = if level <= self.level() { self.layout.slot_range(level) } else { 0..0 };
+        self.bytes[range].chunks_exact(SLOT_BYTES).map(Tid::read).take_while(|t| t.is_valid())
+    }
+}
+
+/// An element tuple, changed in place (inside a GenericXLog-registered page).
+pub struct ElementMut<'a> {
+    bytes: &'a mut [u8],
+    layout: Layout,
+}
+
+impl<'a> ElementMut<'a> {
+    pub fn new(bytes: &'a mut [u8], layout: Layout) -> Self {
+        ElementMut { bytes, layout }
+    }
+
+    /// Makes the tuple a fresh element with no links.
+    pub fn reset(&mut self, heap: Tid, level: usize, vector: &[f32]) {
+        heap.write(&mut self.bytes[0..6]);
+        self.bytes[6] = level as u8;
+        self.bytes[7] = 0;
+        for (chunk, v) in self.bytes[HEADER_BYTES..].chunks_exact_mut(4).zip(vector) {
+            chunk.copy_from_slice(&v.to_ne_bytes());
+        }
+        let slots = HEADER_BYTES + 4 * self.layout.dims;
+        for slot in self.bytes[slots..].chunks_exact_mut(SLOT_BYTES) {
+            Tid::INVALID.write(slot);
+        }
+    }
+
+    pub fn set_neighbors(&mut self, level: usize, links: &[Tid]) {
+        let range = self.layout.slot_range(level);
+        for (i, slot) in self.bytes[range].chunks_exact_mut(SLOT_BYTES).enumerate() {
+            links.get(i).copied().unwrap_or(Tid::INVALID).write(slot);
+        }
+    }
+
+    /// Frees the tuple for reuse: no heap row, no links.
+    pub fn mark_deleted(&mut self) {
+        Tid::INVALID.write(&mut self.bytes[0..6]);
+        self.bytes[7] |= FLAG_DELETED;
+        let slots = HEADER_BYTES + 4 * self.layout.dims;
+        for slot in self.bytes[slots..].chunks_exact_mut(SLOT_BYTES) {
+            Tid::INVALID.write(slot);
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! VACUUM (`ambulkdelete`, `amvacuumcleanup`).
+//!
+//! 1. Find the elements whose heap rows are dead (no lock beyond the pages').
+//! 2. Under the exclusive update lock (inserts wait, scans go on): every live
+//!    element that links to a dead one gets its list re-selected among its live
+//!    links and the links of its dead neighbours (their two-hop neighbourhood), so
+//!    the graph stays connected and recall does not decay; a new entry element is
+//!    chosen if the old one died.
+//! 3. The dead elements are freed in place; inserts reuse them (the meta page's
+//!    insert page moves back to the first freed one), so the index does not grow.
+
+use super::buffer::{self, change_pages, update_meta, Lock, Locked};
+use super::graph::{DiskGraph, TidMap, TidSet};
+use super::metric_of;
+use super::page::{Layout, Meta, Tid};
+use super::UPDATE_LOCK_BLOCK;
+use m3ret_core::hnsw::{search_layer, select_neighbors, Candidate, Graph, Metric};
+use pgrx::pg_sys;
+
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn ambulkdelete(
+    info: *mut pg_sys::IndexVacuumInfo,
+    stats: *mut pg_sys::IndexBulkDeleteResult,
+    callback: pg_sys::IndexBulkDeleteCallback,
+    callback_state: *mut std::ffi::c_void,
+) -> *mut pg_sys::IndexBulkDeleteResult {
+    let index = unsafe { (*info).index };
+    let stats = if stats.is_null() { new_stats() } else { stats };
+    let meta = buffer::read_meta(index);
+    let callback = callback.expect("VACUUM passes a callback");
+    let is_dead = |heap: Tid| unsafe { callback(&mut heap.to_item_pointer(), callback_state) };
+    let (dead, live) = find_dead(index, meta.layout(), is_dead);
+    if !dead.is_empty() {
+        unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
+        let meta = buffer::read_meta(index);
+        repair_links(index, &meta, metric_of(index), &dead);
+        free_elements(index, &meta, &dead);
+        unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
+    }
+    unsafe {
+        (*stats).tuples_removed += dead.len() as f64;
+        (*stats).num_index_tuples = live as f64;
+    }
+    stats
+}
+
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn amvacuumcleanup(info: *mut pg_sys::IndexVacuumInfo, stats: *mut pg_sys::IndexBulkDeleteResult) -> *mut pg_sys::IndexBulkDeleteResult {
+    if unsafe { (*info).analyze_only } {
+        return stats;
+    }
+    let index = unsafe { (*info).index };
+    let stats = if stats.is_null() {
+        // No bulk delete ran (nothing was dead): count what is there.
+        let stats = new_stats();
+        let (_, live) = find_dead(index, buffer::read_meta(index).layout(), |_| false);
+        unsafe { (*stats).num_index_tuples = live as f64 };
+        stats
+    } else {
+        stats
+    };
+    unsafe { (*stats).num_pages = buffer::block_count(index) };
+    stats
+}
+
+fn new_stats() -> *mut pg_sys::IndexBulkDeleteResult {
+    unsafe { pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>()) as *mut pg_sys::IndexBulkDeleteResult }
+}
+
+/// Elements whose heap row `is_dead` says is gone, and the number of live ones.
+fn find_dead(index: pg_sys::Relation, layout: Layout, mut is_dead: impl FnMut(Tid) -> bool) -> (TidSet, usize) {
+    let mut dead = TidSet::default();
+    let mut live = 0;
+    for block in 1..buffer::block_count(index) {
+        unsafe { pg_sys::vacuum_delay_point() };
+        let locked = Locked::new(index, block, Lock::Share);
+        for offset in 1..=buffer::max_offset(locked.page()) {
+            let Some(e) = buffer::element_on(index, locked.page(), offset, layout) else { continue };
+            if e.is_deleted() {
+                continue;
+            }
+            if is_dead(e.heap_tid()) {
+                dead.insert(Tid { block, offset }.key());
+            } else {
+                live += 1;
+            }
+        }
+    }
+    (dead, live)
+}
+
+/// A live element that links to a dead one, as read before its repair.
+struct Damaged {
+    tid: Tid,
+    vector: Vec<f32>,
+    links: Vec<Vec<Tid>>,
+}
+
+/// Re-selects the links of every live element that points at a dead one, and moves
+/// the entry element off a dead one.
+fn repair_links(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &TidSet) {
+    let layout = meta.layout();
+    let mut highest: Option<(Tid, usize)> = None;
+    for block in 1..buffer::block_count(index) {
+        unsafe { pg_sys::vacuum_delay_point() };
+        let mut damaged = Vec::new();
+        {
+            let locked = Locked::new(index, block, Lock::Share);
+            for offset in 1..=buffer::max_offset(locked.page()) {
+                let tid = Tid { block, offset };
+                let Some(e) = buffer::element_on(index, locked.page(), offset, layout) else { continue };
+                if e.is_deleted() || dead.contains(&tid.key()) {
+                    continue;
+                }
+                if highest.is_none_or(|(_, l)| e.level() > l) {
+                    highest = Some((tid, e.level()));
+                }
+                let links: Vec<Vec<Tid>> = (0..=e.level()).map(|l| e.neighbors(l).collect()).collect();
+                if links.iter().flatten().any(|n| dead.contains(&n.key())) {
+                    damaged.push(Damaged { tid, vector: e.vector().to_vec(), links });
+                }
+            }
+        }
+        for element in damaged {
+            let repaired = repair_element(index, meta, metric, dead, &element);
+            let locked = Locked::new(index, block, Lock::Exclusive);
+            change_pages(index, &[&locked], false, |pages| {
+                let mut e = buffer::element_mut_on(pages[0], element.tid.offset, layout).unwrap();
+                for (l, list) in repaired.iter().enumerate() {
+                    e.set_neighbors(l, list);
+                }
+            });
+        }
+    }
+    let entry_dead = meta.entry().is_some_and(|(entry, _)| dead.contains(&entry.key()));
+    if entry_dead || meta.entry().is_none() {
+        update_meta(index, |m| match highest {
+            Some((tid, level)) => {
+                m.entry = tid;
+                m.entry_level = level as i16;
+            }
+            None => {
+                m.entry = Tid::INVALID;
+                m.entry_level = -1;
+            }
+        });
+    }
+}
+
+/// New links for a damaged element on each level.
+fn repair_element(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &TidSet, element: &Damaged) -> Vec<Vec<Tid>> {
+    let layout = meta.layout();
+    let mut graph = DiskGraph::new(index, meta, metric, element.vector.clone());
+    let mut vectors: TidMap<Option<Vec<f32>>> = TidMap::default();
+    // A link may go to an element that is not this one, not dead and not freed.
+    let usable = |graph: &mut DiskGraph, vectors: &mut TidMap<Option<Vec<f32>>>, tid: Tid| -> bool {
+        tid != element.tid
+            && !dead.contains(&tid.key())
+            && vectors.entry(tid.key()).or_insert_with(|| graph.read(tid, |e| (!e.is_deleted()).then(|| e.vector().to_vec())).flatten()).is_some()
+    };
+    let mut repaired = Vec::with_capacity(element.links.len());
+    for (level, links) in element.links.iter().enumerate() {
+        if !links.iter().any(|n| dead.contains(&n.key())) {
+            repaired.push(links.clone());
+            continue;
+        }
+        let mut seen = TidSet::default();
+        let mut candidates = Vec::new();
+        for &n in links {
+            let hops: Vec<Tid> = if dead.contains(&n.key()) {
+                let mut out = Vec::new();
+                graph.neighbors(n, level, &mut out);
+                out
+            } else {
+                vec![n]
+            };
+            for h in hops {
+                if seen.insert(h.key()) && usable(&mut graph, &mut vectors, h) {
+                    if let Some(d) = graph.distance(h) {
+                        candidates.push(Candidate { distance: d, id: h });
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            // Everything around it died: find it new neighbours from the entry.
+            candidates = search_from_entry(&mut graph, meta, level, dead);
+            candidates.retain(|c| usable(&mut graph, &mut vectors, c.id));
+        }
+        candidates.sort();
+        let chosen = select_neighbors(&candidates, layout.params.max_neighbors(level), |a, b| {
+            let (va, vb) = (vectors[&a.key()].as_deref().unwrap(), vectors[&b.key()].as_deref().unwrap());
+            metric.graph_distance(va, vb)
+        });
+        repaired.push(chosen.iter().map(|c| c.id).collect());
+    }
+    repaired
+}
+
+fn search_from_entry(graph: &mut DiskGraph, meta: &Meta, level: usize, dead: &TidSet) -> Vec<Candidate<Tid>> {
+    let Some((entry, top)) = meta.entry() else { return Vec::new() };
+    if top < level || dead.contains(&entry.key()) {
+        return Vec::new();
+    }
+    let Some(start) = graph.descend(entry, top, level) else { return Vec::new() };
+    graph.clear_visited();
+    graph.visit(start.id);
+    search_layer(graph, &[start], meta.params().ef_construction, level)
+}
+
+/// Frees the dead elements and points inserts at the first freed page.
+fn free_elements(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
+    let layout = meta.layout();
+    let mut by_block: std::collections::BTreeMap<u32, Vec<u16>> = Default::default();
+    for &key in dead {
+        by_block.entry((key >> 16) as u32).or_default().push(key as u16);
+    }
+    for (&block, offsets) in &by_block {
+        let locked = Locked::new(index, block, Lock::Exclusive);
+        change_pages(index, &[&locked], false, |pages| {
+            for &offset in offsets {
+                if let Some(mut e) = buffer::element_mut_on(pages[0], offset, layout) {
+                    e.mark_deleted();
+                }
+            }
+        });
+    }
+    if let Some(&first) = by_block.keys().next() {
+        update_meta(index, |m| m.insert_page = m.insert_page.min(first));
+    }
+}
