@@ -1,29 +1,11 @@
 //! The HNSW algorithms on clustered vectors: recall of the in-memory graph against
 //! exact search, for the three metrics, and the resumable search's later batches.
 
-use m3ret_core::hnsw::{Graph, LevelRng, MemoryGraph, Metric, Params, ResumableSearch, Candidate, greedy_closest};
-use rand::{Rng, SeedableRng};
+use m3ret_core::hnsw::{greedy_closest, search_layer_bounded, Candidate, Graph, LevelRng, MemoryGraph, Metric, Params};
 use std::time::Duration;
 
-/// `n` vectors in `clusters` clusters, each spread along a few directions of its own
-/// (low intrinsic dimension, as real embeddings are) plus a little isotropic noise.
 fn clustered(n: usize, dims: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
-    const SPREAD_DIRECTIONS: usize = 8;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-    let centres: Vec<Vec<f32>> = (0..clusters).map(|_| (0..dims).map(|_| rng.gen_range(-1.0..1.0)).collect()).collect();
-    let bases: Vec<Vec<Vec<f32>>> = (0..clusters)
-        .map(|_| (0..SPREAD_DIRECTIONS).map(|_| (0..dims).map(|_| rng.gen_range(-0.15..0.15)).collect()).collect())
-        .collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|i| {
-            let c = i % clusters;
-            let z: Vec<f32> = (0..SPREAD_DIRECTIONS).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            (0..dims)
-                .map(|d| centres[c][d] + (0..SPREAD_DIRECTIONS).map(|k| z[k] * bases[c][k][d]).sum::<f32>() + rng.gen_range(-0.01..0.01))
-                .collect()
-        })
-        .collect()
+    m3ret_core::vector::synthetic::Clustered::new(dims, clusters).vectors(n, seed)
 }
 
 fn build(metric: Metric, data: &[Vec<f32>], params: Params, threads: usize) -> MemoryGraph {
@@ -67,7 +49,7 @@ fn recall_at_10_is_high_for_every_metric() {
 
 #[test]
 fn every_element_is_linked_and_links_respect_levels() {
-    let data = clustered(1500, 16, 10, 3);
+    let data = clustered(6000, 16, 10, 3);
     let params = Params { m: 8, ef_construction: 32 };
     let graph = build(Metric::L2, &data, params, 3);
     let (entry, top) = graph.entry().unwrap();
@@ -80,6 +62,7 @@ fn every_element_is_linked_and_links_respect_levels() {
             assert!(links.len() <= params.max_neighbors(l));
             for &n in &links {
                 assert_ne!(n, i, "element {i} links to itself");
+                assert_eq!(links.iter().filter(|&&x| x == n).count(), 1, "element {i} links twice to {n} on level {l}");
                 assert!(graph.level(n) >= l, "link {i}->{n} on level {l} above {n}'s top");
                 if l == 0 {
                     incoming[n as usize] += 1;
@@ -91,7 +74,7 @@ fn every_element_is_linked_and_links_respect_levels() {
     assert!(orphans * 100 < graph.len(), "{orphans} elements nothing links to");
 }
 
-/// Brute-force view of a small graph for ResumableSearch.
+/// A small graph seen from one query, for the bounded search.
 struct Flat<'a> {
     graph: &'a MemoryGraph,
     query: Vec<f32>,
@@ -112,34 +95,33 @@ impl Graph for Flat<'_> {
 }
 
 #[test]
-fn resumed_search_returns_each_element_once_and_reaches_all() {
+fn a_bounded_search_stops_at_its_bound_and_a_wide_one_reaches_everything() {
     let data = clustered(800, 16, 8, 4);
     let graph = build(Metric::L2, &data, Params { m: 8, ef_construction: 32 }, 1);
     let (entry, top) = graph.entry().unwrap();
+    let start = |view: &mut Flat| {
+        let d = view.distance(entry).unwrap();
+        let mut start = Candidate { distance: d, id: entry };
+        for l in (1..=top).rev() {
+            start = greedy_closest(view, start, l);
+        }
+        view.seen.clear();
+        view.visit(start.id);
+        start
+    };
     let mut view = Flat { graph: &graph, query: data[5].clone(), seen: Default::default() };
-    let d = view.distance(entry).unwrap();
-    let mut start = Candidate { distance: d, id: entry };
-    for l in (1..=top).rev() {
-        start = greedy_closest(&mut view, start, l);
-    }
-    view.visit(start.id);
-    let mut search = ResumableSearch::new(&[start], true);
-    let first = search.next_batch(&mut view, 10, 0, usize::MAX);
-    assert_eq!(first[0].id, 5, "the query's own vector comes first");
-    let mut returned: Vec<u32> = first.iter().map(|c| c.id).collect();
-    while !search.exhausted() {
-        let batch = search.next_batch(&mut view, 10, 0, usize::MAX);
-        assert!(!batch.is_empty());
-        returned.extend(batch.iter().map(|c| c.id));
-    }
-    let mut unique = returned.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), returned.len(), "an element was returned twice");
-    assert!(returned.len() >= 790, "only {} of 800 reached", returned.len());
-    // Batches come out roughly in order: the first 10 are the exact 10 nearest.
-    let truth = exact(Metric::L2, &graph, &data[5], 10);
-    assert!(first.iter().all(|c| truth.contains(&c.id)));
+    let s = start(&mut view);
+    let (found, visited) = search_layer_bounded(&mut view, &[s], 10, 0, 50);
+    assert!(visited <= 50 + 2 * 8, "visited {visited} with a bound of 50");
+    assert_eq!(found[0].id, 5, "the query's own vector comes first");
+    let s = start(&mut view);
+    let (all, _) = search_layer_bounded(&mut view, &[s], 800, 0, usize::MAX);
+    let mut ids: Vec<u32> = all.iter().map(|c| c.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len(), "an element came back twice");
+    assert!(all.len() >= 790, "only {} of 800 reached", all.len());
+    assert!(all.windows(2).all(|w| w[0].distance <= w[1].distance), "results out of order");
 }
 
 #[test]

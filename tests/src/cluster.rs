@@ -102,6 +102,29 @@ impl Cluster {
         db
     }
 
+    /// Kills the postmaster and every process of the cluster with SIGKILL, as a power
+    /// cut would, then starts it again: the restart replays the WAL.
+    pub fn crash_and_restart(&self) {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).expect("postmaster.pid");
+        let postmaster: i32 = pid_file.lines().next().and_then(|l| l.trim().parse().ok()).expect("postmaster pid");
+        let mut victims = children_of(postmaster);
+        victims.push(postmaster);
+        for &pid in &victims {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while victims.iter().any(|&pid| is_running(pid)) {
+            assert!(std::time::Instant::now() < deadline, "cluster processes did not die");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // After a real crash no process would hold the old pid; here a zombie may,
+        // which the new postmaster would take for a running server (data directory
+        // and socket lock files both name it).
+        let _ = std::fs::remove_file(self.data_dir().join("postmaster.pid"));
+        let _ = std::fs::remove_file(self.dir.path().join(format!(".s.PGSQL.{}.lock", self.port)));
+        self.pg_ctl(&["start", "-w", "-t", "120", "-l", path_str(&self.log_path())]);
+    }
+
     /// Stops the server at once (no shutdown checkpoint needed for a throwaway cluster).
     pub fn stop(&self) {
         if !self.stopped.swap(true, Ordering::SeqCst) {
@@ -191,6 +214,29 @@ fn give_to_postgres(dir: &Path) {
         let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().expect("chown");
         assert!(status.success(), "chown {dir:?} to postgres failed");
     }
+}
+
+/// True while `pid` exists and is not a zombie (nobody may reap it in a container).
+fn is_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// Processes whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may contain spaces.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok()))
+                == Some(parent)
+        })
+        .collect()
 }
 
 /// A port nobody listens on right now.

@@ -142,6 +142,10 @@ impl MemoryGraph {
         let max = self.params.max_neighbors(level);
         let mut links = self.links[to as usize].write().unwrap();
         let list = &mut links[level];
+        if list.contains(&new) {
+            // `to` is being inserted too, and already chose `new` itself.
+            return;
+        }
         if list.len() < max {
             list.push(new);
             return;

@@ -1,8 +1,7 @@
 //! HNSW (Malkov & Yashunin, 2018) graph algorithms, independent of where the graph
 //! is stored.
 //!
-//! - `search.rs`: best-first search of one layer through the [`Graph`] trait, resumable
-//!   so that a filtered scan can ask for more results;
+//! - `search.rs`: best-first search of one layer through the [`Graph`] trait;
 //! - `select.rs`: the neighbour-selection heuristic;
 //! - `memory.rs`: an in-memory graph built by worker threads (index builds).
 //!
@@ -14,8 +13,8 @@ mod search;
 mod select;
 
 pub use memory::MemoryGraph;
-pub use search::{greedy_closest, search_layer, Candidate, Graph, ResumableSearch};
-pub use select::select_neighbors;
+pub use search::{greedy_closest, search_layer, search_layer_bounded, Candidate, Graph};
+pub use select::{extend_neighbors, select_neighbors};
 
 use crate::vector::distance;
 

@@ -7,11 +7,16 @@ use super::Candidate;
 
 /// At most `m` of `candidates` (sorted nearest first by distance to the element).
 /// `between(a, b)` is the distance between two candidates.
-pub fn select_neighbors<Id: Copy>(candidates: &[Candidate<Id>], m: usize, mut between: impl FnMut(Id, Id) -> f32) -> Vec<Candidate<Id>> {
+pub fn select_neighbors<Id: Copy>(candidates: &[Candidate<Id>], m: usize, between: impl FnMut(Id, Id) -> f32) -> Vec<Candidate<Id>> {
     if candidates.len() <= m {
         return candidates.to_vec();
     }
-    let mut kept: Vec<Candidate<Id>> = Vec::with_capacity(m);
+    extend_neighbors(Vec::with_capacity(m), candidates, m, between)
+}
+
+/// Adds to `kept` (links an element keeps in any case) those of `candidates`
+/// (sorted nearest first) that the heuristic accepts next to them, up to `m` in all.
+pub fn extend_neighbors<Id: Copy>(mut kept: Vec<Candidate<Id>>, candidates: &[Candidate<Id>], m: usize, mut between: impl FnMut(Id, Id) -> f32) -> Vec<Candidate<Id>> {
     for &c in candidates {
         if kept.len() == m {
             break;

@@ -4,6 +4,7 @@
 //! the SQL operators, the index and the trainer's evaluation agree to the bit.
 
 pub mod distance;
+pub mod synthetic;
 pub mod text;
 
 /// Most dimensions an embedding may have (pgvector's `vector` has the same cap).

@@ -120,9 +120,13 @@ fn place_element(index: pg_sys::Relation, meta: &Meta, heap: Tid, level: usize, 
     let link_tids: Vec<Vec<Tid>> = links.iter().map(|l| l.iter().map(|c| c.id).collect()).collect();
     let fresh = layout.encode(heap, level, level, vector, &link_tids);
     let nblocks = buffer::block_count(index);
+    // The first page passed over that still has a freed tuple too small for this
+    // element: later inserts (most are level 0) must still look there.
+    let mut skipped: Option<u32> = None;
     for block in meta.insert_page.max(1)..nblocks {
         let locked = Locked::new(index, block, Lock::Exclusive);
-        if let Some(offset) = reusable_slot(index, locked.page(), layout, level) {
+        let (fits, freed) = reusable_slot(index, locked.page(), layout, level);
+        if let Some(offset) = fits {
             change_pages(index, &[&locked], false, |pages| {
                 let mut e = buffer::element_mut_on(pages[0], offset, layout).unwrap();
                 e.reset(heap, level, vector);
@@ -130,11 +134,29 @@ fn place_element(index: pg_sys::Relation, meta: &Meta, heap: Tid, level: usize, 
                     e.set_neighbors(l, list);
                 }
             });
-            return placed(index, meta, Tid { block, offset });
+            return placed(index, meta, Tid { block, offset }, skipped);
         }
         if unsafe { pg_sys::PageGetFreeSpace(locked.page()) } >= space_for(fresh.len()) {
             let offset = change_pages(index, &[&locked], false, |pages| add_item(index, pages[0], &fresh));
-            return placed(index, meta, Tid { block, offset });
+            return placed(index, meta, Tid { block, offset }, skipped);
+        }
+        if !freed.is_empty() {
+            // Freed tuples each too small, but together with the free space
+            // enough: drop them (their line pointers stay unused) to make room.
+            let reclaimable: usize = freed.iter().map(|&(_, len)| unsafe { pg_sys::MAXALIGN(len) }).sum();
+            if unsafe { pg_sys::PageGetFreeSpace(locked.page()) } + reclaimable >= space_for(fresh.len()) {
+                let offset = change_pages(index, &[&locked], false, |pages| {
+                    for &(offset, _) in freed.iter().rev() {
+                        if unsafe { pg_sys::PageGetFreeSpace(pages[0]) } >= space_for(fresh.len()) {
+                            break;
+                        }
+                        unsafe { pg_sys::PageIndexTupleDeleteNoCompact(pages[0], offset) };
+                    }
+                    add_item(index, pages[0], &fresh)
+                });
+                return placed(index, meta, Tid { block, offset }, skipped);
+            }
+            skipped.get_or_insert(block);
         }
     }
     let locked = Locked::extend(index);
@@ -143,20 +165,31 @@ fn place_element(index: pg_sys::Relation, meta: &Meta, heap: Tid, level: usize, 
         init_page(pages[0]);
         add_item(index, pages[0], &fresh)
     });
-    placed(index, meta, Tid { block, offset })
+    placed(index, meta, Tid { block, offset }, skipped)
 }
 
 /// Remembers where there was room, so the next insert starts there.
-fn placed(index: pg_sys::Relation, meta: &Meta, tid: Tid) -> Tid {
-    if tid.block != meta.insert_page {
-        update_meta(index, |m| m.insert_page = tid.block);
+fn placed(index: pg_sys::Relation, meta: &Meta, tid: Tid, skipped: Option<u32>) -> Tid {
+    let start = skipped.unwrap_or(tid.block);
+    if start != meta.insert_page {
+        update_meta(index, |m| m.insert_page = start);
     }
     tid
 }
 
-/// A freed element tuple on `page` with room for an element of `level`.
-fn reusable_slot(index: pg_sys::Relation, page: pg_sys::Page, layout: Layout, level: usize) -> Option<u16> {
-    (1..=buffer::max_offset(page)).find(|&off| buffer::element_on(index, page, off, layout).is_some_and(|e| e.is_deleted() && e.capacity() >= level))
+/// A freed element tuple on `page` with room for an element of `level`; else the
+/// freed tuples there (offset, length).
+fn reusable_slot(index: pg_sys::Relation, page: pg_sys::Page, layout: Layout, level: usize) -> (Option<u16>, Vec<(u16, usize)>) {
+    let mut freed = Vec::new();
+    for offset in 1..=buffer::max_offset(page) {
+        if let Some(e) = buffer::element_on(index, page, offset, layout).filter(|e| e.is_deleted()) {
+            if e.capacity() >= level {
+                return (Some(offset), freed);
+            }
+            freed.push((offset, layout.tuple_len(e.capacity())));
+        }
+    }
+    (None, freed)
 }
 
 pub fn add_item(index: pg_sys::Relation, page: pg_sys::Page, bytes: &[u8]) -> u16 {

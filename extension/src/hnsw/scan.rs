@@ -1,18 +1,22 @@
 //! ORDER BY embedding <=> query LIMIT k (`amgettuple`).
 //!
-//! The first batch is the paper's search with `m3ret.ef_search` candidates. When
-//! the executor wants more (a WHERE clause rejected rows), the same search goes on
-//! from where it stopped, batch after batch, until `m3ret.max_scan_tuples` elements
-//! have been visited (or at once stops there if `m3ret.iterative_scan` is off).
-//! Rows come out in non-decreasing distance: an element a later batch finds nearer
-//! than one already returned is skipped, so ORDER BY is never violated.
+//! The first round is the paper's search with `m3ret.ef_search` candidates. When
+//! the executor wants more (a WHERE clause rejected rows), the search runs again
+//! with twice the candidates, and so on, until `m3ret.max_scan_tuples` elements have
+//! been visited in all (or not at all if `m3ret.iterative_scan` is off). A round
+//! with more candidates finds nearly all the nearest elements the rounds before it
+//! did, plus the next ones; each round returns its nearer half (the part it is
+//! sure of) and leaves the rest to the next. The repeated work is at most as much
+//! again as the last round. Rows come out in non-decreasing distance: an
+//! element a later round finds nearer than one already returned is skipped, so
+//! ORDER BY is never violated.
 
 use super::buffer;
-use super::graph::DiskGraph;
+use super::graph::{DiskGraph, TidSet};
 use super::page::{Layout, Tid};
 use super::{metric_of, prepare_value};
 use crate::settings;
-use m3ret_core::hnsw::{Candidate, Graph, Metric, ResumableSearch};
+use m3ret_core::hnsw::{search_layer_bounded, Candidate, Graph, Metric};
 use pgrx::pg_sys;
 use std::collections::VecDeque;
 
@@ -24,7 +28,7 @@ struct ScanState {
 
 enum Walk {
     /// Nearest-first through the graph.
-    Graph { graph: DiskGraph, search: ResumableSearch<Tid>, batch: VecDeque<Candidate<Tid>>, last: f32, more: bool },
+    Graph(Rounds),
     /// ORDER BY ... <=> NULL: every row, in storage order (all distances are NULL).
     Storage { layout: Layout, block: u32, heap: VecDeque<Tid> },
     Empty,
@@ -72,7 +76,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _directi
         state.walk = Some(start(scan, state.metric));
     }
     let next = match state.walk.as_mut().unwrap() {
-        Walk::Graph { graph, search, batch, last, more } => next_by_distance(graph, search, batch, last, more),
+        Walk::Graph(rounds) => rounds.next(),
         Walk::Storage { layout, block, heap } => next_in_storage(scan.indexRelation, *layout, block, heap),
         Walk::Empty => None,
     };
@@ -102,31 +106,57 @@ fn start(scan: &pg_sys::IndexScanDescData, metric: Metric) -> Walk {
     let Some((entry, top)) = meta.entry() else { return Walk::Empty };
     let mut graph = DiskGraph::new(index, &meta, metric, query);
     let Some(start) = graph.descend(entry, top, 0) else { return Walk::Empty };
-    graph.clear_visited();
-    graph.visit(start.id);
-    let search = ResumableSearch::new(&[start], true);
-    Walk::Graph { graph, search, batch: VecDeque::new(), last: f32::NEG_INFINITY, more: true }
+    Walk::Graph(Rounds { graph, start, ef: 0, visited: 0, round: VecDeque::new(), returned: TidSet::default(), last: f32::NEG_INFINITY, done: false })
 }
 
-fn next_by_distance(graph: &mut DiskGraph, search: &mut ResumableSearch<Tid>, batch: &mut VecDeque<Candidate<Tid>>, last: &mut f32, more: &mut bool) -> Option<Tid> {
-    loop {
-        while let Some(c) = batch.pop_front() {
-            if c.distance < *last {
-                continue;
+/// Searches of layer 0 with more and more candidates.
+struct Rounds {
+    graph: DiskGraph,
+    start: Candidate<Tid>,
+    /// Candidates of the last round (0 before the first).
+    ef: usize,
+    visited: usize,
+    round: VecDeque<Candidate<Tid>>,
+    returned: TidSet,
+    last: f32,
+    done: bool,
+}
+
+impl Rounds {
+    fn next(&mut self) -> Option<Tid> {
+        loop {
+            while let Some(c) = self.round.pop_front() {
+                if c.distance < self.last || self.returned.contains(&c.id.key()) {
+                    continue;
+                }
+                let live = self.graph.read(c.id, |e| (!e.is_deleted() && e.heap_tid().is_valid()).then(|| e.heap_tid()));
+                if let Some(Some(heap)) = live {
+                    self.last = c.distance;
+                    self.returned.insert(c.id.key());
+                    return Some(heap);
+                }
             }
-            if let Some(Some(heap)) = graph.read(c.id, |e| (!e.is_deleted() && e.heap_tid().is_valid()).then(|| e.heap_tid())) {
-                *last = c.distance;
-                return Some(heap);
+            if self.done {
+                return None;
             }
+            self.search_round();
         }
+    }
+
+    fn search_round(&mut self) {
         let max_visited = settings::MAX_SCAN_TUPLES.get().max(1) as usize;
-        if !*more || search.exhausted() || search.visited >= max_visited {
-            return None;
-        }
-        // Only the first batch when iterative scans are off.
-        *more = settings::ITERATIVE_SCAN.get();
+        self.ef = if self.ef == 0 { settings::EF_SEARCH.get().max(1) as usize } else { self.ef * 2 };
         pgrx::check_for_interrupts!();
-        batch.extend(search.next_batch(graph, settings::EF_SEARCH.get().max(1) as usize, 0, max_visited));
+        self.graph.clear_visited();
+        self.graph.visit(self.start.id);
+        let (found, visited) = search_layer_bounded(&mut self.graph, &[self.start], self.ef, 0, max_visited.saturating_sub(self.visited));
+        self.visited += visited;
+        // A round that found no more than there are candidates saw the whole graph.
+        self.done = !settings::ITERATIVE_SCAN.get() || self.visited >= max_visited || found.len() < self.ef;
+        // The far end of a round is where it is least sure of having found
+        // everything; the next, wider round returns that part.
+        let reliable = if self.done { found.len() } else { (self.ef / 2).max(1) };
+        self.round = found.into_iter().take(reliable).collect();
     }
 }
 

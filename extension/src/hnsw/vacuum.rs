@@ -14,7 +14,7 @@ use super::graph::{DiskGraph, TidMap, TidSet};
 use super::metric_of;
 use super::page::{Layout, Meta, Tid};
 use super::UPDATE_LOCK_BLOCK;
-use m3ret_core::hnsw::{search_layer, select_neighbors, Candidate, Graph, Metric};
+use m3ret_core::hnsw::{extend_neighbors, search_layer, Candidate, Graph, Metric};
 use pgrx::pg_sys;
 
 #[pgrx::pg_guard]
@@ -164,35 +164,48 @@ fn repair_element(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &T
             repaired.push(links.clone());
             continue;
         }
-        let mut seen = TidSet::default();
-        let mut candidates = Vec::new();
-        for &n in links {
-            let hops: Vec<Tid> = if dead.contains(&n.key()) {
-                let mut out = Vec::new();
-                graph.neighbors(n, level, &mut out);
-                out
-            } else {
-                vec![n]
-            };
+        // The surviving links stay: they were chosen when the element was linked
+        // and include its long-range ones, which keep clusters reachable.
+        let mut kept = Vec::new();
+        for &n in links.iter().filter(|n| !dead.contains(&n.key())) {
+            if usable(&mut graph, &mut vectors, n) {
+                if let Some(distance) = graph.distance(n) {
+                    kept.push(Candidate { distance, id: n });
+                }
+            }
+        }
+        // The freed places go to the best of the dead neighbours' links and what a
+        // search from the surviving neighbourhood finds (as an insert would).
+        let mut entries: Vec<Candidate<Tid>> = kept.clone();
+        for &n in links.iter().filter(|n| dead.contains(&n.key())) {
+            let mut hops = Vec::new();
+            graph.neighbors(n, level, &mut hops);
             for h in hops {
-                if seen.insert(h.key()) && usable(&mut graph, &mut vectors, h) {
-                    if let Some(d) = graph.distance(h) {
-                        candidates.push(Candidate { distance: d, id: h });
+                if usable(&mut graph, &mut vectors, h) && !entries.iter().any(|e| e.id == h) {
+                    if let Some(distance) = graph.distance(h) {
+                        entries.push(Candidate { distance, id: h });
                     }
                 }
             }
         }
-        if candidates.is_empty() {
+        let mut candidates = if entries.is_empty() {
             // Everything around it died: find it new neighbours from the entry.
-            candidates = search_from_entry(&mut graph, meta, level, dead);
-            candidates.retain(|c| usable(&mut graph, &mut vectors, c.id));
-        }
-        candidates.sort();
-        let chosen = select_neighbors(&candidates, layout.params.max_neighbors(level), |a, b| {
+            search_from_entry(&mut graph, meta, level, dead)
+        } else {
+            entries.sort();
+            graph.clear_visited();
+            graph.visit(element.tid);
+            entries.iter().for_each(|c| _ = graph.visit(c.id));
+            search_layer(&mut graph, &entries, meta.params().ef_construction, level)
+        };
+        candidates.retain(|c| !kept.iter().any(|k| k.id == c.id) && usable(&mut graph, &mut vectors, c.id));
+        let max = layout.params.max_neighbors(level);
+        let chosen = extend_neighbors(kept, &candidates, max, |a, b| {
             let (va, vb) = (vectors[&a.key()].as_deref().unwrap(), vectors[&b.key()].as_deref().unwrap());
             metric.graph_distance(va, vb)
         });
-        repaired.push(chosen.iter().map(|c| c.id).collect());
+        let links: Vec<Tid> = chosen.iter().map(|c| c.id).collect();
+        repaired.push(links);
     }
     repaired
 }

@@ -1,0 +1,47 @@
+//! Synthetic clustered vectors with a fixed seed, for index tests and benchmarks:
+//! every front end (core tests, SQL tests, the SQL benchmark and its in-memory
+//! baseline) must see exactly the same data.
+//!
+//! Each cluster has a centre and a few directions of its own along which its
+//! members spread, plus a little isotropic noise: a low intrinsic dimension, as
+//! real embeddings have (uniform noise in all dimensions would make every point
+//! nearly equidistant from every other, which no real data set does).
+
+use crate::hnsw::LevelRng;
+
+const SPREAD_DIRECTIONS: usize = 8;
+
+/// The shape of a data set; `vectors(seed)` draws members, the same centres for
+/// every seed (so queries drawn with another seed fall into the same clusters).
+pub struct Clustered {
+    dims: usize,
+    centres: Vec<Vec<f32>>,
+    bases: Vec<Vec<Vec<f32>>>,
+}
+
+impl Clustered {
+    pub fn new(dims: usize, clusters: usize) -> Self {
+        let mut rng = LevelRng::new(0x6d33_7265_74);
+        let mut uniform = |scale: f32| (rng.next_unit() as f32 * 2.0 - 1.0) * scale;
+        let centres = (0..clusters).map(|_| (0..dims).map(|_| uniform(1.0)).collect()).collect();
+        let bases = (0..clusters)
+            .map(|_| (0..SPREAD_DIRECTIONS).map(|_| (0..dims).map(|_| uniform(0.15)).collect()).collect())
+            .collect();
+        Clustered { dims, centres, bases }
+    }
+
+    /// `n` members, member i in cluster i mod clusters.
+    pub fn vectors(&self, n: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = LevelRng::new(seed);
+        let mut uniform = |scale: f32| (rng.next_unit() as f32 * 2.0 - 1.0) * scale;
+        (0..n)
+            .map(|i| {
+                let c = i % self.centres.len();
+                let z: Vec<f32> = (0..SPREAD_DIRECTIONS).map(|_| uniform(1.0)).collect();
+                (0..self.dims)
+                    .map(|d| self.centres[c][d] + (0..SPREAD_DIRECTIONS).map(|k| z[k] * self.bases[c][k][d]).sum::<f32>() + uniform(0.01))
+                    .collect()
+            })
+            .collect()
+    }
+}

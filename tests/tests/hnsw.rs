@@ -1,0 +1,327 @@
+//! The `m3ret_hnsw` index through a real cluster: recall against exact search for
+//! the three operator classes, filtered scans, concurrent inserts and searches, a
+//! crash during inserts, VACUUM, REINDEX, UNLOGGED tables and bad input, with
+//! `m3ret_hnsw_check` after every scenario.
+
+use m3ret_core::vector::synthetic::Clustered;
+use m3ret_e2e::{expect_error, Cluster};
+use postgres::Client;
+use std::io::Write;
+
+const DIMS: usize = 384;
+/// A filter on one category keeps 5% of the rows.
+const CATEGORIES: i32 = 20;
+
+/// The category of row `id`: runs of 100 ids, so that every category has members
+/// in every cluster (member i of the data is in cluster i mod 100).
+fn category(id: i32) -> i32 {
+    (id / 100) % CATEGORIES
+}
+const CLUSTERS: usize = 100;
+
+fn data() -> Clustered {
+    Clustered::new(DIMS, CLUSTERS)
+}
+
+fn literal(v: &[f32]) -> String {
+    format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+}
+
+fn create_table(client: &mut Client, table: &str, unlogged: bool) {
+    let kind = if unlogged { "UNLOGGED " } else { "" };
+    client
+        .batch_execute(&format!("CREATE {kind}TABLE {table} (id int PRIMARY KEY, category int NOT NULL, emb embedding({DIMS}))"))
+        .unwrap();
+}
+
+/// Loads `vectors` with ids from `first_id` on.
+fn load(client: &mut Client, table: &str, vectors: &[Vec<f32>], first_id: i32) {
+    let mut w = client.copy_in(&format!("COPY {table} (id, category, emb) FROM STDIN")).unwrap();
+    for (i, v) in vectors.iter().enumerate() {
+        let id = first_id + i as i32;
+        writeln!(w, "{id}\t{}\t{}", category(id), literal(v)).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// `m3ret_hnsw_check`'s (live, dead, freed); fails on any problem it reports.
+fn check_index(client: &mut Client, index: &str) -> (i64, i64, i64) {
+    let row = client.query_one("SELECT live, dead, freed, problems FROM m3ret_hnsw_check($1::text::regclass)", &[&index]).unwrap();
+    let problems: Vec<String> = row.get(3);
+    assert!(problems.is_empty(), "m3ret_hnsw_check({index}) found problems: {problems:#?}");
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Ids and distances of the `k` nearest rows, through the index or (exact) by a
+/// sequential scan and sort.
+fn nearest(client: &mut Client, table: &str, filter: &str, op: &str, q: &[f32], k: usize, exact: bool) -> Vec<(i32, f64)> {
+    let setting = if exact { "SET enable_indexscan = off" } else { "RESET enable_indexscan" };
+    client.batch_execute(setting).unwrap();
+    let sql = format!("SELECT id, emb {op} $1::text::embedding FROM {table} {filter} ORDER BY emb {op} $1::text::embedding LIMIT {k}");
+    client.query(&sql, &[&literal(q)]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// Mean recall@k of the index against exact search over `queries`.
+fn recall(client: &mut Client, table: &str, filter: &str, op: &str, queries: &[Vec<f32>], k: usize) -> f64 {
+    let mut hits = 0;
+    for q in queries {
+        let truth: Vec<i32> = nearest(client, table, filter, op, q, k, true).iter().map(|r| r.0).collect();
+        let found = nearest(client, table, filter, op, q, k, false);
+        hits += found.iter().filter(|r| truth.contains(&r.0)).count();
+    }
+    hits as f64 / (k * queries.len()) as f64
+}
+
+fn explain(client: &mut Client, sql: &str) -> String {
+    client.query(&format!("EXPLAIN (COSTS OFF) {sql}"), &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn recall_at_10_of_every_operator_class_on_20000_clustered_vectors() {
+    let db = Cluster::shared().database("hnsw_recall");
+    let mut c = db.connect();
+    create_table(&mut c, "items", false);
+    load(&mut c, "items", &data().vectors(20_000, 1), 1);
+    let queries = data().vectors(40, 2);
+    for (opclass, op) in [("embedding_cosine_ops", "<=>"), ("embedding_l2_ops", "<->"), ("embedding_ip_ops", "<#>")] {
+        c.batch_execute(&format!("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb {opclass}); ANALYZE items")).unwrap();
+        let plan = explain(&mut c, &format!("SELECT id FROM items ORDER BY emb {op} '{}' LIMIT 10", literal(&queries[0])));
+        assert!(plan.contains("Index Scan using items_idx"), "{opclass}: the planner did not use the index:\n{plan}");
+        let r = recall(&mut c, "items", "", op, &queries, 10);
+        assert!(r >= 0.95, "{opclass}: recall@10 {r}");
+        assert_eq!(check_index(&mut c, "items_idx"), (20_000, 0, 0));
+        c.batch_execute("DROP INDEX items_idx").unwrap();
+    }
+    // Without ORDER BY ... LIMIT the index is no use, and the planner knows it.
+    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb)").unwrap();
+    let plan = explain(&mut c, &format!("SELECT id FROM items WHERE emb <=> '{}' < 0.1", literal(&queries[0])));
+    assert!(!plan.contains("items_idx"), "the index was used without an ORDER BY:\n{plan}");
+    db.cluster.assert_no_backend_crashed();
+}
+
+#[test]
+fn a_filtered_query_returns_limit_rows_in_order() {
+    let db = Cluster::shared().database("hnsw_filter");
+    let mut c = db.connect();
+    create_table(&mut c, "items", false);
+    load(&mut c, "items", &data().vectors(20_000, 3), 1);
+    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb); ANALYZE items").unwrap();
+    let queries = data().vectors(10, 4);
+    let mut hits = 0;
+    for (i, q) in queries.iter().enumerate() {
+        let filter = format!("WHERE category = {}", i as i32 % CATEGORIES);
+        let found = nearest(&mut c, "items", &filter, "<=>", q, 10, false);
+        assert_eq!(found.len(), 10, "query {i}: {} rows instead of 10", found.len());
+        assert!(found.windows(2).all(|w| w[0].1 <= w[1].1), "query {i}: rows out of order: {found:?}");
+        assert!(found.iter().all(|r| category(r.0) == i as i32 % CATEGORIES), "a row outside the filter");
+        let truth: Vec<i32> = nearest(&mut c, "items", &filter, "<=>", q, 10, true).iter().map(|r| r.0).collect();
+        hits += found.iter().filter(|r| truth.contains(&r.0)).count();
+    }
+    let r = hits as f64 / 100.0;
+    assert!(r >= 0.9, "filtered recall@10 {r}");
+    // With iterative scans off, the first batch (ef_search rows, 5% of them
+    // passing) is all there is: fewer rows come back.
+    c.batch_execute("SET m3ret.iterative_scan = off").unwrap();
+    let found = nearest(&mut c, "items", "WHERE category = 0", "<=>", &queries[0], 10, false);
+    assert!(found.len() < 10, "without iterative scans {} rows came back", found.len());
+    db.cluster.assert_no_backend_crashed();
+}
+
+#[test]
+fn vacuum_removes_deleted_rows_keeps_recall_and_reuses_space() {
+    let db = Cluster::shared().database("hnsw_vacuum");
+    let mut c = db.connect();
+    create_table(&mut c, "items", false);
+    load(&mut c, "items", &data().vectors(20_000, 5), 1);
+    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb)").unwrap();
+    // Half the rows, picked by a hash of the id: about half of every cluster.
+    let deleted = c.execute("DELETE FROM items WHERE hashint4(id) & 1 = 0", &[]).unwrap() as i64;
+    assert!((9_000..11_000).contains(&deleted), "{deleted} rows deleted");
+    let live = 20_000 - deleted;
+    assert_eq!(check_index(&mut c, "items_idx"), (live, deleted, 0), "before VACUUM the dead rows are still indexed");
+    c.batch_execute("VACUUM items").unwrap();
+    assert_eq!(check_index(&mut c, "items_idx"), (live, 0, deleted));
+    let queries = data().vectors(40, 6);
+    for q in &queries[..5] {
+        let found = nearest(&mut c, "items", "", "<=>", q, 10, false);
+        assert_eq!(found.len(), 10);
+        let ids: Vec<i32> = found.iter().map(|r| r.0).collect();
+        let gone: i64 = c.query_one("SELECT count(*) FROM unnest($1::int[]) AS id WHERE hashint4(id) & 1 = 0", &[&ids]).unwrap().get(0);
+        assert_eq!(gone, 0, "a deleted row came back: {ids:?}");
+    }
+    let r = recall(&mut c, "items", "", "<=>", &queries, 10);
+    assert!(r >= 0.95, "recall@10 after deleting half and VACUUM: {r}");
+    let size_before: i64 = c.query_one("SELECT pg_relation_size('items_idx')", &[]).unwrap().get(0);
+    load(&mut c, "items", &data().vectors(deleted as usize, 7), 100_001);
+    let size_after: i64 = c.query_one("SELECT pg_relation_size('items_idx')", &[]).unwrap().get(0);
+    assert!(size_after <= size_before, "the index grew from {size_before} to {size_after} bytes re-inserting as many rows");
+    assert_eq!(check_index(&mut c, "items_idx"), (20_000, 0, 0));
+    let r = recall(&mut c, "items", "", "<=>", &queries, 10);
+    assert!(r >= 0.95, "recall@10 after re-inserting into freed space: {r}");
+    db.cluster.assert_no_backend_crashed();
+}
+
+/// Inserts rows one per statement from `sessions` connections at once; returns the
+/// ids whose INSERT returned success.
+fn insert_concurrently(cluster: &Cluster, database: &str, sessions: usize, per_session: usize, seed: u64) -> Vec<i32> {
+    let vectors = data().vectors(sessions * per_session, seed);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..sessions)
+            .map(|s| {
+                let vectors = &vectors;
+                scope.spawn(move || {
+                    let mut committed = Vec::new();
+                    let Ok(mut c) = Client::connect(&cluster.connection_string(database), postgres::NoTls) else { return committed };
+                    for i in 0..per_session {
+                        let id = (s * per_session + i) as i32 + 1;
+                        let sql = "INSERT INTO items (id, category, emb) VALUES ($1, $2, $3::text::embedding)";
+                        match c.execute(sql, &[&id, &category(id), &literal(&vectors[id as usize - 1])]) {
+                            Ok(_) => committed.push(id),
+                            Err(_) => break,
+                        }
+                    }
+                    committed
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Each of `ids` comes back first when its own vector is the query.
+fn assert_all_findable(c: &mut Client, ids: &[i32], seed: u64, total: usize) {
+    let vectors = data().vectors(total, seed);
+    c.batch_execute("SET m3ret.ef_search = 100").unwrap();
+    for &id in ids {
+        let found = nearest(c, "items", "", "<=>", &vectors[id as usize - 1], 1, false);
+        assert_eq!(found.first().map(|r| r.0), Some(id), "row {id} is not found by its own vector");
+    }
+    c.batch_execute("RESET m3ret.ef_search").unwrap();
+}
+
+#[test]
+fn four_sessions_insert_while_four_search() {
+    let db = Cluster::shared().database("hnsw_concurrent");
+    let mut c = db.connect();
+    create_table(&mut c, "items", false);
+    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb)").unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let queries = data().vectors(20, 9);
+    let (committed, searches) = std::thread::scope(|scope| {
+        let searchers: Vec<_> = (0..4)
+            .map(|s| {
+                let (done, queries, db) = (&done, &queries, &db);
+                scope.spawn(move || {
+                    let mut c = db.connect();
+                    let mut n = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let q = &queries[(n + s) % queries.len()];
+                        let rows = nearest(&mut c, "items", "", "<=>", q, 10, false);
+                        assert!(rows.windows(2).all(|w| w[0].1 <= w[1].1), "rows out of order during inserts");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let committed = insert_concurrently(db.cluster, &db.name, 4, 400, 8);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (committed, searchers.into_iter().map(|h| h.join().unwrap()).sum::<usize>())
+    });
+    assert_eq!(committed.len(), 1600, "an insert failed");
+    assert!(searches > 0);
+    assert_eq!(check_index(&mut c, "items_idx"), (1600, 0, 0));
+    assert_all_findable(&mut c, &committed, 8, 1600);
+    db.cluster.assert_no_backend_crashed();
+}
+
+#[test]
+fn a_crash_during_inserts_loses_no_committed_row() {
+    let cluster = Cluster::start(&[]);
+    let db = cluster.database("hnsw_crash");
+    let mut c = db.connect();
+    create_table(&mut c, "items", false);
+    create_table(&mut c, "scratch", true);
+    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb); CREATE INDEX scratch_idx ON scratch USING m3ret_hnsw (emb)")
+        .unwrap();
+    load(&mut c, "scratch", &data().vectors(100, 10), 1);
+    drop(c);
+    let committed = std::thread::scope(|scope| {
+        let inserts = scope.spawn(|| insert_concurrently(&cluster, "hnsw_crash", 4, 10_000, 11));
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        cluster.crash_and_restart();
+        inserts.join().unwrap()
+    });
+    assert!(committed.len() > 50 && committed.len() < 40_000, "{} rows committed before the crash", committed.len());
+    let mut c = db.connect();
+    let rows: i64 = c.query_one("SELECT count(*) FROM items", &[]).unwrap().get(0);
+    assert!(rows >= committed.len() as i64);
+    assert_eq!(check_index(&mut c, "items_idx").0, rows);
+    assert_all_findable(&mut c, &committed, 11, 40_000);
+    // The UNLOGGED table comes back empty, with a valid empty index that takes rows.
+    assert_eq!(check_index(&mut c, "scratch_idx"), (0, 0, 0));
+    load(&mut c, "scratch", &data().vectors(100, 10), 1);
+    assert_eq!(check_index(&mut c, "scratch_idx"), (100, 0, 0));
+    assert_eq!(nearest(&mut c, "scratch", "", "<=>", &data().vectors(100, 10)[41], 1, false)[0].0, 42);
+    assert!(!cluster.log().contains("was terminated by signal 11"), "a backend crashed:\n{}", cluster.log());
+}
+
+#[test]
+fn reindex_unlogged_small_memory_and_bad_input() {
+    let db = Cluster::shared().database("hnsw_misc");
+    let mut c = db.connect();
+    create_table(&mut c, "items", false);
+    let vectors = data().vectors(3000, 12);
+    load(&mut c, "items", &vectors, 1);
+    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb) WITH (m = 8, ef_construction = 40)").unwrap();
+    c.batch_execute("REINDEX INDEX items_idx").unwrap();
+    assert_eq!(check_index(&mut c, "items_idx"), (3000, 0, 0));
+    assert_eq!(nearest(&mut c, "items", "", "<=>", &vectors[99], 1, false)[0].0, 100);
+
+    // A graph larger than maintenance_work_mem: a NOTICE, then the rest on disk.
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = notices.clone();
+    let mut config: postgres::Config = db.cluster.connection_string(&db.name).parse().unwrap();
+    config.notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
+    let mut small = config.connect(postgres::NoTls).unwrap();
+    small.batch_execute("SET maintenance_work_mem = '1MB'; CREATE INDEX items_small ON items USING m3ret_hnsw (emb)").unwrap();
+    let notices = notices.lock().unwrap().clone();
+    assert!(notices.iter().any(|n| n.contains("no longer fits into maintenance_work_mem")), "no NOTICE: {notices:?}");
+    assert_eq!(check_index(&mut small, "items_small"), (3000, 0, 0));
+    let queries = data().vectors(20, 13);
+    let r = recall(&mut small, "items", "", "<=>", &queries, 10);
+    assert!(r >= 0.95, "recall@10 of the index built partly on disk: {r}");
+    small.batch_execute("DROP INDEX items_small").unwrap();
+
+    // An index on an UNLOGGED table.
+    create_table(&mut c, "scratch", true);
+    load(&mut c, "scratch", &vectors[..500], 1);
+    c.batch_execute("CREATE INDEX scratch_idx ON scratch USING m3ret_hnsw (emb embedding_l2_ops)").unwrap();
+    assert_eq!(check_index(&mut c, "scratch_idx"), (500, 0, 0));
+    assert_eq!(nearest(&mut c, "scratch", "", "<->", &vectors[7], 1, false)[0].0, 8);
+
+    // Bad input: clear ERRORs, no crash.
+    let q = format!("SELECT id FROM items ORDER BY emb <=> '{}' LIMIT 5", literal(&vectors[0][..3]));
+    assert_eq!(expect_error(&mut c, &format!("SET enable_seqscan = off; {q}")), "expected 384 dimensions, not 3");
+    let zero = literal(&vec![0.0; DIMS]);
+    assert_eq!(
+        expect_error(&mut c, &format!("SET enable_seqscan = off; SELECT id FROM items ORDER BY emb <=> '{zero}' LIMIT 5")),
+        "cosine distance is undefined for a zero embedding"
+    );
+    assert_eq!(expect_error(&mut c, &format!("INSERT INTO items VALUES (99999, 0, '{zero}')")), "cosine distance is undefined for a zero embedding");
+    assert_eq!(expect_error(&mut c, "CREATE INDEX ON items USING m3ret_hnsw (emb) WITH (m = 1)"), "value 1 out of bounds for option \"m\"");
+    assert_eq!(expect_error(&mut c, "CREATE INDEX ON items USING m3ret_hnsw (emb) WITH (m = 101)"), "value 101 out of bounds for option \"m\"");
+    assert_eq!(
+        expect_error(&mut c, "CREATE INDEX ON items USING m3ret_hnsw (emb) WITH (ef_construction = 3)"),
+        "value 3 out of bounds for option \"ef_construction\""
+    );
+    assert_eq!(
+        expect_error(&mut c, "CREATE INDEX ON items USING m3ret_hnsw (emb) WITH (m = 48)"),
+        "ef_construction (64) must be at least 2 * m (96)"
+    );
+    assert_eq!(expect_error(&mut c, "CREATE INDEX ON items USING m3ret_hnsw (emb) WITH (lists = 3)"), "unrecognized parameter \"lists\"");
+    c.batch_execute("CREATE TABLE wide (emb embedding(3000)); INSERT INTO wide SELECT array_fill(1.0::real, ARRAY[3000])::embedding").unwrap();
+    assert_eq!(expect_error(&mut c, "CREATE INDEX ON wide USING m3ret_hnsw (emb)"), "m3ret_hnsw indexes at most 1988 dimensions with m = 16, not 3000");
+    assert_eq!(check_index(&mut c, "items_idx"), (3000, 0, 0));
+    db.cluster.assert_no_backend_crashed();
+}
