@@ -8,7 +8,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 bash scripts/install-extension.sh
-cargo build -q --release -p m3ret-train
 
 DEMO_DIR="${M3RET_DEMO_DIR:-/tmp/m3ret-demo}"
 PORT="${M3RET_DEMO_PORT:-54329}"
@@ -29,32 +28,17 @@ fi
 as_pg "$BIN/pg_ctl" -D "$DEMO_DIR/data" -l "$DEMO_DIR/server.log" stop -m fast >/dev/null 2>&1 || true
 as_pg "$BIN/pg_ctl" -D "$DEMO_DIR/data" -l "$DEMO_DIR/server.log" start -w >/dev/null
 
-# A small model trained here on the committed sample files, so that the demo runs
-# end to end on a fresh machine. It is a smoke test of the pipeline (24 steps, seconds),
-# not a model whose neighbours mean anything clinically.
-MODEL="$DEMO_DIR/demo-model.safetensors"
-if [ ! -f "$MODEL" ]; then
-  echo "[demo] training a small SimDINO model on the sample files (seconds on a CPU)" >&2
-  work=$(mktemp -d)
-  {
-    echo "path,modality,region,cls,kind,split"
-    for f in pmnist_train_0000.png covidrepo_0637.jpg; do echo "$PWD/fixtures/$f,xray,chest,xray,image2d,train"; done
-    echo "$PWD/fixtures/wce_img1310.jpg,endoscopy,abdomen,capsule,image2d,train"
-    echo "$PWD/fixtures/pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4,ultrasound,chest,lung,video,train"
-    echo "$PWD/fixtures/totalseg_example_ct.nii.gz,ct,abdomen,ct,volume,train"
-    echo "$PWD/fixtures/totalseg_example_mr_sm.nii.gz,mri,abdomen,mri,volume,train"
-  } > "$work/manifest.csv"
-  "${CARGO_TARGET_DIR:-target}/release/m3ret-train" pretrain --method simdino --preset tiny --depth 4 --image-size 128 \
-    --manifest "$work/manifest.csv" --out "$work/run" --steps 24 --batch-2d 4 --batch-video 2 --batch-volume 1 \
-    --local-views-2d 2 --local-views-3d 2 --device cpu >/dev/null
-  cp "$work/run/model.safetensors" "$MODEL"
-  [ "$(id -u)" = 0 ] && chown postgres:postgres "$MODEL"
-fi
+# The default model, committed (see models/MODEL_CARD.md), and held-out studies of
+# the development corpus when it is present beside the repository.
+MODEL="$PWD/models/m3ret-default.safetensors"
+CORPUS_CSV="$DEMO_DIR/corpus.csv"
+python3 scripts/demo_corpus.py ../shared/data "$CORPUS_CSV" "${M3RET_DEMO_PER_CLASS:-8}"
+[ "$(id -u)" = 0 ] && chown postgres:postgres "$CORPUS_CSV"
 
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 "${PSQL[@]}" -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'm3ret_demo'" | grep -q 1 \
   || "${PSQL[@]}" -d postgres -c "CREATE DATABASE m3ret_demo"
-"${PSQL[@]}" -d m3ret_demo -v fixtures="$PWD/fixtures" -v model_file="$MODEL" -f sql/demo.sql
+"${PSQL[@]}" -d m3ret_demo -v fixtures="$PWD/fixtures" -v model_file="$MODEL" -v corpus_csv="$CORPUS_CSV" -f sql/demo.sql
 
 cat <<MSG
 

@@ -1,70 +1,113 @@
--- m3ret demo, run by scripts/demo.sh against a local cluster.
--- psql variables: :fixtures (folder of sample files), :model_file (a model trained by
--- the demo script). Everything here is plain SQL a warehouse could run.
+-- m3ret demo, run by scripts/demo.sh against a local cluster (and by the demo test).
+-- psql variables:
+--   :fixtures    folder of the committed sample files (permissive licences, see fixtures/README.md)
+--   :model_file  the default model (models/m3ret-default.safetensors)
+--   :corpus_csv  held-out studies of the development corpus picked by scripts/demo_corpus.py
+--                (only a header when ../shared/data is absent)
+-- Everything here is plain SQL a hospital warehouse could run.
 
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS m3ret CASCADE;
-DROP TABLE IF EXISTS studies, clinical;
+DROP TABLE IF EXISTS studies, clinical, corpus;
 CREATE EXTENSION m3ret;
 
-\echo '== the embedding type'
-SELECT '[1,2.5,-3]'::embedding AS literal, embedding_dims('[1,2.5,-3]') AS dims,
-       '[1,0]'::embedding <=> '[0,1]' AS cosine_distance;
+\echo '== import the default model (stored in the database: dumps and replicas carry it)'
+SELECT m3ret_model_import('m3ret-default', pg_read_binary_file(:'model_file')) AS imported;
+SELECT m3ret_model_set_default('m3ret-default') AS default_model;
+SELECT model, method, preset, dims, size FROM m3ret_model_list;
 
-\echo '== import the model (stored in the database: dumps and replicas carry it)'
-SELECT m3ret_model_import('demo', pg_read_binary_file(:'model_file')) AS imported;
-SELECT model, method, preset, dims, size, is_default FROM m3ret_model_list;
-
-\echo '== load real sample studies of every modality'
+\echo '== load real studies of every modality'
 CREATE TABLE studies (
     study_id text PRIMARY KEY,
     modality text NOT NULL,
-    finding  text NOT NULL,
-    data     bytea NOT NULL,
+    region   text NOT NULL,
+    label    text NOT NULL,
+    source   text NOT NULL,
+    data     bytea,          -- NULL for a DICOM series (embedded from its slices)
     emb      embedding
 );
-INSERT INTO studies (study_id, modality, finding, data) VALUES
-    ('xr-1', 'xray',       'pediatric chest, pneumonia', pg_read_binary_file(:'fixtures' || '/pmnist_train_0000.png')),
-    ('xr-2', 'xray',       'adult chest, COVID-19',      pg_read_binary_file(:'fixtures' || '/covidrepo_0637.jpg')),
-    ('us-1', 'ultrasound', 'lung POCUS clip, COVID-19',  pg_read_binary_file(:'fixtures' || '/pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4')),
-    ('es-1', 'endoscopy',  'capsule, normal mucosa',     pg_read_binary_file(:'fixtures' || '/wce_img1310.jpg')),
-    ('ct-1', 'ct',         'abdominal CT volume',        pg_read_binary_file(:'fixtures' || '/totalseg_example_ct.nii.gz')),
-    ('mr-1', 'mri',        'abdominal MR volume',        pg_read_binary_file(:'fixtures' || '/totalseg_example_mr_sm.nii.gz'));
+-- The committed sample files.
+INSERT INTO studies (study_id, modality, region, label, source, data) VALUES
+    ('sample-xray-1', 'xray',       'chest',   'chest_pneumonia-pediatric', 'fixtures', pg_read_binary_file(:'fixtures' || '/pmnist_train_0000.png')),
+    ('sample-xray-2', 'xray',       'chest',   'chest_covid19',             'fixtures', pg_read_binary_file(:'fixtures' || '/covidrepo_0637.jpg')),
+    ('sample-us-1',   'ultrasound', 'chest',   'lung_covid19 (clip)',       'fixtures', pg_read_binary_file(:'fixtures' || '/pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4')),
+    ('sample-endo-1', 'endoscopy',  'abdomen', 'capsule-gi_normal',         'fixtures', pg_read_binary_file(:'fixtures' || '/wce_img1310.jpg')),
+    ('sample-ct-1',   'ct',         'abdomen', 'abdomen_volume (NIfTI)',    'fixtures', pg_read_binary_file(:'fixtures' || '/totalseg_example_ct.nii.gz')),
+    ('sample-mr-1',   'mri',        'abdomen', 'abdomen_volume (NIfTI)',    'fixtures', pg_read_binary_file(:'fixtures' || '/totalseg_example_mr_sm.nii.gz'));
+-- A DICOM series, given to m3ret_embed as bytea[] (slices in any order).
+INSERT INTO studies (study_id, modality, region, label, source, emb) VALUES
+    ('sample-ct-series', 'ct', 'abdomen', 'body_dicom-series (3 slices)', 'fixtures', m3ret_embed(ARRAY[
+        pg_read_binary_file(:'fixtures' || '/ct_series/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016573.dcm'),
+        pg_read_binary_file(:'fixtures' || '/ct_series/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016574.dcm'),
+        pg_read_binary_file(:'fixtures' || '/ct_series/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016575.dcm')
+    ], 'ct'));
+-- Held-out studies of the development corpus, when it is present.
+CREATE TEMP TABLE corpus (study_id text, modality text, region text, label text, path text, licence text);
+COPY corpus FROM :'corpus_csv' WITH (FORMAT csv, HEADER);
+INSERT INTO studies (study_id, modality, region, label, source, data)
+SELECT study_id, modality, region, label, 'corpus', pg_read_binary_file(path) FROM corpus;
+SELECT modality, count(*) AS studies, count(DISTINCT label) AS labels FROM studies GROUP BY modality ORDER BY modality;
 
 \echo '== embed them in batches (one m3ret_embed_batch call per modality)'
 UPDATE studies s SET emb = b.embedding
-FROM (SELECT modality, array_agg(study_id ORDER BY study_id) ids, array_agg(data ORDER BY study_id) d
-      FROM studies GROUP BY modality) g,
+FROM (SELECT modality, array_agg(study_id ORDER BY study_id) AS ids, array_agg(data ORDER BY study_id) AS d
+      FROM studies WHERE data IS NOT NULL GROUP BY modality) g,
      LATERAL m3ret_embed_batch(g.d, g.modality) b
 WHERE s.study_id = g.ids[b.ord];
-SELECT study_id, modality, embedding_dims(emb) AS dims FROM studies ORDER BY study_id;
+SELECT count(*) AS embedded, min(embedding_dims(emb)) AS dims FROM studies WHERE emb IS NOT NULL;
 
-\echo '== nearest neighbours of the COVID-19 chest X-ray'
-SELECT s.study_id, s.modality, s.finding, round((s.emb <=> q.emb)::numeric, 4) AS distance
-FROM studies s, (SELECT m3ret_embed(data, 'xray') AS emb FROM studies WHERE study_id = 'xr-2') q
-ORDER BY s.emb <=> q.emb LIMIT 3;
+\echo '== build the m3ret_hnsw index (cosine distance)'
+CREATE INDEX studies_emb_idx ON studies USING m3ret_hnsw (emb embedding_cosine_ops);
+ANALYZE studies;
+-- With a few hundred rows the planner rightly prefers to sort them all; on an
+-- archive it picks the index by itself. Here we ask for the index to show it.
+SET enable_seqscan = off;
+EXPLAIN (COSTS OFF)
+SELECT study_id FROM studies ORDER BY emb <=> (SELECT emb FROM studies WHERE study_id = 'sample-xray-2') LIMIT 5;
 
-\echo '== nearest neighbours of the CT volume (a NIfTI file)'
-SELECT s.study_id, s.modality, s.finding, round((s.emb <=> q.emb)::numeric, 4) AS distance
-FROM studies s, (SELECT emb FROM studies WHERE study_id = 'ct-1') q
-ORDER BY s.emb <=> q.emb LIMIT 3;
+\echo '== nearest neighbours of a chest X-ray (COVID-19)'
+SELECT s.study_id, s.modality, s.label, round((s.emb <=> q.emb)::numeric, 4) AS distance
+FROM studies s, (SELECT study_id, emb FROM studies WHERE study_id = 'sample-xray-2') q
+WHERE s.study_id <> q.study_id
+ORDER BY s.emb <=> q.emb LIMIT 5;
 
-\echo '== a DICOM series given as bytea[] (3 CT slices), modality from the DICOM tag'
-SELECT embedding_dims(m3ret_embed(ARRAY[
-    pg_read_binary_file(:'fixtures' || '/ct_series/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016573.dcm'),
-    pg_read_binary_file(:'fixtures' || '/ct_series/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016574.dcm'),
-    pg_read_binary_file(:'fixtures' || '/ct_series/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016575.dcm')
-], 'auto')) AS series_embedding_dims;
+\echo '== nearest neighbours of a CT volume (abdomen, NIfTI)'
+SELECT s.study_id, s.modality, s.label, round((s.emb <=> q.emb)::numeric, 4) AS distance
+FROM studies s, (SELECT study_id, emb FROM studies WHERE study_id = 'sample-ct-1') q
+WHERE s.study_id <> q.study_id
+ORDER BY s.emb <=> q.emb LIMIT 5;
 
-\echo '== warehouse-style: retrieval joined with a clinical table and filtered'
-CREATE TABLE clinical (study_id text PRIMARY KEY, patient_age int, department text);
-INSERT INTO clinical VALUES ('xr-1', 4, 'pediatrics'), ('xr-2', 61, 'emergency'), ('us-1', 58, 'emergency'),
-                            ('es-1', 45, 'gastroenterology'), ('ct-1', 66, 'radiology'), ('mr-1', 70, 'radiology');
-SELECT s.study_id, s.modality, c.patient_age, c.department, round((s.emb <=> q.emb)::numeric, 4) AS distance
+\echo '== nearest neighbours of a lung ultrasound clip (MP4)'
+SELECT s.study_id, s.modality, s.label, round((s.emb <=> q.emb)::numeric, 4) AS distance
+FROM studies s, (SELECT study_id, emb FROM studies WHERE study_id = 'sample-us-1') q
+WHERE s.study_id <> q.study_id
+ORDER BY s.emb <=> q.emb LIMIT 5;
+
+\echo '== cross-modal: a CT slice retrieving MRI (a head CT when the corpus is present)'
+SELECT q.study_id AS query, q.region AS query_region, s.study_id, s.label, s.region,
+       s.region = q.region AS same_region, round((s.emb <=> q.emb)::numeric, 4) AS distance
+FROM studies s,
+     (SELECT study_id, region, emb FROM studies WHERE modality = 'ct'
+      ORDER BY (region = 'head') DESC, (source = 'corpus') DESC, study_id LIMIT 1) q
+WHERE s.modality = 'mri'
+ORDER BY s.emb <=> q.emb LIMIT 5;
+
+\echo '== warehouse: retrieval joined with a clinical table and filtered'
+-- A synthetic clinical table (ages and departments derived from the study id):
+-- the point is the query shape, not the values.
+CREATE TABLE clinical AS
+SELECT study_id,
+       18 + abs(hashtext(study_id)) % 70 AS patient_age,
+       (ARRAY['emergency', 'radiology', 'pediatrics', 'oncology'])[1 + abs(hashtext(study_id || '/dept')) % 4] AS department
+FROM studies;
+ALTER TABLE clinical ADD PRIMARY KEY (study_id);
+SELECT s.study_id, s.modality, s.label, c.patient_age, c.department,
+       round((s.emb <=> q.emb)::numeric, 4) AS distance
 FROM studies s JOIN clinical c USING (study_id),
-     (SELECT emb FROM studies WHERE study_id = 'us-1') q
-WHERE c.patient_age > 50 AND s.study_id <> 'us-1'
-ORDER BY s.emb <=> q.emb LIMIT 3;
+     (SELECT study_id, emb FROM studies WHERE study_id = 'sample-xray-2') q
+WHERE c.patient_age >= 50 AND c.department <> 'pediatrics' AND s.study_id <> q.study_id
+ORDER BY s.emb <=> q.emb LIMIT 5;
 
-\echo '== the runtime of this backend'
-SELECT jsonb_pretty(m3ret_runtime_info() - 'models_loaded') AS runtime;
+\echo '== the index is sound'
+SELECT live, dead, freed, problems FROM m3ret_hnsw_check('studies_emb_idx');
+RESET enable_seqscan;

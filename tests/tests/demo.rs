@@ -1,0 +1,102 @@
+//! The README's main job, minus the set-up: sql/demo.sql through psql against a
+//! real cluster with the committed default model, the committed sample files and
+//! (when present) a few held-out studies of the corpus; then its results checked.
+
+use m3ret_e2e::Cluster;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn the_demo_runs_and_its_queries_return_what_they_say() {
+    let db = Cluster::shared().database("demo");
+    // Two held-out studies per class keep the test short; the demo takes eight.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let corpus = dir.path().join("corpus.csv");
+    let status = Command::new("python3")
+        .arg(repo().join("scripts/demo_corpus.py"))
+        .arg(repo().join("../shared/data"))
+        .arg(&corpus)
+        .arg("2")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::set_permissions(&corpus, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let corpus_rows = std::fs::read_to_string(&corpus).unwrap().lines().count() as i64 - 1;
+
+    let out = Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["-p", &db.cluster.port().to_string(), "-d", &db.name])
+        .arg("-v")
+        .arg(format!("fixtures={}", repo().join("fixtures").display()))
+        .arg("-v")
+        .arg(format!("model_file={}", repo().join("models/m3ret-default.safetensors").display()))
+        .arg("-v")
+        .arg(format!("corpus_csv={}", corpus.display()))
+        .arg("-f")
+        .arg(repo().join("sql/demo.sql"))
+        .env_remove("PGOPTIONS")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo.sql failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for section in ["nearest neighbours of a chest X-ray", "of a CT volume", "lung ultrasound clip", "cross-modal", "warehouse", "Index Scan using studies_emb_idx"] {
+        assert!(stdout.contains(section), "no '{section}' in the demo's output:\n{stdout}");
+    }
+
+    let mut c = db.connect();
+    let (studies, embedded): (i64, i64) = {
+        let r = c.query_one("SELECT count(*), count(emb) FROM studies", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(studies, 7 + corpus_rows);
+    assert_eq!(embedded, studies, "a study was not embedded");
+    let r = c.query_one("SELECT live, problems FROM m3ret_hnsw_check('studies_emb_idx')", &[]).unwrap();
+    assert_eq!(r.get::<_, i64>(0), studies);
+    assert!(r.get::<_, Vec<String>>(1).is_empty());
+
+    // Through the index, every study's nearest neighbour is itself.
+    c.batch_execute("SET enable_seqscan = off").unwrap();
+    let misses: i64 = c
+        .query_one(
+            "SELECT count(*) FROM studies q WHERE q.study_id <> (SELECT s.study_id FROM studies s ORDER BY s.emb <=> q.emb, s.study_id <> q.study_id LIMIT 1)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(misses, 0, "a study's nearest neighbour was not itself");
+    // The cross-modal query returns MRI only, nearest first.
+    let rows = c
+        .query(
+            "SELECT s.modality, s.emb <=> q.emb AS d FROM studies s,
+                 (SELECT emb FROM studies WHERE modality = 'ct' ORDER BY (region = 'head') DESC, (source = 'corpus') DESC, study_id LIMIT 1) q
+             WHERE s.modality = 'mri' ORDER BY s.emb <=> q.emb LIMIT 5",
+            &[],
+        )
+        .unwrap();
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r.get::<_, String>(0) == "mri"));
+    assert!(rows.windows(2).all(|w| w[0].get::<_, f64>(1) <= w[1].get::<_, f64>(1)));
+    // The warehouse query keeps its filter and its LIMIT.
+    let rows = c
+        .query(
+            "SELECT c.patient_age, c.department FROM studies s JOIN clinical c USING (study_id),
+                 (SELECT study_id, emb FROM studies WHERE study_id = 'sample-xray-2') q
+             WHERE c.patient_age >= 50 AND c.department <> 'pediatrics' AND s.study_id <> q.study_id
+             ORDER BY s.emb <=> q.emb LIMIT 5",
+            &[],
+        )
+        .unwrap();
+    let eligible: i64 = c
+        .query_one("SELECT count(*) FROM clinical WHERE patient_age >= 50 AND department <> 'pediatrics' AND study_id <> 'sample-xray-2'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows.len() as i64, eligible.min(5));
+    assert!(rows.iter().all(|r| r.get::<_, i32>(0) >= 50 && r.get::<_, String>(1) != "pediatrics"));
+    db.cluster.assert_no_backend_crashed();
+}
