@@ -21,7 +21,7 @@ pub struct Clustered {
 
 impl Clustered {
     pub fn new(dims: usize, clusters: usize) -> Self {
-        let mut rng = LevelRng::new(0x6d33_7265_74);
+        let mut rng = LevelRng::new(0x006d_3372_6574);
         let mut uniform = |scale: f32| (rng.next_unit() as f32 * 2.0 - 1.0) * scale;
         let centres = (0..clusters).map(|_| (0..dims).map(|_| uniform(1.0)).collect()).collect();
         let bases = (0..clusters)

@@ -4,6 +4,8 @@
 use crate::settings;
 use pgrx::pg_sys;
 
+// The signature is PostgreSQL's.
+#[allow(clippy::too_many_arguments)]
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn amcostestimate(
     _root: *mut pg_sys::PlannerInfo,

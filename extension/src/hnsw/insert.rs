@@ -26,6 +26,8 @@ pub fn draw_level(layout: &Layout) -> usize {
 }
 
 /// `aminsert`.
+// The signature is PostgreSQL's.
+#[allow(clippy::too_many_arguments)]
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn aminsert(
     index: pg_sys::Relation,
