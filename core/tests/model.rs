@@ -140,23 +140,27 @@ fn ema_update_and_momentum_schedule() {
 }
 
 /// A trained-looking SimDINO student saved as a model file (encoder + head).
-fn simdino_file(dtype: WeightDtype) -> (ModelConfig, Vec<u8>) {
+/// A random SimDINO model written in each of `dtypes`. One set of weights for all:
+/// the seed is global to the process and other tests draw from it concurrently.
+fn simdino_files(dtypes: &[WeightDtype]) -> (ModelConfig, Vec<Vec<u8>>) {
     tch::manual_seed(9);
     let config = small_config(Method::Simdino);
     let vs = nn::VarStore::new(Device::Cpu);
     let _branch = Branch::new(vs.root(), &config.encoder, config.head.as_ref().unwrap());
     let tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    (config.clone(), file::to_bytes(&config, &tensors, dtype).unwrap())
+    let files = dtypes.iter().map(|&d| file::to_bytes(&config, &tensors, d).unwrap()).collect();
+    (config, files)
 }
 
 #[test]
 fn saved_and_loaded_model_gives_identical_embeddings() {
     let Some(images) = real_xrays(4) else { return };
-    let (config, bytes) = simdino_file(WeightDtype::F32);
-    let file = ModelFile::from_bytes(&bytes).unwrap();
+    let (config, files) = simdino_files(&[WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16]);
+    let bytes = &files[0];
+    let file = ModelFile::from_bytes(bytes).unwrap();
     assert_eq!(file.config, config);
     let a = Embedder::from_file(&file, Device::Cpu).unwrap();
-    let b = Embedder::from_bytes(&bytes, Device::Cpu).unwrap();
+    let b = Embedder::from_bytes(bytes, Device::Cpu).unwrap();
     let ea = a.embed(&images, 2).unwrap();
     let eb = b.embed(&images, 4).unwrap();
     assert_eq!(ea, eb, "same file, same input: bit-identical embeddings");
@@ -166,10 +170,9 @@ fn saved_and_loaded_model_gives_identical_embeddings() {
     assert!((norm - 1.0).abs() < 1e-5);
     assert_ne!(ea[0], ea[1], "different images, different embeddings");
     // Half precision files load too, with embeddings close to the f32 ones.
-    for dtype in [WeightDtype::F16, WeightDtype::Bf16] {
-        let (_, half) = simdino_file(dtype);
+    for (dtype, half) in [WeightDtype::F16, WeightDtype::Bf16].iter().zip(&files[1..]) {
         assert!(half.len() < bytes.len() * 6 / 10);
-        let eh = Embedder::from_bytes(&half, Device::Cpu).unwrap().embed(&images, 4).unwrap();
+        let eh = Embedder::from_bytes(half, Device::Cpu).unwrap().embed(&images, 4).unwrap();
         let cos: f32 = ea[0].iter().zip(&eh[0]).map(|(x, y)| x * y).sum();
         assert!(cos > 0.99, "{dtype:?}: cosine {cos}");
     }
@@ -195,7 +198,7 @@ fn mae_file_with_decoder_loads_encoder_only() {
 
 #[test]
 fn mismatched_and_foreign_files_are_refused() {
-    let (mut config, _) = simdino_file(WeightDtype::F32);
+    let (mut config, _) = simdino_files(&[WeightDtype::F32]);
     let vs = nn::VarStore::new(Device::Cpu);
     let _ = Branch::new(vs.root(), &config.encoder, config.head.as_ref().unwrap());
     let tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
