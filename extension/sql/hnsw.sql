@@ -28,7 +28,7 @@ CREATE OPERATOR CLASS embedding_ip_ops FOR TYPE embedding USING m3ret_hnsw AS
     FUNCTION 1 m3ret_hnsw_ip_support(internal);
 
 CREATE FUNCTION m3ret_hnsw_check(index regclass)
-    RETURNS TABLE (elements bigint, live bigint, dead bigint, freed bigint, entry_level integer, problems text[])
+    RETURNS TABLE (elements bigint, live bigint, dead bigint, freed bigint, unreachable bigint, entry_level integer, problems text[])
     AS 'MODULE_PATHNAME', 'm3ret_hnsw_check_wrapper' LANGUAGE C STRICT;
 COMMENT ON FUNCTION m3ret_hnsw_check(regclass) IS
-    'Verifies an m3ret_hnsw index: every link points at a live element of a high enough level, the entry element is valid, every live row of the table is indexed exactly once. Returns counts (live: rows indexed; dead: rows deleted but not yet vacuumed; freed: space awaiting reuse) and the problems found (empty when sound). Table owner only; takes a SHARE lock on the table.';
+    'Verifies an m3ret_hnsw index: every link points at a live element of a high enough level, the entry element is valid, every live row of the table is indexed exactly once. Returns counts (live: rows indexed; dead: rows deleted but not yet vacuumed; freed: space awaiting reuse; unreachable: elements no search can reach from the entry element) and the problems found (empty when sound). Table owner only; takes a SHARE lock on the table.';

@@ -141,7 +141,7 @@ fn vacuum_removes_deleted_rows_keeps_recall_and_reuses_space() {
     assert_eq!(check_index(&mut c, "items_idx"), (live, deleted, 0), "before VACUUM the dead rows are still indexed");
     c.batch_execute("VACUUM items").unwrap();
     assert_eq!(check_index(&mut c, "items_idx"), (live, 0, deleted));
-    let queries = data().vectors(40, 6);
+    let queries = data().vectors(100, 6);
     for q in &queries[..5] {
         let found = nearest(&mut c, "items", "", "<=>", q, 10, false);
         assert_eq!(found.len(), 10);
@@ -323,5 +323,15 @@ fn reindex_unlogged_small_memory_and_bad_input() {
     c.batch_execute("CREATE TABLE wide (emb embedding(3000)); INSERT INTO wide SELECT array_fill(1.0::real, ARRAY[3000])::embedding").unwrap();
     assert_eq!(expect_error(&mut c, "CREATE INDEX ON wide USING m3ret_hnsw (emb)"), "m3ret_hnsw indexes at most 1988 dimensions with m = 16, not 3000");
     assert_eq!(check_index(&mut c, "items_idx"), (3000, 0, 0));
+
+    // A column without a declared dimension count, indexed while empty: the first
+    // row fixes the count.
+    c.batch_execute("CREATE TABLE free (id int, emb embedding); CREATE INDEX free_idx ON free USING m3ret_hnsw (emb)").unwrap();
+    c.batch_execute("INSERT INTO free VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0.9,0.1,0]')").unwrap();
+    assert_eq!(expect_error(&mut c, "INSERT INTO free VALUES (4, '[1,2,3,4]')"), "expected 3 dimensions, not 4");
+    c.batch_execute("SET enable_seqscan = off").unwrap();
+    let ids: Vec<i32> = c.query("SELECT id FROM free ORDER BY emb <=> '[1,0,0]' LIMIT 2", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![1, 3]);
+    assert_eq!(check_index(&mut c, "free_idx"), (3, 0, 0));
     db.cluster.assert_no_backend_crashed();
 }

@@ -94,6 +94,9 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
     if meta.magic != page::MAGIC || meta.version != page::FORMAT_VERSION {
         corrupt(index, format_args!("meta page has magic {:#x} version {}", meta.magic, meta.version));
     }
+    if !(2..=100).contains(&meta.m) || meta.dims as usize > m3ret_core::vector::MAX_DIMS {
+        corrupt(index, format_args!("meta page has m {} and {} dimensions", meta.m, meta.dims));
+    }
     meta
 }
 

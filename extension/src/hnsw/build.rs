@@ -102,7 +102,7 @@ fn declared_dims(index: pg_sys::Relation) -> usize {
 }
 
 /// ERROR unless an element of `dims` dimensions fits on a page.
-fn check_fits(dims: usize, params: Params) {
+pub fn check_fits(dims: usize, params: Params) {
     let layout = Layout { dims, params };
     if layout.max_level().is_none() {
         let most = (0..dims).rev().find(|&d| Layout { dims: d, params }.max_level().is_some()).unwrap_or(0);

@@ -15,7 +15,15 @@ fn m3ret_hnsw_check(
     index_oid: pg_sys::Oid,
 ) -> TableIterator<
     'static,
-    (name!(elements, i64), name!(live, i64), name!(dead, i64), name!(freed, i64), name!(entry_level, i32), name!(problems, Vec<String>)),
+    (
+        name!(elements, i64),
+        name!(live, i64),
+        name!(dead, i64),
+        name!(freed, i64),
+        name!(unreachable, i64),
+        name!(entry_level, i32),
+        name!(problems, Vec<String>),
+    ),
 > {
     let (heap_oid, index) = unsafe {
         let heap_oid = pg_sys::IndexGetRelation(index_oid, false);
@@ -35,7 +43,7 @@ fn m3ret_hnsw_check(
     let alive = live_heap_rows(heap_oid, index);
     let report = check(index, &alive);
     unsafe { pg_sys::index_close(index, pg_sys::NoLock as i32) };
-    TableIterator::once((report.elements, report.live, report.dead, report.freed, report.entry_level, report.problems))
+    TableIterator::once((report.elements, report.live, report.dead, report.freed, report.unreachable, report.entry_level, report.problems))
 }
 
 #[derive(Default)]
@@ -44,6 +52,7 @@ struct Findings {
     live: i64,
     dead: i64,
     freed: i64,
+    unreachable: i64,
     entry_level: i32,
     problems: Vec<String>,
 }
@@ -90,6 +99,7 @@ fn check(index: pg_sys::Relation, alive: &TidMap<()>) -> Findings {
         check_links(&mut f, &meta, tid, seen, &elements);
     }
     check_entry(&mut f, &meta, &elements);
+    f.unreachable = count_unreachable(&meta, &elements);
     for heap in alive.keys() {
         match indexed.get(heap).copied().unwrap_or(0) {
             1 => {}
@@ -163,6 +173,23 @@ fn check_entry(f: &mut Findings, meta: &Meta, elements: &TidMap<(Tid, Seen)>) {
             Some(_) => {}
         },
     }
+}
+
+/// Elements no search can reach: not found walking every link from the entry. A
+/// sound graph has none; a few cost recall only for queries right next to them.
+fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>) -> i64 {
+    let Some((entry, _)) = meta.entry() else { return 0 };
+    let mut reached = super::graph::TidSet::default();
+    let mut stack = vec![entry];
+    while let Some(tid) = stack.pop() {
+        if !reached.insert(tid.key()) {
+            continue;
+        }
+        if let Some((_, seen)) = elements.get(&tid.key()) {
+            stack.extend(seen.links.iter().flatten().copied());
+        }
+    }
+    elements.iter().filter(|(key, (_, s))| !s.freed && !reached.contains(key)).count() as i64
 }
 
 /// The heap rows the index must hold: what a build would index now.

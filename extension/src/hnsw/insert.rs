@@ -45,8 +45,28 @@ pub unsafe extern "C-unwind" fn aminsert(
     let metric = metric_of(index);
     let meta = buffer::read_meta(index);
     let vector = prepare_value(index, unsafe { *values }, metric, meta.dims as usize);
+    if meta.dims == 0 {
+        set_dims(index, vector.len());
+    }
     insert_vector(index, metric, Tid::from_item_pointer(unsafe { &*heap_tid }), &vector);
     false
+}
+
+/// The first row of an index on a column without a declared dimension count fixes
+/// the count for every later row.
+fn set_dims(index: pg_sys::Relation, dims: usize) {
+    unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
+    let meta = buffer::read_meta(index);
+    if meta.dims == 0 {
+        super::build::check_fits(dims, meta.params());
+        update_meta(index, |m| m.dims = dims as u32);
+    } else if meta.dims as usize != dims {
+        crate::error::raise(
+            pg_sys::errcodes::PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!("expected {} dimensions, not {dims}", meta.dims),
+        );
+    }
+    unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
 }
 
 /// Links one prepared vector into the graph on disk.
@@ -254,7 +274,18 @@ fn reselect(index: pg_sys::Relation, layout: Layout, metric: Metric, to: &[f32],
     }
     candidates.retain(|c| vectors.contains_key(&c.id.key()));
     candidates.sort();
-    let kept = select_neighbors(&candidates, max, |a, b| metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()]));
-    let kept: Vec<Tid> = kept.into_iter().map(|c| c.id).collect();
+    let chosen = select_neighbors(&candidates, max, |a, b| metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()]));
+    let mut kept: Vec<Tid> = chosen.into_iter().map(|c| c.id).collect();
+    // The places the heuristic leaves empty go to the nearest of the rest (the
+    // paper's keepPrunedConnections): lists VACUUM refilled stay full, and a new
+    // element nearer than their farthest link still gets in.
+    for c in &candidates {
+        if kept.len() >= max {
+            break;
+        }
+        if !kept.contains(&c.id) {
+            kept.push(c.id);
+        }
+    }
     kept.contains(&new).then_some(kept)
 }

@@ -198,13 +198,31 @@ fn repair_element(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &T
             entries.iter().for_each(|c| _ = graph.visit(c.id));
             search_layer(&mut graph, &entries, meta.params().ef_construction, level)
         };
+        if level > 0 && !entries.is_empty() {
+            // The upper layers are small and what keeps the graph one piece: also
+            // search them from the entry element, so a repaired neighbourhood
+            // cannot end up cut off from where every search starts.
+            candidates.extend(search_from_entry(&mut graph, meta, level, dead));
+            candidates.sort();
+            candidates.dedup_by_key(|c| c.id);
+        }
         candidates.retain(|c| !kept.iter().any(|k| k.id == c.id) && usable(&mut graph, &mut vectors, c.id));
         let max = layout.params.max_neighbors(level);
         let chosen = extend_neighbors(kept, &candidates, max, |a, b| {
             let (va, vb) = (vectors[&a.key()].as_deref().unwrap(), vectors[&b.key()].as_deref().unwrap());
             metric.graph_distance(va, vb)
         });
-        let links: Vec<Tid> = chosen.iter().map(|c| c.id).collect();
+        let mut links: Vec<Tid> = chosen.iter().map(|c| c.id).collect();
+        // Places the heuristic left empty go to the nearest candidates: elements
+        // that only dead ones linked to need in-links, or nothing reaches them.
+        for c in &candidates {
+            if links.len() >= max {
+                break;
+            }
+            if !links.contains(&c.id) {
+                links.push(c.id);
+            }
+        }
         repaired.push(links);
     }
     repaired
