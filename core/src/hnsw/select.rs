@@ -27,3 +27,16 @@ pub fn extend_neighbors<Id: Copy>(mut kept: Vec<Candidate<Id>>, candidates: &[Ca
     }
     kept
 }
+
+/// Fills `links` up to `max` with the nearest of `candidates` (sorted nearest first)
+/// not in it yet: the paper's keepPrunedConnections, for lists that must stay full.
+pub fn fill_nearest<Id: Copy + PartialEq>(links: &mut Vec<Id>, candidates: &[Candidate<Id>], max: usize) {
+    for c in candidates {
+        if links.len() >= max {
+            break;
+        }
+        if !links.contains(&c.id) {
+            links.push(c.id);
+        }
+    }
+}

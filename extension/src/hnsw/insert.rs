@@ -11,7 +11,7 @@ use super::buffer::{self, change_pages, init_page, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap};
 use super::page::{space_for, Element, Layout, Meta, Tid};
 use super::{metric_of, prepare_value, UPDATE_LOCK_BLOCK};
-use m3ret_core::hnsw::{search_layer, select_neighbors, Candidate, LevelRng, Metric};
+use m3ret_core::hnsw::{fill_nearest, search_layer, select_neighbors, Candidate, LevelRng, Metric};
 use pgrx::pg_sys;
 use std::cell::RefCell;
 
@@ -276,16 +276,9 @@ fn reselect(index: pg_sys::Relation, layout: Layout, metric: Metric, to: &[f32],
     candidates.sort();
     let chosen = select_neighbors(&candidates, max, |a, b| metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()]));
     let mut kept: Vec<Tid> = chosen.into_iter().map(|c| c.id).collect();
-    // The places the heuristic leaves empty go to the nearest of the rest (the
-    // paper's keepPrunedConnections): lists VACUUM refilled stay full, and a new
-    // element nearer than their farthest link still gets in.
-    for c in &candidates {
-        if kept.len() >= max {
-            break;
-        }
-        if !kept.contains(&c.id) {
-            kept.push(c.id);
-        }
-    }
+    // The places the heuristic leaves empty go to the nearest of the rest: lists
+    // VACUUM refilled stay full, and a new element nearer than their farthest link
+    // still gets in.
+    fill_nearest(&mut kept, &candidates, max);
     kept.contains(&new).then_some(kept)
 }

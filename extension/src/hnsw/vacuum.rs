@@ -14,7 +14,7 @@ use super::graph::{DiskGraph, TidMap, TidSet};
 use super::metric_of;
 use super::page::{Layout, Meta, Tid};
 use super::UPDATE_LOCK_BLOCK;
-use m3ret_core::hnsw::{extend_neighbors, search_layer, Candidate, Graph, Metric};
+use m3ret_core::hnsw::{extend_neighbors, fill_nearest, search_layer, Candidate, Graph, Metric};
 use pgrx::pg_sys;
 
 #[pgrx::pg_guard]
@@ -215,14 +215,7 @@ fn repair_element(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &T
         let mut links: Vec<Tid> = chosen.iter().map(|c| c.id).collect();
         // Places the heuristic left empty go to the nearest candidates: elements
         // that only dead ones linked to need in-links, or nothing reaches them.
-        for c in &candidates {
-            if links.len() >= max {
-                break;
-            }
-            if !links.contains(&c.id) {
-                links.push(c.id);
-            }
-        }
+        fill_nearest(&mut links, &candidates, max);
         repaired.push(links);
     }
     repaired
