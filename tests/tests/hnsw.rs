@@ -76,6 +76,27 @@ fn explain(client: &mut Client, sql: &str) -> String {
     client.query(&format!("EXPLAIN (COSTS OFF) {sql}"), &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
 }
 
+/// Runs `create_index` in a session of its own while this one polls
+/// pg_stat_progress_create_index; returns the phases seen, in order.
+fn watch_build_progress(db: &m3ret_e2e::Database, create_index: &str) -> Vec<String> {
+    let mut watcher = db.connect();
+    std::thread::scope(|scope| {
+        let build = scope.spawn(|| db.connect().batch_execute(create_index).unwrap());
+        let mut phases: Vec<String> = Vec::new();
+        while !build.is_finished() {
+            for row in watcher.query("SELECT phase FROM pg_stat_progress_create_index", &[]).unwrap() {
+                let phase: String = row.get(0);
+                if phases.last() != Some(&phase) {
+                    phases.push(phase);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        build.join().unwrap();
+        phases
+    })
+}
+
 #[test]
 fn recall_at_10_of_every_operator_class_on_20000_clustered_vectors() {
     let db = Cluster::shared().database("hnsw_recall");
@@ -84,7 +105,9 @@ fn recall_at_10_of_every_operator_class_on_20000_clustered_vectors() {
     load(&mut c, "items", &data().vectors(20_000, 1), 1);
     let queries = data().vectors(40, 2);
     for (opclass, op) in [("embedding_cosine_ops", "<=>"), ("embedding_l2_ops", "<->"), ("embedding_ip_ops", "<#>")] {
-        c.batch_execute(&format!("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb {opclass}); ANALYZE items")).unwrap();
+        let phases = watch_build_progress(&db, &format!("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb {opclass})"));
+        assert!(phases.iter().any(|p| p == "building index: building graph"), "{opclass}: progress phases seen: {phases:?}");
+        c.batch_execute("ANALYZE items").unwrap();
         let plan = explain(&mut c, &format!("SELECT id FROM items ORDER BY emb {op} '{}' LIMIT 10", literal(&queries[0])));
         assert!(plan.contains("Index Scan using items_idx"), "{opclass}: the planner did not use the index:\n{plan}");
         let r = recall(&mut c, "items", "", op, &queries, 10);

@@ -5,7 +5,7 @@
 //! elements at once (as hnswlib does); a search may see an element whose links are
 //! not written yet, which only costs a little recall, never correctness.
 
-use super::{greedy_closest, search_layer, select_neighbors, Candidate, Graph, Metric, Params};
+use super::{fill_nearest, greedy_closest, search_layer, select_neighbors, Candidate, Graph, Metric, Params};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
@@ -153,7 +153,11 @@ impl MemoryGraph {
         let mut candidates: Vec<_> = list.iter().map(|&id| Candidate { distance: self.distance(to, id), id }).collect();
         candidates.push(Candidate { distance, id: new });
         candidates.sort();
-        *list = select_neighbors(&candidates, max, |a, b| self.distance(a, b)).iter().map(|c| c.id).collect();
+        let mut kept: Vec<u32> = select_neighbors(&candidates, max, |a, b| self.distance(a, b)).iter().map(|c| c.id).collect();
+        // Full lists stay full (the on-disk index does the same): an element that
+        // every neighbour's heuristic dropped would have no in-link left.
+        fill_nearest(&mut kept, &candidates, max);
+        *list = kept;
     }
 
     fn distance(&self, a: u32, b: u32) -> f32 {

@@ -175,8 +175,9 @@ fn check_entry(f: &mut Findings, meta: &Meta, elements: &TidMap<(Tid, Seen)>) {
     }
 }
 
-/// Elements no search can reach: not found walking every link from the entry. A
-/// sound graph has none; a few cost recall only for queries right next to them.
+/// Elements no search can reach: not found walking every link from the entry. Any
+/// HNSW graph has a few (their in-links lost to neighbour selection); each costs
+/// recall only for queries right next to it, and many mean the graph needs REINDEX.
 fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>) -> i64 {
     let Some((entry, _)) = meta.entry() else { return 0 };
     let mut reached = super::graph::TidSet::default();
