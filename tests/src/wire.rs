@@ -73,3 +73,8 @@ impl ToSql for RawEmbeddingBytes {
     }
     postgres::types::to_sql_checked!();
 }
+
+/// The text form of an `embedding` (Rust's shortest round-trip float text).
+pub fn literal(values: &[f32]) -> String {
+    format!("[{}]", values.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+}

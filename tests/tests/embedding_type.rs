@@ -1,7 +1,7 @@
 //! The `embedding` type through a real cluster: text and binary forms, operators
 //! against values computed here, casts, typmods and every bad input.
 
-use m3ret_e2e::wire::{self, RawEmbeddingBytes, Vector};
+use m3ret_e2e::wire::{self, literal, RawEmbeddingBytes, Vector};
 use m3ret_e2e::{expect_error, Cluster};
 use rand::{Rng, SeedableRng};
 
@@ -18,9 +18,6 @@ fn reference(a: &[f32], b: &[f32]) -> (f64, f64, f64) {
     (1.0 - dot / (na * nb), l2, -dot)
 }
 
-fn literal(v: &[f32]) -> String {
-    format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
-}
 
 #[test]
 fn text_form_round_trips() {

@@ -4,6 +4,7 @@
 //! `m3ret_hnsw_check` after every scenario.
 
 use m3ret_core::vector::synthetic::Clustered;
+use m3ret_e2e::wire::literal;
 use m3ret_e2e::{expect_error, Cluster};
 use postgres::Client;
 use std::io::Write;
@@ -23,9 +24,6 @@ fn data() -> Clustered {
     Clustered::new(DIMS, CLUSTERS)
 }
 
-fn literal(v: &[f32]) -> String {
-    format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
-}
 
 fn create_table(client: &mut Client, table: &str, unlogged: bool) {
     let kind = if unlogged { "UNLOGGED " } else { "" };

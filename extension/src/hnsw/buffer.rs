@@ -94,8 +94,8 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
     if meta.magic != page::MAGIC || meta.version != page::FORMAT_VERSION {
         corrupt(index, format_args!("meta page has magic {:#x} version {}", meta.magic, meta.version));
     }
-    if !(2..=100).contains(&meta.m) || meta.dims as usize > m3ret_core::vector::MAX_DIMS {
-        corrupt(index, format_args!("meta page has m {} and {} dimensions", meta.m, meta.dims));
+    if !(2..=100).contains(&meta.m) || meta.dims as usize > m3ret_core::vector::MAX_DIMS || super::metric_from_code(meta.metric).is_none() {
+        corrupt(index, format_args!("meta page has m {}, {} dimensions, distance {}", meta.m, meta.dims, meta.metric));
     }
     meta
 }
@@ -133,6 +133,11 @@ pub fn element_on<'p>(index: pg_sys::Relation, page: pg_sys::Page, offset: u16, 
         Ok(e) => Some(e),
         Err(what) => corrupt(index, what),
     }
+}
+
+/// Every element tuple on `page`, with its offset.
+pub fn elements_on<'p>(index: pg_sys::Relation, page: pg_sys::Page, layout: Layout) -> impl Iterator<Item = (u16, Element<'p>)> {
+    (1..=max_offset(page)).filter_map(move |offset| element_on(index, page, offset, layout).map(|e| (offset, e)))
 }
 
 pub fn element_mut_on<'p>(page: pg_sys::Page, offset: u16, layout: Layout) -> Option<ElementMut<'p>> {

@@ -7,7 +7,7 @@
 //! and the rest of the table is inserted on disk, one row at a time, with a NOTICE.
 
 use super::buffer::{self, init_page, meta_of, Locked};
-use super::insert::{add_item, draw_level, insert_vector};
+use super::insert::{add_item, draw_level, insert_vector, set_dims};
 use super::page::{self, page_capacity, space_for, Layout, Meta, Tid};
 use super::{metric_code, metric_of, options, prepare_value};
 use crate::error::raise;
@@ -163,16 +163,15 @@ unsafe extern "C-unwind" fn collect(
     if unsafe { *isnull } {
         return;
     }
-    let vector = prepare_value(index, unsafe { *values }, state.metric, state.dims);
+    let vector = prepare_value(unsafe { *values }, state.metric, state.dims);
     if state.dims == 0 {
-        check_fits(vector.len(), state.params);
+        set_dims(index, vector.len());
         state.dims = vector.len();
-        buffer::update_meta(index, |m| m.dims = vector.len() as u32);
     }
     let heap = Tid::from_item_pointer(unsafe { &*tid });
     state.tuples += 1.0;
     if state.on_disk {
-        insert_vector(index, state.metric, heap, &vector);
+        insert_vector(index, heap, &vector);
         return;
     }
     let layout = Layout { dims: state.dims, params: state.params };
@@ -185,7 +184,7 @@ unsafe extern "C-unwind" fn collect(
         );
         write_graph(state);
         state.on_disk = true;
-        insert_vector(index, state.metric, heap, &vector);
+        insert_vector(index, heap, &vector);
         return;
     }
     state.vectors.extend_from_slice(&vector);

@@ -38,8 +38,9 @@ pub struct DiskGraph {
 }
 
 impl DiskGraph {
-    pub fn new(index: pg_sys::Relation, meta: &Meta, metric: Metric, query: Vec<f32>) -> Self {
-        DiskGraph { index, layout: meta.layout(), metric, query, nblocks: buffer::block_count(index), visited: TidSet::default() }
+    /// The graph seen from `query` (prepared for the index's distance).
+    pub fn new(index: pg_sys::Relation, meta: &Meta, query: Vec<f32>) -> Self {
+        DiskGraph { index, layout: meta.layout(), metric: meta.metric(), query, nblocks: buffer::block_count(index), visited: TidSet::default() }
     }
 
     pub fn clear_visited(&mut self) {

@@ -10,7 +10,7 @@
 use super::buffer::{self, change_pages, init_page, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap};
 use super::page::{space_for, Element, Layout, Meta, Tid};
-use super::{metric_of, prepare_value, UPDATE_LOCK_BLOCK};
+use super::{prepare_value, UPDATE_LOCK_BLOCK};
 use m3ret_core::hnsw::{fill_nearest, search_layer, select_neighbors, Candidate, LevelRng, Metric};
 use pgrx::pg_sys;
 use std::cell::RefCell;
@@ -42,19 +42,18 @@ pub unsafe extern "C-unwind" fn aminsert(
     if unsafe { *isnull } {
         return false;
     }
-    let metric = metric_of(index);
     let meta = buffer::read_meta(index);
-    let vector = prepare_value(index, unsafe { *values }, metric, meta.dims as usize);
+    let vector = prepare_value(unsafe { *values }, meta.metric(), meta.dims as usize);
     if meta.dims == 0 {
         set_dims(index, vector.len());
     }
-    insert_vector(index, metric, Tid::from_item_pointer(unsafe { &*heap_tid }), &vector);
+    insert_vector(index, Tid::from_item_pointer(unsafe { &*heap_tid }), &vector);
     false
 }
 
 /// The first row of an index on a column without a declared dimension count fixes
 /// the count for every later row.
-fn set_dims(index: pg_sys::Relation, dims: usize) {
+pub fn set_dims(index: pg_sys::Relation, dims: usize) {
     unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
     let meta = buffer::read_meta(index);
     if meta.dims == 0 {
@@ -70,11 +69,11 @@ fn set_dims(index: pg_sys::Relation, dims: usize) {
 }
 
 /// Links one prepared vector into the graph on disk.
-pub fn insert_vector(index: pg_sys::Relation, metric: Metric, heap: Tid, vector: &[f32]) {
+pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
     let mut mode = pg_sys::ShareLock;
     unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, mode as i32) };
     let mut meta = buffer::read_meta(index);
-    let layout = meta.layout();
+    let (layout, metric) = (meta.layout(), meta.metric());
     let level = draw_level(&layout);
     if meta.entry().is_none_or(|(_, top)| level > top) {
         // This insert may change the entry element: nobody else may meanwhile.
@@ -86,13 +85,15 @@ pub fn insert_vector(index: pg_sys::Relation, metric: Metric, heap: Tid, vector:
         meta = buffer::read_meta(index);
     }
     let links = match meta.entry() {
-        Some((entry, top)) => find_links(index, &meta, metric, vector, level, entry, top),
+        Some((entry, top)) => find_links(index, &meta, vector, level, entry, top),
         None => Vec::new(),
     };
     let tid = place_element(index, &meta, heap, level, vector, &links);
+    let mut nblocks = buffer::block_count(index);
     for (l, list) in links.iter().enumerate() {
         for c in list {
-            link_back(index, layout, metric, c.id, tid, c.distance, l);
+            let link = Link { to: c.id, new: tid, new_vector: vector, distance: c.distance, level: l };
+            link_back(index, layout, metric, &link, &mut nblocks);
         }
     }
     if meta.entry().is_none_or(|(_, top)| level > top) {
@@ -105,9 +106,9 @@ pub fn insert_vector(index: pg_sys::Relation, metric: Metric, heap: Tid, vector:
 }
 
 /// The links a new element at `level` gets on each of its layers.
-fn find_links(index: pg_sys::Relation, meta: &Meta, metric: Metric, vector: &[f32], level: usize, entry: Tid, top: usize) -> Vec<Vec<Candidate<Tid>>> {
-    let params = meta.params();
-    let mut graph = DiskGraph::new(index, meta, metric, vector.to_vec());
+fn find_links(index: pg_sys::Relation, meta: &Meta, vector: &[f32], level: usize, entry: Tid, top: usize) -> Vec<Vec<Candidate<Tid>>> {
+    let (params, metric) = (meta.params(), meta.metric());
+    let mut graph = DiskGraph::new(index, meta, vector.to_vec());
     let Some(start) = graph.descend(entry, top, level) else { return Vec::new() };
     let mut vectors: TidMap<Option<Vec<f32>>> = TidMap::default();
     let mut links = vec![Vec::new(); level.min(top) + 1];
@@ -150,11 +151,7 @@ fn place_element(index: pg_sys::Relation, meta: &Meta, heap: Tid, level: usize, 
         let (fits, freed) = reusable_slot(index, locked.page(), layout, level);
         if let Some(offset) = fits {
             change_pages(index, &[&locked], false, |pages| {
-                let mut e = buffer::element_mut_on(pages[0], offset, layout).unwrap();
-                e.reset(heap, level, vector);
-                for (l, list) in link_tids.iter().enumerate() {
-                    e.set_neighbors(l, list);
-                }
+                buffer::element_mut_on(pages[0], offset, layout).unwrap().write(heap, level, vector, &link_tids);
             });
             return placed(index, meta, Tid { block, offset }, skipped);
         }
@@ -203,13 +200,11 @@ fn placed(index: pg_sys::Relation, meta: &Meta, tid: Tid, skipped: Option<u32>) 
 /// freed tuples there (offset, length).
 fn reusable_slot(index: pg_sys::Relation, page: pg_sys::Page, layout: Layout, level: usize) -> (Option<u16>, Vec<(u16, usize)>) {
     let mut freed = Vec::new();
-    for offset in 1..=buffer::max_offset(page) {
-        if let Some(e) = buffer::element_on(index, page, offset, layout).filter(|e| e.is_deleted()) {
-            if e.capacity() >= level {
-                return (Some(offset), freed);
-            }
-            freed.push((offset, layout.tuple_len(e.capacity())));
+    for (offset, e) in buffer::elements_on(index, page, layout).filter(|(_, e)| e.is_deleted()) {
+        if e.capacity() >= level {
+            return (Some(offset), freed);
         }
+        freed.push((offset, layout.tuple_len(e.capacity())));
     }
     (None, freed)
 }
@@ -222,57 +217,63 @@ pub fn add_item(index: pg_sys::Relation, page: pg_sys::Page, bytes: &[u8]) -> u1
     offset
 }
 
-/// Adds `new` (at `distance` from `to`) to `to`'s links on `level`; when the list is
-/// full, the selection heuristic decides what stays.
-fn link_back(index: pg_sys::Relation, layout: Layout, metric: Metric, to: Tid, new: Tid, distance: f32, level: usize) {
-    let max = layout.params.max_neighbors(level);
-    let mut nblocks = buffer::block_count(index);
+/// A link from an existing element `to` back to the element just placed.
+struct Link<'v> {
+    to: Tid,
+    new: Tid,
+    new_vector: &'v [f32],
+    /// Between `to` and `new`.
+    distance: f32,
+    level: usize,
+}
+
+/// Adds `link.new` to `link.to`'s links on its level; when the list is full, the
+/// selection heuristic decides what stays.
+fn link_back(index: pg_sys::Relation, layout: Layout, metric: Metric, link: &Link, nblocks: &mut u32) {
+    let max = layout.params.max_neighbors(link.level);
     for _attempt in 0..3 {
-        let read = buffer::with_element(index, to, layout, &mut nblocks, |e| {
-            (!e.is_deleted() && e.level() >= level).then(|| (e.neighbors(level).collect::<Vec<_>>(), e.vector().to_vec()))
+        let read = buffer::with_element(index, link.to, layout, nblocks, |e| {
+            (!e.is_deleted() && e.level() >= link.level).then(|| (e.neighbors(link.level).collect::<Vec<_>>(), e.vector().to_vec()))
         });
         let Some(Some((current, to_vector))) = read else { return };
-        if current.contains(&new) {
+        if current.contains(&link.new) {
             return;
         }
         let updated = if current.len() < max {
             let mut list = current.clone();
-            list.push(new);
+            list.push(link.new);
             list
         } else {
-            match reselect(index, layout, metric, &to_vector, &current, (new, distance), max, &mut nblocks) {
+            match reselect(index, layout, metric, &to_vector, &current, link, nblocks) {
                 Some(list) => list,
                 None => return,
             }
         };
-        let locked = Locked::new(index, to.block, Lock::Exclusive);
-        let unchanged = buffer::element_on(index, locked.page(), to.offset, layout)
-            .is_some_and(|e| !e.is_deleted() && e.neighbors(level).eq(current.iter().copied()));
+        let locked = Locked::new(index, link.to.block, Lock::Exclusive);
+        let unchanged = buffer::element_on(index, locked.page(), link.to.offset, layout)
+            .is_some_and(|e| !e.is_deleted() && e.neighbors(link.level).eq(current.iter().copied()));
         if unchanged {
-            change_pages(index, &[&locked], false, |pages| buffer::element_mut_on(pages[0], to.offset, layout).unwrap().set_neighbors(level, &updated));
+            change_pages(index, &[&locked], false, |pages| {
+                buffer::element_mut_on(pages[0], link.to.offset, layout).unwrap().set_neighbors(link.level, &updated)
+            });
             return;
         }
         // Another insert changed the list between our read and our lock: read again.
     }
 }
 
-/// The links a full list keeps once `new` competes for a place; None if `new` loses.
-#[allow(clippy::too_many_arguments)]
-fn reselect(index: pg_sys::Relation, layout: Layout, metric: Metric, to: &[f32], current: &[Tid], (new, distance): (Tid, f32), max: usize, nblocks: &mut u32) -> Option<Vec<Tid>> {
+/// The links a full list keeps once `link.new` competes for a place; None if it loses.
+fn reselect(index: pg_sys::Relation, layout: Layout, metric: Metric, to: &[f32], current: &[Tid], link: &Link, nblocks: &mut u32) -> Option<Vec<Tid>> {
+    let max = layout.params.max_neighbors(link.level);
     let mut vectors: TidMap<Vec<f32>> = TidMap::default();
-    let mut candidates = vec![Candidate { distance, id: new }];
-    for &n in current.iter().chain(std::iter::once(&new)) {
+    vectors.insert(link.new.key(), link.new_vector.to_vec());
+    let mut candidates = vec![Candidate { distance: link.distance, id: link.new }];
+    for &n in current {
         if let Some(Some(v)) = buffer::with_element(index, n, layout, nblocks, live_vector) {
-            if n != new {
-                candidates.push(Candidate { distance: metric.graph_distance(to, &v), id: n });
-            }
+            candidates.push(Candidate { distance: metric.graph_distance(to, &v), id: n });
             vectors.insert(n.key(), v);
         }
     }
-    if !vectors.contains_key(&new.key()) {
-        return None;
-    }
-    candidates.retain(|c| vectors.contains_key(&c.id.key()));
     candidates.sort();
     let chosen = select_neighbors(&candidates, max, |a, b| metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()]));
     let mut kept: Vec<Tid> = chosen.into_iter().map(|c| c.id).collect();
@@ -280,5 +281,5 @@ fn reselect(index: pg_sys::Relation, layout: Layout, metric: Metric, to: &[f32],
     // VACUUM refilled stay full, and a new element nearer than their farthest link
     // still gets in.
     fill_nearest(&mut kept, &candidates, max);
-    kept.contains(&new).then_some(kept)
+    kept.contains(&link.new).then_some(kept)
 }

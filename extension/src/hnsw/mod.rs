@@ -86,14 +86,14 @@ fn metric_of(index: pg_sys::Relation) -> Metric {
         let proc = pg_sys::index_getprocinfo(index, 1, 1);
         pg_sys::FunctionCall1Coll(proc, pg_sys::InvalidOid, pg_sys::Datum::from(0)).value() as i32
     };
-    match code {
-        METRIC_L2 => Metric::L2,
-        METRIC_IP => Metric::InnerProduct,
-        METRIC_COSINE => Metric::Cosine,
-        other => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("m3ret_hnsw: unknown distance {other} in the operator class")),
-    }
+    u8::try_from(code)
+        .ok()
+        .and_then(metric_from_code)
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("m3ret_hnsw: unknown distance {code} in the operator class")))
 }
 
+/// How the meta page stores an index's distance (fixed at CREATE INDEX: later
+/// operations read it there instead of calling the opclass's support function).
 fn metric_code(metric: Metric) -> u8 {
     match metric {
         Metric::L2 => METRIC_L2 as u8,
@@ -102,9 +102,18 @@ fn metric_code(metric: Metric) -> u8 {
     }
 }
 
+fn metric_from_code(code: u8) -> Option<Metric> {
+    match code as i32 {
+        METRIC_L2 => Some(Metric::L2),
+        METRIC_IP => Some(Metric::InnerProduct),
+        METRIC_COSINE => Some(Metric::Cosine),
+        _ => None,
+    }
+}
+
 /// An `embedding` datum as the graph stores it; ERROR on a wrong dimension count
 /// (`dims` 0: any) or, under cosine, a zero vector.
-fn prepare_value(_index: pg_sys::Relation, datum: pg_sys::Datum, metric: Metric, dims: usize) -> Vec<f32> {
+fn prepare_value(datum: pg_sys::Datum, metric: Metric, dims: usize) -> Vec<f32> {
     let value = unsafe { EmbeddingRef::from_polymorphic_datum(datum, false, pg_sys::InvalidOid) }.expect("not null");
     let mut vector = value.values().to_vec();
     if dims != 0 && vector.len() != dims {

@@ -100,6 +100,11 @@ impl Meta {
     pub fn layout(&self) -> Layout {
         Layout { dims: self.dims as usize, params: self.params() }
     }
+
+    /// The distance the index orders by (`read_meta` has checked the code).
+    pub fn metric(&self) -> m3ret_core::hnsw::Metric {
+        super::metric_from_code(self.metric).expect("checked by read_meta")
+    }
 }
 
 /// Marks our pages in their special space.
@@ -158,11 +163,7 @@ impl Layout {
     /// A new element tuple: `links[l]` are its neighbours on layer l.
     pub fn encode(&self, heap: Tid, level: usize, capacity: usize, vector: &[f32], links: &[Vec<Tid>]) -> Vec<u8> {
         let mut bytes = vec![0u8; self.tuple_len(capacity)];
-        let mut e = ElementMut { bytes: &mut bytes, layout: *self };
-        e.reset(heap, level, vector);
-        for (l, list) in links.iter().enumerate() {
-            e.set_neighbors(l, list);
-        }
+        ElementMut { bytes: &mut bytes, layout: *self }.write(heap, level, vector, links);
         bytes
     }
 }
@@ -237,6 +238,19 @@ impl<'a> ElementMut<'a> {
         let slots = HEADER_BYTES + 4 * self.layout.dims;
         for slot in self.bytes[slots..].chunks_exact_mut(SLOT_BYTES) {
             Tid::INVALID.write(slot);
+        }
+    }
+
+    /// Makes the tuple the element `heap` at `level` with `links[l]` on layer l.
+    pub fn write(&mut self, heap: Tid, level: usize, vector: &[f32], links: &[Vec<Tid>]) {
+        self.reset(heap, level, vector);
+        self.set_links(links);
+    }
+
+    /// Sets the links of layers 0..links.len().
+    pub fn set_links(&mut self, links: &[Vec<Tid>]) {
+        for (l, list) in links.iter().enumerate() {
+            self.set_neighbors(l, list);
         }
     }
 

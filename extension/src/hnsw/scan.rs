@@ -14,15 +14,14 @@
 use super::buffer;
 use super::graph::{DiskGraph, TidSet};
 use super::page::{Layout, Tid};
-use super::{metric_of, prepare_value};
+use super::prepare_value;
 use crate::settings;
-use m3ret_core::hnsw::{search_layer_bounded, Candidate, Graph, Metric};
+use m3ret_core::hnsw::{search_layer_bounded, Candidate, Graph};
 use pgrx::pg_sys;
 use std::collections::VecDeque;
 
 /// One scan's state, owned by the scan's memory context.
 struct ScanState {
-    metric: Metric,
     walk: Option<Walk>,
 }
 
@@ -37,7 +36,7 @@ enum Walk {
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn ambeginscan(index: pg_sys::Relation, nkeys: i32, norderbys: i32) -> pg_sys::IndexScanDesc {
     let scan = unsafe { pg_sys::RelationGetIndexScan(index, nkeys, norderbys) };
-    let state = Box::into_raw(Box::new(ScanState { metric: metric_of(index), walk: None }));
+    let state = Box::into_raw(Box::new(ScanState { walk: None }));
     unsafe {
         (*scan).opaque = state as *mut std::ffi::c_void;
         // Freed with the scan's memory context, also when an ERROR ends the query.
@@ -73,7 +72,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _directi
     let scan = unsafe { &mut *scan };
     let state = unsafe { &mut *(scan.opaque as *mut ScanState) };
     if state.walk.is_none() {
-        state.walk = Some(start(scan, state.metric));
+        state.walk = Some(start(scan));
     }
     let next = match state.walk.as_mut().unwrap() {
         Walk::Graph(rounds) => rounds.next(),
@@ -92,7 +91,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _directi
 }
 
 /// Reads the query and finds where the search starts.
-fn start(scan: &pg_sys::IndexScanDescData, metric: Metric) -> Walk {
+fn start(scan: &pg_sys::IndexScanDescData) -> Walk {
     let index = scan.indexRelation;
     let meta = buffer::read_meta(index);
     if scan.numberOfOrderBys < 1 {
@@ -102,9 +101,9 @@ fn start(scan: &pg_sys::IndexScanDescData, metric: Metric) -> Walk {
     if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
         return Walk::Storage { layout: meta.layout(), block: 1, heap: VecDeque::new() };
     }
-    let query = prepare_value(index, key.sk_argument, metric, meta.dims as usize);
+    let query = prepare_value(key.sk_argument, meta.metric(), meta.dims as usize);
     let Some((entry, top)) = meta.entry() else { return Walk::Empty };
-    let mut graph = DiskGraph::new(index, &meta, metric, query);
+    let mut graph = DiskGraph::new(index, &meta, query);
     let Some(start) = graph.descend(entry, top, 0) else { return Walk::Empty };
     Walk::Graph(Rounds { graph, start, ef: 0, visited: 0, round: VecDeque::new(), returned: TidSet::default(), last: f32::NEG_INFINITY, done: false })
 }
@@ -169,13 +168,8 @@ fn next_in_storage(index: pg_sys::Relation, layout: Layout, block: &mut u32, hea
             return None;
         }
         let locked = buffer::Locked::new(index, *block, buffer::Lock::Share);
-        for offset in 1..=buffer::max_offset(locked.page()) {
-            if let Some(e) = buffer::element_on(index, locked.page(), offset, layout) {
-                if !e.is_deleted() && e.heap_tid().is_valid() {
-                    heap.push_back(e.heap_tid());
-                }
-            }
-        }
+        let live = buffer::elements_on(index, locked.page(), layout).filter(|(_, e)| !e.is_deleted() && e.heap_tid().is_valid());
+        heap.extend(live.map(|(_, e)| e.heap_tid()));
         *block += 1;
     }
 }

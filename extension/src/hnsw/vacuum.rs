@@ -11,10 +11,9 @@
 
 use super::buffer::{self, change_pages, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap, TidSet};
-use super::metric_of;
 use super::page::{Layout, Meta, Tid};
 use super::UPDATE_LOCK_BLOCK;
-use m3ret_core::hnsw::{extend_neighbors, fill_nearest, search_layer, Candidate, Graph, Metric};
+use m3ret_core::hnsw::{extend_neighbors, fill_nearest, search_layer, Candidate, Graph};
 use pgrx::pg_sys;
 
 #[pgrx::pg_guard]
@@ -33,7 +32,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     if !dead.is_empty() {
         unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
         let meta = buffer::read_meta(index);
-        repair_links(index, &meta, metric_of(index), &dead);
+        repair_links(index, &meta, &dead);
         free_elements(index, &meta, &dead);
         unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
     }
@@ -74,11 +73,7 @@ fn find_dead(index: pg_sys::Relation, layout: Layout, mut is_dead: impl FnMut(Ti
     for block in 1..buffer::block_count(index) {
         unsafe { pg_sys::vacuum_delay_point() };
         let locked = Locked::new(index, block, Lock::Share);
-        for offset in 1..=buffer::max_offset(locked.page()) {
-            let Some(e) = buffer::element_on(index, locked.page(), offset, layout) else { continue };
-            if e.is_deleted() {
-                continue;
-            }
+        for (offset, e) in buffer::elements_on(index, locked.page(), layout).filter(|(_, e)| !e.is_deleted()) {
             if is_dead(e.heap_tid()) {
                 dead.insert(Tid { block, offset }.key());
             } else {
@@ -98,7 +93,7 @@ struct Damaged {
 
 /// Re-selects the links of every live element that points at a dead one, and moves
 /// the entry element off a dead one.
-fn repair_links(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &TidSet) {
+fn repair_links(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
     let layout = meta.layout();
     let mut highest: Option<(Tid, usize)> = None;
     for block in 1..buffer::block_count(index) {
@@ -106,9 +101,8 @@ fn repair_links(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &Tid
         let mut damaged = Vec::new();
         {
             let locked = Locked::new(index, block, Lock::Share);
-            for offset in 1..=buffer::max_offset(locked.page()) {
+            for (offset, e) in buffer::elements_on(index, locked.page(), layout) {
                 let tid = Tid { block, offset };
-                let Some(e) = buffer::element_on(index, locked.page(), offset, layout) else { continue };
                 if e.is_deleted() || dead.contains(&tid.key()) {
                     continue;
                 }
@@ -122,14 +116,9 @@ fn repair_links(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &Tid
             }
         }
         for element in damaged {
-            let repaired = repair_element(index, meta, metric, dead, &element);
+            let repaired = repair_element(index, meta, dead, &element);
             let locked = Locked::new(index, block, Lock::Exclusive);
-            change_pages(index, &[&locked], false, |pages| {
-                let mut e = buffer::element_mut_on(pages[0], element.tid.offset, layout).unwrap();
-                for (l, list) in repaired.iter().enumerate() {
-                    e.set_neighbors(l, list);
-                }
-            });
+            change_pages(index, &[&locked], false, |pages| buffer::element_mut_on(pages[0], element.tid.offset, layout).unwrap().set_links(&repaired));
         }
     }
     let entry_dead = meta.entry().is_some_and(|(entry, _)| dead.contains(&entry.key()));
@@ -148,9 +137,10 @@ fn repair_links(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &Tid
 }
 
 /// New links for a damaged element on each level.
-fn repair_element(index: pg_sys::Relation, meta: &Meta, metric: Metric, dead: &TidSet, element: &Damaged) -> Vec<Vec<Tid>> {
+fn repair_element(index: pg_sys::Relation, meta: &Meta, dead: &TidSet, element: &Damaged) -> Vec<Vec<Tid>> {
+    let metric = meta.metric();
     let layout = meta.layout();
-    let mut graph = DiskGraph::new(index, meta, metric, element.vector.clone());
+    let mut graph = DiskGraph::new(index, meta, element.vector.clone());
     let mut vectors: TidMap<Option<Vec<f32>>> = TidMap::default();
     // A link may go to an element that is not this one, not dead and not freed.
     let usable = |graph: &mut DiskGraph, vectors: &mut TidMap<Option<Vec<f32>>>, tid: Tid| -> bool {
