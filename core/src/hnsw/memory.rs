@@ -5,7 +5,7 @@
 //! elements at once (as hnswlib does); a search may see an element whose links are
 //! not written yet, which only costs a little recall, never correctness.
 
-use super::{fill_nearest, greedy_closest, search_layer, select_neighbors, Candidate, Graph, Metric, Params};
+use super::{descend, fill_nearest, search_layer, select_neighbors, Candidate, Graph, Metric, Params};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
@@ -110,11 +110,8 @@ impl MemoryGraph {
         };
         let query = self.vector(i);
         let mut view = View { graph: self, query, visited };
-        let mut nearest = Candidate { distance: self.metric.graph_distance(query, self.vector(entry)), id: entry };
-        for l in (level + 1..=top).rev() {
-            nearest = greedy_closest(&mut view, nearest, l);
-        }
-        let mut entries = vec![nearest];
+        let start = Candidate { distance: self.metric.graph_distance(query, self.vector(entry)), id: entry };
+        let mut entries = vec![descend(&mut view, start, top, level)];
         for l in (0..=level.min(top)).rev() {
             // Each layer is searched afresh: an element seen on the layer above
             // must still be expanded on this one.
@@ -169,10 +166,8 @@ impl MemoryGraph {
         let Some((entry, top)) = self.entry() else { return Vec::new() };
         let mut visited = Visited::new(self.len());
         let mut view = View { graph: self, query, visited: &mut visited };
-        let mut nearest = Candidate { distance: self.metric.graph_distance(query, self.vector(entry)), id: entry };
-        for l in (1..=top).rev() {
-            nearest = greedy_closest(&mut view, nearest, l);
-        }
+        let start = Candidate { distance: self.metric.graph_distance(query, self.vector(entry)), id: entry };
+        let nearest = descend(&mut view, start, top, 0);
         view.visited.clear();
         view.visited.insert(nearest.id);
         let mut found = search_layer(&mut view, &[nearest], ef.max(k), 0);
@@ -204,6 +199,10 @@ impl Graph for View<'_> {
 
     fn visit(&mut self, id: u32) -> bool {
         self.visited.insert(id)
+    }
+
+    fn forget_visited(&mut self) {
+        self.visited.clear();
     }
 }
 

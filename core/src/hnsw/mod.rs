@@ -13,7 +13,7 @@ mod search;
 mod select;
 
 pub use memory::MemoryGraph;
-pub use search::{greedy_closest, search_layer, search_layer_bounded, Candidate, Graph};
+pub use search::{descend, search_layer, search_layer_bounded, Candidate, Graph};
 pub use select::{extend_neighbors, fill_nearest, select_neighbors};
 
 use crate::vector::distance;

@@ -14,6 +14,8 @@ pub trait Graph {
     fn neighbors(&mut self, id: Self::Id, level: usize, out: &mut Vec<Self::Id>);
     /// Records `id` as seen; true the first time.
     fn visit(&mut self, id: Self::Id) -> bool;
+    /// Forgets every element seen: each layer is searched afresh.
+    fn forget_visited(&mut self);
 }
 
 /// An element and its distance to the query; ordered by distance.
@@ -40,26 +42,25 @@ impl<Id> Ord for Candidate<Id> {
     }
 }
 
-/// Descends one layer greedily (ef = 1) from `entry`.
-pub fn greedy_closest<G: Graph>(graph: &mut G, entry: Candidate<G::Id>, level: usize) -> Candidate<G::Id> {
-    let mut best = entry;
-    let mut links = Vec::new();
-    loop {
-        links.clear();
-        graph.neighbors(best.id, level, &mut links);
-        let mut moved = false;
-        for &id in &links {
-            if let Some(d) = graph.distance(id) {
-                if d < best.distance {
-                    best = Candidate { distance: d, id };
-                    moved = true;
-                }
-            }
-        }
-        if !moved {
-            return best;
-        }
+/// Candidates kept on each layer of the descent to a search's start. The paper
+/// keeps one (a greedy walk); on clustered data a greedy walk through the sparse
+/// upper layers can stop in another cluster than the query's, and a search of
+/// layer 0 that starts there finds none of the true neighbours, whatever its ef.
+/// On 20,000 x 384 clustered vectors, a beam of 8 removed every such miss for
+/// about 12% more distance computations at ef_search 40.
+pub const DESCENT_BEAM: usize = 8;
+
+/// The start of the search on `level`: from `entry` on layer `top` down, each
+/// layer above `level` is searched with [`DESCENT_BEAM`] candidates, and the
+/// nearest found leads on to the next.
+pub fn descend<G: Graph>(graph: &mut G, entry: Candidate<G::Id>, top: usize, level: usize) -> Candidate<G::Id> {
+    let mut nearest = entry;
+    for l in (level + 1..=top).rev() {
+        graph.forget_visited();
+        graph.visit(nearest.id);
+        nearest = search_layer(graph, &[nearest], DESCENT_BEAM, l)[0];
     }
+    nearest
 }
 
 /// The `ef` nearest elements found on `level` from `entries`, nearest first.

@@ -3,7 +3,7 @@
 
 use super::buffer::{self, with_element};
 use super::page::{Layout, Meta, Tid};
-use m3ret_core::hnsw::{greedy_closest, Candidate, Graph, Metric};
+use m3ret_core::hnsw::{descend, Candidate, Graph, Metric};
 use pgrx::pg_sys;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -43,24 +43,16 @@ impl DiskGraph {
         DiskGraph { index, layout: meta.layout(), metric: meta.metric(), query, nblocks: buffer::block_count(index), visited: TidSet::default() }
     }
 
-    pub fn clear_visited(&mut self) {
-        self.visited.clear();
-    }
-
     /// Reads one element: `f` sees it under a share lock.
     pub fn read<R>(&mut self, tid: Tid, f: impl FnOnce(&super::page::Element) -> R) -> Option<R> {
         with_element(self.index, tid, self.layout, &mut self.nblocks, f)
     }
 
-    /// Greedy descent from the entry element to `level`: the start of the search
-    /// on that layer. None if the entry element cannot be read.
+    /// The start of the search on `level`, found from the entry element on layer
+    /// `top`. None if the entry element cannot be read.
     pub fn descend(&mut self, entry: Tid, top: usize, level: usize) -> Option<Candidate<Tid>> {
         let distance = self.distance(entry)?;
-        let mut nearest = Candidate { distance, id: entry };
-        for l in (level + 1..=top).rev() {
-            nearest = greedy_closest(self, nearest, l);
-        }
-        Some(nearest)
+        Some(descend(self, Candidate { distance, id: entry }, top, level))
     }
 }
 
@@ -78,5 +70,9 @@ impl Graph for DiskGraph {
 
     fn visit(&mut self, id: Tid) -> bool {
         self.visited.insert(id.key())
+    }
+
+    fn forget_visited(&mut self) {
+        self.visited.clear();
     }
 }

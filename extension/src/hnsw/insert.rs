@@ -11,7 +11,7 @@ use super::buffer::{self, change_pages, init_page, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap};
 use super::page::{space_for, Element, Layout, Meta, Tid};
 use super::{prepare_value, UPDATE_LOCK_BLOCK};
-use m3ret_core::hnsw::{fill_nearest, search_layer, select_neighbors, Candidate, LevelRng, Metric};
+use m3ret_core::hnsw::{fill_nearest, search_layer, select_neighbors, Candidate, Graph, LevelRng, Metric};
 use pgrx::pg_sys;
 use std::cell::RefCell;
 
@@ -114,8 +114,8 @@ fn find_links(index: pg_sys::Relation, meta: &Meta, vector: &[f32], level: usize
     let mut links = vec![Vec::new(); level.min(top) + 1];
     let mut entries = vec![start];
     for l in (0..=level.min(top)).rev() {
-        graph.clear_visited();
-        entries.iter().for_each(|e| _ = m3ret_core::hnsw::Graph::visit(&mut graph, e.id));
+        graph.forget_visited();
+        entries.iter().for_each(|e| _ = graph.visit(e.id));
         let found = search_layer(&mut graph, &entries, params.ef_construction, l);
         // Freed elements (awaiting reuse) are passed through, never linked to.
         let live: Vec<Candidate<Tid>> = found

@@ -146,7 +146,7 @@ impl Rounds {
         let max_visited = settings::MAX_SCAN_TUPLES.get().max(1) as usize;
         self.ef = if self.ef == 0 { settings::EF_SEARCH.get().max(1) as usize } else { self.ef * 2 };
         pgrx::check_for_interrupts!();
-        self.graph.clear_visited();
+        self.graph.forget_visited();
         self.graph.visit(self.start.id);
         let (found, visited) = search_layer_bounded(&mut self.graph, &[self.start], self.ef, 0, max_visited.saturating_sub(self.visited));
         self.visited += visited;

@@ -183,7 +183,7 @@ fn repair_element(index: pg_sys::Relation, meta: &Meta, dead: &TidSet, element: 
             search_from_entry(&mut graph, meta, level, dead)
         } else {
             entries.sort();
-            graph.clear_visited();
+            graph.forget_visited();
             graph.visit(element.tid);
             entries.iter().for_each(|c| _ = graph.visit(c.id));
             search_layer(&mut graph, &entries, meta.params().ef_construction, level)
@@ -217,7 +217,7 @@ fn search_from_entry(graph: &mut DiskGraph, meta: &Meta, level: usize, dead: &Ti
         return Vec::new();
     }
     let Some(start) = graph.descend(entry, top, level) else { return Vec::new() };
-    graph.clear_visited();
+    graph.forget_visited();
     graph.visit(start.id);
     search_layer(graph, &[start], meta.params().ef_construction, level)
 }
