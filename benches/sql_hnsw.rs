@@ -79,7 +79,7 @@ fn main() {
         "max_parallel_maintenance_workers = 1",
         "jit = off",
     ]);
-    let (sql_build, index_mb, sql_points, exact_qps) = bench_sql(&cluster, &data, &queries, &truth, rounds);
+    let (sql_build, index_mb, sql_points, exact_qps, floor_qps) = bench_sql(&cluster, &data, &queries, &truth, rounds);
 
     println!("\nm3ret_hnsw vs hnsw_rs (in memory), {rows} x {DIMS} clustered, m = {M}, ef_construction = {EF_CONSTRUCTION}, {THREADS} build threads, medians of {rounds}");
     println!("build: m3ret_hnsw {sql_build:.1} s, hnsw_rs {mem_build:.1} s, ratio {:.2} (target <= 1.5); index size {index_mb:.1} MiB", sql_build / mem_build);
@@ -89,6 +89,7 @@ fn main() {
         println!("| {ef} | {:.0} | {:.3} | {:.0} | {:.3} | {:.2} |", s.qps, s.recall, m.qps, m.recall, s.qps / m.qps);
     }
     println!("exact scan (seq scan + sort): {exact_qps:.1} QPS");
+    println!("round trip alone (the same prepared call and query vector, no search): {floor_qps:.0} QPS");
     // At equal recall: each side's fastest setting that reaches a recall level.
     let fastest = |points: &[Point], level: f64| points.iter().zip(EF_SEARCH).filter(|(p, _)| p.recall >= level).max_by(|a, b| a.0.qps.total_cmp(&b.0.qps)).map(|(p, ef)| (p.qps, ef));
     for level in [0.90, 0.95, 0.97] {
@@ -135,7 +136,8 @@ fn bench_hnsw_rs(data: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<usize>], 
     (median(builds), points)
 }
 
-fn bench_sql(cluster: &Cluster, data: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<usize>], rounds: usize) -> (f64, f64, Vec<Point>, f64) {
+/// Build seconds, index MiB, a point per ef_search, exact-scan QPS, round-trip QPS.
+fn bench_sql(cluster: &Cluster, data: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<usize>], rounds: usize) -> (f64, f64, Vec<Point>, f64, f64) {
     let db = cluster.database("bench_hnsw");
     let mut c = db.connect();
     c.batch_execute(&format!("CREATE TABLE items (id int, emb embedding({DIMS}))")).unwrap();
@@ -185,6 +187,15 @@ fn bench_sql(cluster: &Cluster, data: &[Vec<f32>], queries: &[Vec<f32>], truth: 
         .collect();
     c.batch_execute("SET enable_indexscan = off").unwrap();
     let exact: Vec<f64> = (0..rounds).map(|_| run(&mut c, &queries[..5]).0).collect();
+    // What a query costs before any search: the client, the protocol and the executor.
+    let round_trip = c.prepare("SELECT $1::embedding IS NULL").unwrap();
+    let floor: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            queries.iter().for_each(|q| _ = c.query(&round_trip, &[&Vector(q.clone())]).unwrap());
+            queries.len() as f64 / start.elapsed().as_secs_f64()
+        })
+        .collect();
     db.cluster.assert_no_backend_crashed();
-    (median(builds), size as f64 / (1024.0 * 1024.0), points, median(exact))
+    (median(builds), size as f64 / (1024.0 * 1024.0), points, median(exact), median(floor))
 }

@@ -5,6 +5,7 @@
 //! elements at once (as hnswlib does); a search may see an element whose links are
 //! not written yet, which only costs a little recall, never correctness.
 
+use crate::vector::prefetch::prefetch_vector;
 use super::{descend, fill_nearest, search_layer, select_neighbors, Candidate, Graph, Metric, Params};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -203,6 +204,10 @@ impl Graph for View<'_> {
 
     fn forget_visited(&mut self) {
         self.visited.clear();
+    }
+
+    fn prefetch(&mut self, ids: &[u32]) {
+        ids.iter().for_each(|&id| prefetch_vector(self.graph.vector(id)));
     }
 }
 

@@ -16,6 +16,8 @@ pub trait Graph {
     fn visit(&mut self, id: Self::Id) -> bool;
     /// Forgets every element seen: each layer is searched afresh.
     fn forget_visited(&mut self);
+    /// A hint that the distances to `ids` come next: start loading them.
+    fn prefetch(&mut self, _ids: &[Self::Id]) {}
 }
 
 /// An element and its distance to the query; ordered by distance.
@@ -90,10 +92,9 @@ pub fn search_layer_bounded<G: Graph>(
         }
         links.clear();
         graph.neighbors(nearest.id, level, &mut links);
+        links.retain(|&id| graph.visit(id));
+        graph.prefetch(&links);
         for &id in &links {
-            if !graph.visit(id) {
-                continue;
-            }
             let Some(distance) = graph.distance(id) else { continue };
             visited += 1;
             if results.len() < ef || distance < results.peek().map_or(f32::INFINITY, |c| c.distance) {

@@ -35,12 +35,13 @@ pub struct DiskGraph {
     query: Vec<f32>,
     nblocks: u32,
     visited: TidSet,
+    prefetched: buffer::Prefetched,
 }
 
 impl DiskGraph {
     /// The graph seen from `query` (prepared for the index's distance).
     pub fn new(index: pg_sys::Relation, meta: &Meta, query: Vec<f32>) -> Self {
-        DiskGraph { index, layout: meta.layout(), metric: meta.metric(), query, nblocks: buffer::block_count(index), visited: TidSet::default() }
+        DiskGraph { index, layout: meta.layout(), metric: meta.metric(), query, nblocks: buffer::block_count(index), visited: TidSet::default(), prefetched: Default::default() }
     }
 
     /// Reads one element: `f` sees it under a share lock.
@@ -61,7 +62,11 @@ impl Graph for DiskGraph {
 
     fn distance(&mut self, id: Tid) -> Option<f32> {
         let (index, layout, metric, query) = (self.index, self.layout, self.metric, &self.query);
-        with_element(index, id, layout, &mut self.nblocks, |e| metric.graph_distance(query, e.vector()))
+        let distance = |e: &super::page::Element| metric.graph_distance(query, e.vector());
+        match self.prefetched.take(id) {
+            Some(buffer) => buffer::with_prefetched_element(index, buffer, id, layout, distance),
+            None => with_element(index, id, layout, &mut self.nblocks, distance),
+        }
     }
 
     fn neighbors(&mut self, id: Tid, level: usize, out: &mut Vec<Tid>) {
@@ -74,5 +79,9 @@ impl Graph for DiskGraph {
 
     fn forget_visited(&mut self) {
         self.visited.clear();
+    }
+
+    fn prefetch(&mut self, ids: &[Tid]) {
+        buffer::prefetch_elements(self.index, ids, self.nblocks, &mut self.prefetched);
     }
 }
