@@ -4,7 +4,9 @@
 //!   cosine as a dot product of unit vectors, the same thread count) as the upper bound;
 //! - m3ret_hnsw: CREATE INDEX time and index size; then for ef_search 20, 40, 80 and
 //!   160, queries per second (one session, prepared `ORDER BY emb <=> $1 LIMIT 10`)
-//!   and recall@10 against exact search; and the exact scan's queries per second.
+//!   and recall@10 against exact search; the exact scan's queries per second; and
+//!   the round trip alone (the same prepared call and vector, no search), to show
+//!   what a query costs before the index does anything.
 //!
 //! Medians of M3RET_BENCH_ROUNDS (3) rounds. `cargo bench -p m3ret-benches --bench
 //! sql_hnsw` (the extension must be installed: scripts/install-extension.sh).
