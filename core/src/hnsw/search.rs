@@ -47,7 +47,7 @@ impl<Id> Ord for Candidate<Id> {
 /// Candidates kept on each layer of the descent to a search's start. The paper
 /// keeps one (a greedy walk); on clustered data a greedy walk through the sparse
 /// upper layers can stop in another cluster than the query's, and a search of
-/// layer 0 that starts there finds none of the true neighbours, whatever its ef.
+/// layer 0 that starts there finds none of the true neighbours at ef_search 20-40.
 /// On 20,000 x 384 clustered vectors, a beam of 8 removed every such miss for
 /// about 12% more distance computations at ef_search 40.
 pub const DESCENT_BEAM: usize = 8;
