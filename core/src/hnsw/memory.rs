@@ -6,8 +6,8 @@
 //! not written yet, which only costs a little recall, never correctness.
 
 use crate::vector::prefetch::prefetch_vector;
-use super::{descend, fill_nearest, search_layer, select_neighbors, Candidate, Graph, Metric, Params};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use super::{descend, search_layer, select_neighbors, Candidate, Graph, Metric, Params};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -20,8 +20,13 @@ pub struct MemoryGraph {
     levels: Vec<u8>,
     /// Per element, its links on each of its levels.
     links: Vec<RwLock<Vec<Vec<u32>>>>,
+    /// Per element, how many layer-0 lists link to it: a list about to drop the
+    /// last link to an element drops another one instead.
+    in_links: Vec<AtomicU32>,
     /// The element searches start from, and its level.
     entry: Mutex<Option<(u32, usize)>>,
+    /// Elements the last step of the build had to link (see [`Self::link_unreachable`]).
+    relinked: AtomicUsize,
 }
 
 impl MemoryGraph {
@@ -29,7 +34,8 @@ impl MemoryGraph {
     pub fn new(metric: Metric, params: Params, dims: usize, vectors: Vec<f32>, levels: Vec<u8>) -> Self {
         assert_eq!(vectors.len(), dims * levels.len(), "one vector per level");
         let links = levels.iter().map(|&l| RwLock::new(vec![Vec::new(); l as usize + 1])).collect();
-        MemoryGraph { metric, params, dims, vectors, levels, links, entry: Mutex::new(None) }
+        let in_links = levels.iter().map(|_| AtomicU32::new(0)).collect();
+        MemoryGraph { metric, params, dims, vectors, levels, links, in_links, entry: Mutex::new(None), relinked: AtomicUsize::new(0) }
     }
 
     /// Bytes one element takes in memory at `level`, for a build's memory budget.
@@ -93,7 +99,16 @@ impl MemoryGraph {
                 std::thread::sleep(tick);
             }
         });
-        !cancelled.load(Ordering::Relaxed)
+        if cancelled.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.relinked.store(self.link_unreachable(), Ordering::Relaxed);
+        true
+    }
+
+    /// How many elements the finished build found unreachable and linked.
+    pub fn relinked(&self) -> usize {
+        self.relinked.load(Ordering::Relaxed)
     }
 
     /// Links element `i` into the graph.
@@ -121,9 +136,14 @@ impl MemoryGraph {
             let found = search_layer(&mut view, &entries, self.params.ef_construction, l);
             let candidates: Vec<_> = found.iter().copied().filter(|c| c.id != i).collect();
             let chosen = select_neighbors(&candidates, self.params.max_neighbors(l), |a, b| self.distance(a, b));
-            self.links[i as usize].write().unwrap()[l] = chosen.iter().map(|c| c.id).collect();
+            self.set_links(i, l, &chosen);
             for c in &chosen {
                 self.link_back(c.id, i, c.distance, l);
+            }
+            if l == 0 && self.in_links[i as usize].load(Ordering::Relaxed) == 0 {
+                // Every neighbour's list preferred its own links: `i` must be
+                // let in somewhere, or no search would ever reach it.
+                self.find_home(i, &chosen);
             }
             entries = found;
         }
@@ -133,6 +153,28 @@ impl MemoryGraph {
                 *entry = Some((i, level));
             }
         }
+    }
+
+    /// Writes the links element `i` chose on `level`. Another thread may have linked
+    /// back to `i` there since `i` became visible on the layer above (its search
+    /// found `i` and chose it): those links are merged, not overwritten, or the
+    /// element that made them would lose an in-link, and with it maybe the only way
+    /// to reach it.
+    fn set_links(&self, i: u32, level: usize, chosen: &[Candidate<u32>]) {
+        let max = self.params.max_neighbors(level);
+        let mut links = self.links[i as usize].write().unwrap();
+        let list = &mut links[level];
+        let mut candidates = chosen.to_vec();
+        for &id in list.iter() {
+            if !chosen.iter().any(|c| c.id == id) {
+                candidates.push(Candidate { distance: self.distance(i, id), id });
+            }
+        }
+        if candidates.len() > max {
+            candidates.sort();
+            candidates = select_neighbors(&candidates, max, |a, b| self.distance(a, b));
+        }
+        self.replace_list(level, list, candidates.iter().map(|c| c.id).collect());
     }
 
     /// Adds `new` to the links of `to` on `level`, re-selecting when full.
@@ -145,17 +187,135 @@ impl MemoryGraph {
             return;
         }
         if list.len() < max {
-            list.push(new);
+            let mut longer = list.clone();
+            longer.push(new);
+            self.replace_list(level, list, longer);
             return;
         }
         let mut candidates: Vec<_> = list.iter().map(|&id| Candidate { distance: self.distance(to, id), id }).collect();
         candidates.push(Candidate { distance, id: new });
         candidates.sort();
+        // Full lists stay full (select_neighbors keeps pruned links): exactly one
+        // candidate is left out.
         let mut kept: Vec<u32> = select_neighbors(&candidates, max, |a, b| self.distance(a, b)).iter().map(|c| c.id).collect();
-        // Full lists stay full (the on-disk index does the same): an element that
-        // every neighbour's heuristic dropped would have no in-link left.
-        fill_nearest(&mut kept, &candidates, max);
-        *list = kept;
+        if level == 0 {
+            self.spare_last_in_link(&mut kept, &candidates, new);
+        }
+        self.replace_list(level, list, kept);
+    }
+
+    /// When the candidate a full layer-0 list leaves out holds no other in-link, it
+    /// stays and the farthest kept link whose target has another one goes instead
+    /// (or `new`, which [`Self::find_home`] places if no list takes it).
+    fn spare_last_in_link(&self, kept: &mut [u32], candidates: &[Candidate<u32>], new: u32) {
+        let Some(left_out) = candidates.iter().map(|c| c.id).find(|id| !kept.contains(id)) else { return };
+        if left_out == new || self.in_links[left_out as usize].load(Ordering::Relaxed) > 1 {
+            return;
+        }
+        let victim = candidates.iter().rev().map(|c| c.id).find(|&id| {
+            kept.contains(&id) && (id == new || self.in_links[id as usize].load(Ordering::Relaxed) > 1)
+        });
+        if let Some(victim) = victim {
+            let slot = kept.iter().position(|&id| id == victim).unwrap();
+            kept[slot] = left_out;
+        }
+    }
+
+    /// Lets `i` into the layer-0 list of the nearest of `near` (nearest first) that
+    /// can take it: a list with room, or one whose farthest replaceable link points
+    /// to an element that keeps another in-link. False if none could.
+    fn find_home(&self, i: u32, near: &[Candidate<u32>]) -> bool {
+        let max = self.params.max_neighbors(0);
+        for c in near.iter().filter(|c| c.id != i) {
+            let mut links = self.links[c.id as usize].write().unwrap();
+            let list = &mut links[0];
+            if list.contains(&i) {
+                return true;
+            }
+            let mut updated = list.clone();
+            if updated.len() < max {
+                updated.push(i);
+            } else {
+                let mut by_distance: Vec<_> = updated.iter().map(|&id| Candidate { distance: self.distance(c.id, id), id }).collect();
+                by_distance.sort();
+                let Some(victim) = by_distance.iter().rev().find(|v| self.in_links[v.id as usize].load(Ordering::Relaxed) > 1) else { continue };
+                let slot = updated.iter().position(|&id| id == victim.id).unwrap();
+                updated[slot] = i;
+            }
+            self.replace_list(0, list, updated);
+            return true;
+        }
+        false
+    }
+
+    /// Replaces a list (its owner's lock held), keeping the layer-0 in-link counts.
+    fn replace_list(&self, level: usize, list: &mut Vec<u32>, updated: Vec<u32>) {
+        if level == 0 {
+            for id in list.iter().filter(|id| !updated.contains(id)) {
+                self.in_links[*id as usize].fetch_sub(1, Ordering::Relaxed);
+            }
+            for id in updated.iter().filter(|id| !list.contains(id)) {
+                self.in_links[*id as usize].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        *list = updated;
+    }
+
+    /// The elements no walk along links (of any layer) from the entry reaches: no
+    /// search can return them. (Layer 0 alone may fall apart into well-separated
+    /// clusters that only upper layers join, as searches expect.)
+    pub fn unreachable(&self) -> Vec<u32> {
+        let mut reached = vec![false; self.len()];
+        if let Some((entry, _)) = self.entry() {
+            self.mark_reachable(entry, &mut reached);
+        }
+        (0..self.len() as u32).filter(|&i| !reached[i as usize]).collect()
+    }
+
+    fn mark_reachable(&self, from: u32, reached: &mut [bool]) {
+        if reached[from as usize] {
+            return;
+        }
+        reached[from as usize] = true;
+        let mut stack = vec![from];
+        while let Some(e) = stack.pop() {
+            for list in self.links[e as usize].read().unwrap().iter() {
+                for &n in list {
+                    if !reached[n as usize] {
+                        reached[n as usize] = true;
+                        stack.push(n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last step of a build: the in-link counts keep an element from losing its
+    /// last in-link, but two threads can each drop one of its last two at the same
+    /// moment, and a group of elements can link only among themselves. Each element
+    /// still unreachable is let into the list of its nearest reachable elements.
+    /// Returns how many had to be (typically none or a handful in 10^5).
+    pub fn link_unreachable(&self) -> usize {
+        let orphans = self.unreachable();
+        if orphans.is_empty() {
+            return 0;
+        }
+        let mut reached = vec![true; self.len()];
+        orphans.iter().for_each(|&o| reached[o as usize] = false);
+        let mut linked = 0;
+        for o in orphans {
+            if reached[o as usize] {
+                continue;
+            }
+            let mut near = self.search(self.vector(o), self.params.ef_construction, self.params.ef_construction);
+            // A home must itself be reachable (a search from the entry finds only such).
+            near.retain(|c| reached[c.id as usize]);
+            if self.find_home(o, &near) {
+                linked += 1;
+                self.mark_reachable(o, &mut reached);
+            }
+        }
+        linked
     }
 
     fn distance(&self, a: u32, b: u32) -> f32 {

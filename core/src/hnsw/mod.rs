@@ -29,13 +29,15 @@ pub enum Metric {
 
 impl Metric {
     /// Distance as the graph uses it: ordered like the SQL operator, cheaper to compute
-    /// (squared L2; `-a.b`; `1 - a.b` of unit vectors).
+    /// (squared L2; `-a.b`; `|a - b|^2 / 2` of unit vectors, which equals `1 - a.b`
+    /// but keeps its precision between nearly parallel vectors, where `1 - a.b` in
+    /// f32 is mostly rounding error).
     #[inline]
     pub fn graph_distance(self, a: &[f32], b: &[f32]) -> f32 {
         match self {
             Metric::L2 => distance::l2_squared(a, b),
             Metric::InnerProduct => -distance::dot(a, b),
-            Metric::Cosine => 1.0 - distance::dot(a, b),
+            Metric::Cosine => 0.5 * distance::l2_squared(a, b),
         }
     }
 

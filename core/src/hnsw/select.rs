@@ -5,13 +5,27 @@
 
 use super::Candidate;
 
-/// At most `m` of `candidates` (sorted nearest first by distance to the element).
-/// `between(a, b)` is the distance between two candidates.
-pub fn select_neighbors<Id: Copy>(candidates: &[Candidate<Id>], m: usize, between: impl FnMut(Id, Id) -> f32) -> Vec<Candidate<Id>> {
+/// `m` of `candidates` (sorted nearest first by distance to the element), or all of
+/// them when there are fewer: those the heuristic accepts, then the nearest of those
+/// it pruned (the paper's keepPrunedConnections, as pgvector does). Without the
+/// second part an element among near-duplicates keeps one or two links, and the
+/// few in-links it gets back are soon replaced: on 20,000 near-duplicate rows 11%
+/// of the elements could no longer be reached. `between(a, b)` is the distance
+/// between two candidates.
+pub fn select_neighbors<Id: Copy + PartialEq>(candidates: &[Candidate<Id>], m: usize, between: impl FnMut(Id, Id) -> f32) -> Vec<Candidate<Id>> {
     if candidates.len() <= m {
         return candidates.to_vec();
     }
-    extend_neighbors(Vec::with_capacity(m), candidates, m, between)
+    let mut kept = extend_neighbors(Vec::with_capacity(m), candidates, m, between);
+    for c in candidates {
+        if kept.len() >= m {
+            break;
+        }
+        if !kept.iter().any(|k| k.id == c.id) {
+            kept.push(*c);
+        }
+    }
+    kept
 }
 
 /// Adds to `kept` (links an element keeps in any case) those of `candidates`

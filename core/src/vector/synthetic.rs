@@ -45,3 +45,13 @@ impl Clustered {
             .collect()
     }
 }
+
+/// The near-duplicate rows of the HNSW reachability tests: row i has every
+/// component `(i mod 50) * 0.1 + uniform(-0.5, 0.5)`. Under cosine most rows are
+/// nearly parallel (as a weak model's embeddings of one modality are), and the
+/// neighbour-selection heuristic prunes almost every candidate: the data on which
+/// HNSW graphs orphan elements.
+pub fn near_duplicates(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = LevelRng::new(seed);
+    (0..n).map(|i| (0..dims).map(|_| (i % 50) as f32 * 0.1 + rng.next_unit() as f32 - 0.5).collect()).collect()
+}
