@@ -134,9 +134,9 @@ fn ema_update_and_momentum_schedule() {
     simdino::ema_update(&teacher, &student, 0.9);
     let got: Vec<f32> = Vec::try_from(&t).unwrap();
     assert_eq!(got, vec![0.9 * 1.0 + 0.1 * 3.0; 3]);
-    assert!((simdino::teacher_momentum(0, 100, 0.996) - 0.996).abs() < 1e-12);
-    assert!((simdino::teacher_momentum(50, 100, 0.996) - 0.998).abs() < 1e-12);
-    assert!((simdino::teacher_momentum(100, 100, 0.996) - 1.0).abs() < 1e-12);
+    assert!((simdino::teacher_momentum(0, 100, 0.996, 1.0) - 0.996).abs() < 1e-12);
+    assert!((simdino::teacher_momentum(50, 100, 0.996, 1.0) - 0.998).abs() < 1e-12);
+    assert!((simdino::teacher_momentum(100, 100, 0.996, 1.0) - 1.0).abs() < 1e-12);
 }
 
 /// A trained-looking SimDINO student saved as a model file (encoder + head).

@@ -310,8 +310,12 @@ fn a_long_batch_stops_on_cancel_and_statement_timeout() {
     let canceller = {
         let db_conn = db.cluster.connection_string(&db.name);
         std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(700));
+            // Cancel once the batch is running, not after a guessed delay.
             let mut admin = Client::connect(&db_conn, postgres::NoTls).unwrap();
+            let running = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE '%m3ret_embed_batch%'";
+            while admin.query_one(running, &[&pid]).unwrap().get::<_, i64>(0) == 0 {
+                std::thread::yield_now();
+            }
             admin.query_one("SELECT pg_cancel_backend($1)", &[&pid]).unwrap().get::<_, bool>(0)
         })
     };

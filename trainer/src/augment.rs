@@ -12,13 +12,20 @@ pub struct Views {
     pub local: Vec<Tensor>,
 }
 
+/// How many local views a step takes, and the area fraction of the input each crops.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalCrops {
+    pub views: usize,
+    pub scale: (f64, f64),
+}
+
 /// `batch`: `[B, 3, S, H, W]` in [0, 1].
-pub fn views(batch: &Tensor, n_local: usize, patch: i64, seed: u64) -> Views {
+pub fn views(batch: &Tensor, local: LocalCrops, patch: i64, seed: u64) -> Views {
     let size = batch.size();
     let (s, h) = (size[2], size[3]);
     let local_side = ((h * 3 / 8) / patch).max(1) * patch;
     let global = (0..2).map(|v| view(batch, (0.4, 1.0), h, s, seed ^ mix(v))).collect();
-    let local = (0..n_local).map(|v| view(batch, (0.05, 0.4), local_side, s, seed ^ mix(100 + v as u64))).collect();
+    let local = (0..local.views).map(|v| view(batch, local.scale, local_side, s, seed ^ mix(100 + v as u64))).collect();
     Views { global, local }
 }
 

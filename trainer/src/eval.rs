@@ -102,7 +102,8 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
 
 pub const DEFINITIONS: &str = "For each query, every other item of the target set is ranked by cosine similarity. \
 The rank of a query is the 1-based position of its first hit (in-modality: same cls; cross-modal: same region). \
-R@K is the fraction of queries whose rank is at most K; MnR and MdR are the mean and median rank. \
+R@K is the fraction of queries whose rank is at most K, with its 95% bootstrap interval over the queries (2,000 resamples) \
+in brackets; MnR and MdR are the mean and median rank. \
 Queries with no possible hit are left out. Baselines: raw-pixels (the canonical tensor averaged over slices, \
 pooled to 3x32x32, flattened) and random-init (the same architecture with untrained weights).";
 
@@ -157,16 +158,28 @@ fn markdown(model: &str, n: usize, skipped: usize, results: &[TaskResult]) -> St
         let _ = writeln!(s, "## {kind}\n\n| task | queries | method | R@1 | R@5 | R@10 | MnR | MdR |\n|---|---|---|---|---|---|---|---|");
         for r in results.iter().filter(|r| r.kind == kind) {
             for (method, m) in [("m3ret", &r.m3ret), ("raw-pixels", &r.raw_pixels), ("random-init", &r.random_init)] {
+                let ci = &m.ci95;
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {method} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} |",
-                    r.task, m.queries, m.recall_at_1, m.recall_at_5, m.recall_at_10, m.mean_rank, m.median_rank
+                    "| {} | {} | {method} | {} | {} | {} | {:.1} | {:.1} |",
+                    r.task,
+                    m.queries,
+                    with_interval(m.recall_at_1, ci.recall_at_1),
+                    with_interval(m.recall_at_5, ci.recall_at_5),
+                    with_interval(m.recall_at_10, ci.recall_at_10),
+                    m.mean_rank,
+                    m.median_rank
                 );
             }
         }
         s.push('\n');
     }
     s
+}
+
+/// `0.519 (0.468-0.570)`: a recall and its 95% bootstrap interval.
+fn with_interval(value: f64, ci: [f64; 2]) -> String {
+    format!("{value:.3} ({:.3}-{:.3})", ci[0], ci[1])
 }
 
 /// Query + top-3 in its own modality, a few queries per modality (the paper's figure 5).

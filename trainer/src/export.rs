@@ -16,20 +16,23 @@ pub struct ExportArgs {
     /// Weight precision: f32, f16 (half the size) or bf16.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
+    /// SimDINO: which encoder to write: teacher (the EMA weights) or student.
+    #[arg(long, default_value = "teacher", value_parser = ["teacher", "student"])]
+    pub branch: String,
 }
 
 pub fn run(args: ExportArgs) -> Result<(), String> {
-    export(&args.checkpoint, &args.out, WeightDtype::parse(&args.dtype).expect("validated by clap"))?;
+    export(&args.checkpoint, &args.out, WeightDtype::parse(&args.dtype).expect("validated by clap"), &args.branch)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }
 
-/// Encoder only: MAE's encoder, or SimDINO's EMA teacher encoder, renamed `encoder.*`.
-pub fn export(checkpoint_dir: &Path, out: &Path, dtype: WeightDtype) -> Result<(), String> {
+/// Encoder only: MAE's encoder, or SimDINO's teacher or student encoder (`branch`), renamed `encoder.*`.
+pub fn export(checkpoint_dir: &Path, out: &Path, dtype: WeightDtype, branch: &str) -> Result<(), String> {
     let cp = crate::checkpoint::folder(checkpoint_dir);
     let model = ModelFile::from_path(&cp.join("model.safetensors")).map_err(|e| e.to_string())?;
     let mut config = model.config.clone();
-    let prefix = export_prefix(config.method);
+    let prefix = export_prefix(config.method, branch);
     let tensors: Vec<(String, tch::Tensor)> = model
         .tensors
         .iter()
@@ -42,6 +45,7 @@ pub fn export(checkpoint_dir: &Path, out: &Path, dtype: WeightDtype) -> Result<(
     config.decoder = None;
     config.training = serde_json::json!({
         "exported_from": cp.display().to_string(),
+        "branch": branch,
         "state": state,
         "weights": format!("{dtype:?}").to_lowercase(),
     });

@@ -1,7 +1,8 @@
 //! Training batches, decoded by worker threads into a bounded queue.
 //!
 //! Items are grouped by (modality, layout) because a batch is one tensor: the same
-//! modality within a step, groups alternating between steps (as the paper trains).
+//! modality within a step, groups changing between steps (as the paper trains),
+//! drawn in proportion to their size or in turns ([`Schedule`]).
 //! Which items make step s is a pure function of (seed, s), so a resumed run sees
 //! the same batches it would have seen.
 
@@ -64,6 +65,50 @@ pub fn groups(items: &[Item], sizes: BatchSizes) -> Vec<Group> {
     map.into_values().collect()
 }
 
+/// Which group each step trains: a pure function of (seed, step), so that a
+/// resumed run draws what it would have drawn.
+#[derive(Clone)]
+pub struct Schedule {
+    /// Cumulative shares of steps, one per group, the last 1; empty: groups take turns.
+    cumulative: Vec<f64>,
+    groups: usize,
+}
+
+impl Schedule {
+    /// `proportional`: a step draws group g with probability proportional to
+    /// max(its share of the items, `floor`); else the groups take turns.
+    pub fn new(groups: &[Group], proportional: bool, floor: f64) -> Schedule {
+        if !proportional {
+            return Schedule { cumulative: Vec::new(), groups: groups.len() };
+        }
+        let total: usize = groups.iter().map(|g| g.items.len()).sum();
+        let weights: Vec<f64> = groups.iter().map(|g| (g.items.len() as f64 / total.max(1) as f64).max(floor)).collect();
+        let sum: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        let mut cumulative: Vec<f64> = weights.iter().map(|w| { acc += w / sum; acc }).collect();
+        if let Some(last) = cumulative.last_mut() {
+            *last = 1.0;
+        }
+        Schedule { cumulative, groups: groups.len() }
+    }
+
+    /// The share of steps each group gets.
+    pub fn shares(&self) -> Vec<f64> {
+        if self.cumulative.is_empty() {
+            return vec![1.0 / self.groups.max(1) as f64; self.groups];
+        }
+        self.cumulative.iter().scan(0.0, |prev, &c| { let share = c - *prev; *prev = c; Some(share) }).collect()
+    }
+
+    pub fn group(&self, step: i64, seed: u64) -> usize {
+        if self.cumulative.is_empty() {
+            return step as usize % self.groups;
+        }
+        let u = (mix(seed ^ mix(0x5ced_u64 ^ step as u64)) >> 11) as f64 / (1u64 << 53) as f64;
+        self.cumulative.iter().position(|&c| u < c).unwrap_or(self.groups - 1)
+    }
+}
+
 /// A decoded batch for one step.
 pub struct Batch {
     pub step: i64,
@@ -96,13 +141,14 @@ pub struct LoaderOptions {
 }
 
 impl Loader {
-    pub fn start(groups: Vec<Group>, start: i64, end: i64, options: LoaderOptions) -> Loader {
+    pub fn start(groups: Vec<Group>, schedule: Schedule, start: i64, end: i64, options: LoaderOptions) -> Loader {
         let (sender, receiver) = mpsc::sync_channel(options.queue.max(1));
         let groups = Arc::new(groups);
+        let schedule = Arc::new(schedule);
         let next_step = Arc::new(AtomicI64::new(start));
         let skipped = Arc::new(AtomicUsize::new(0));
         for _ in 0..options.workers.max(1) {
-            let (groups, next_step, sender, skipped) = (groups.clone(), next_step.clone(), sender.clone(), skipped.clone());
+            let (groups, schedule, next_step, sender, skipped) = (groups.clone(), schedule.clone(), next_step.clone(), sender.clone(), skipped.clone());
             let (seed, strict, input) = (options.seed, options.strict, options.input.clone());
             std::thread::spawn(move || {
                 loop {
@@ -110,7 +156,8 @@ impl Loader {
                     if step >= end {
                         return;
                     }
-                    let batch = decode_step(&groups, step, seed, strict, &input, &skipped);
+                    let group = &groups[schedule.group(step, seed)];
+                    let batch = decode_step(group, step, seed, strict, &input, &skipped);
                     if sender.send(batch).is_err() {
                         return; // the trainer stopped
                     }
@@ -133,8 +180,7 @@ impl Loader {
     }
 }
 
-fn decode_step(groups: &[Group], step: i64, seed: u64, strict: bool, input: &InputSpec, skipped: &AtomicUsize) -> Result<Batch, String> {
-    let group = &groups[step as usize % groups.len()];
+fn decode_step(group: &Group, step: i64, seed: u64, strict: bool, input: &InputSpec, skipped: &AtomicUsize) -> Result<Batch, String> {
     let mut options = StudyOptions::new(ModalityChoice::Given(group.modality));
     options.input = input.clone();
     let mut tensors = Vec::with_capacity(group.batch);

@@ -16,6 +16,51 @@ pub struct Retrieval {
     pub recall_at_10: f64,
     pub mean_rank: f64,
     pub median_rank: f64,
+    /// 95% bootstrap intervals of the recalls: `[low, high]`.
+    pub ci95: RecallIntervals,
+}
+
+/// Percentile bootstrap intervals (2.5% and 97.5%) of R@1, R@5 and R@10.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct RecallIntervals {
+    pub recall_at_1: [f64; 2],
+    pub recall_at_5: [f64; 2],
+    pub recall_at_10: [f64; 2],
+}
+
+/// Resamples drawn for each interval; with a fixed seed, reports are reproducible.
+const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// The queries are resampled with replacement, `BOOTSTRAP_RESAMPLES` times; each
+/// recall's interval is the 2.5th and 97.5th percentile of the resampled recalls.
+pub fn bootstrap_intervals(ranks: &[usize]) -> RecallIntervals {
+    let n = ranks.len();
+    if n == 0 {
+        return RecallIntervals::default();
+    }
+    // A fixed, seeded stream: the same report for the same ranks.
+    let mut rng = m3ret_core::hnsw::LevelRng::new(0x6d33_7265_745f_6369);
+    let mut next = move || ((rng.next_unit() * n as f64) as usize).min(n - 1);
+    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..BOOTSTRAP_RESAMPLES {
+        let mut hits = [0usize; 3];
+        for _ in 0..n {
+            let r = ranks[next()];
+            for (h, k) in hits.iter_mut().zip([1, 5, 10]) {
+                *h += (r <= k) as usize;
+            }
+        }
+        for (s, h) in samples.iter_mut().zip(hits) {
+            s.push(h as f64 / n as f64);
+        }
+    }
+    let interval = |s: &mut Vec<f64>| {
+        s.sort_by(f64::total_cmp);
+        let at = |q: f64| s[((q * (s.len() - 1) as f64).round() as usize).min(s.len() - 1)];
+        [at(0.025), at(0.975)]
+    };
+    let [a, b, c] = &mut samples;
+    RecallIntervals { recall_at_1: interval(a), recall_at_5: interval(b), recall_at_10: interval(c) }
 }
 
 /// Ranks of the first hit for each query against `gallery`; `is_hit(q, g)` says
@@ -44,7 +89,7 @@ pub fn first_hit_ranks(
 pub fn summarise(ranks: &[usize]) -> Retrieval {
     let n = ranks.len();
     if n == 0 {
-        return Retrieval { queries: 0, recall_at_1: 0.0, recall_at_5: 0.0, recall_at_10: 0.0, mean_rank: 0.0, median_rank: 0.0 };
+        return Retrieval { queries: 0, recall_at_1: 0.0, recall_at_5: 0.0, recall_at_10: 0.0, mean_rank: 0.0, median_rank: 0.0, ci95: RecallIntervals::default() };
     }
     let recall = |k: usize| ranks.iter().filter(|r| **r <= k).count() as f64 / n as f64;
     let mut sorted = ranks.to_vec();
@@ -57,6 +102,7 @@ pub fn summarise(ranks: &[usize]) -> Retrieval {
         recall_at_10: recall(10),
         mean_rank: ranks.iter().sum::<usize>() as f64 / n as f64,
         median_rank: median,
+        ci95: bootstrap_intervals(ranks),
     }
 }
 
@@ -79,6 +125,22 @@ mod tests {
         assert_eq!(ranks, vec![2, 3, 2, 3]);
         let s = summarise(&ranks);
         assert_eq!((s.queries, s.recall_at_1, s.recall_at_5, s.mean_rank, s.median_rank), (4, 0.0, 1.0, 2.5, 2.5));
+    }
+
+    #[test]
+    fn bootstrap_intervals_hold_the_recall_and_narrow_with_more_queries() {
+        // R@1 = 0.5 over 20 queries, then over 2,000.
+        let few: Vec<usize> = (0..20).map(|i| if i % 2 == 0 { 1 } else { 7 }).collect();
+        let many: Vec<usize> = (0..2000).map(|i| if i % 2 == 0 { 1 } else { 7 }).collect();
+        let (a, b) = (bootstrap_intervals(&few), bootstrap_intervals(&many));
+        for ci in [a.recall_at_1, b.recall_at_1] {
+            assert!(ci[0] < 0.5 && 0.5 < ci[1], "{ci:?}");
+        }
+        // About 0.5 +- 1.96 sqrt(0.25 / n): +-0.22 for 20 queries, +-0.022 for 2,000.
+        assert!((a.recall_at_1[1] - a.recall_at_1[0] - 0.44).abs() < 0.1, "{a:?}");
+        assert!((b.recall_at_1[1] - b.recall_at_1[0] - 0.044).abs() < 0.01, "{b:?}");
+        // Every query has rank <= 10: no uncertainty at all.
+        assert_eq!(a.recall_at_10, [1.0, 1.0]);
     }
 
     #[test]

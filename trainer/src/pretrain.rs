@@ -1,5 +1,6 @@
 //! `m3ret-train pretrain`: MAE or SimDINO on a manifest, resumable.
 
+use crate::augment;
 use crate::checkpoint::{self, State};
 use crate::loader::{self, BatchSizes, Loader, LoaderOptions};
 use crate::manifest;
@@ -98,6 +99,59 @@ pub struct PretrainArgs {
     /// Stop after this many steps of this invocation (the run stays resumable), e.g. to fit a time budget.
     #[arg(long)]
     pub stop_after: Option<i64>,
+    /// How steps are shared among the (modality, layout) groups: proportional (each step draws a group with probability proportional to its item count, at least --group-floor) or turns (groups take turns whatever their size).
+    #[arg(long, default_value = "proportional", value_parser = ["proportional", "turns"])]
+    #[serde(default = "default_group_sampling")]
+    pub group_sampling: String,
+    /// With proportional sampling: the least share of steps any group gets (groups of a few volumes or videos still train).
+    #[arg(long, default_value_t = 0.02)]
+    #[serde(default = "default_group_floor")]
+    pub group_floor: f64,
+    /// SimDINO: the teacher's EMA momentum at the first step (cosine schedule to --teacher-momentum-end). Default: 0.996, or 1 - 10/steps when lower, so that a short run's teacher forgets its random start (the product of the momenta is then about e^-10).
+    #[arg(long)]
+    #[serde(default)]
+    pub teacher_momentum: Option<f64>,
+    /// SimDINO: the teacher's EMA momentum at the last step.
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "default_momentum_end")]
+    pub teacher_momentum_end: f64,
+    /// SimDINO: the encoder written to model.safetensors at the end: teacher (the EMA weights, as the reference evaluates) or student.
+    #[arg(long, default_value = "teacher", value_parser = ["teacher", "student"])]
+    #[serde(default = "default_export_branch")]
+    pub export_branch: String,
+    /// SimDINO: smallest area fraction of a local crop (the paper: 0.05).
+    #[arg(long, default_value_t = 0.05)]
+    #[serde(default = "default_local_min")]
+    pub local_crop_min: f64,
+    /// SimDINO: largest area fraction of a local crop (the paper: 0.4; global crops take 0.4-1).
+    #[arg(long, default_value_t = 0.4)]
+    #[serde(default = "default_local_max")]
+    pub local_crop_max: f64,
+}
+
+// Defaults for settings that runs saved before they existed did not record.
+fn default_group_sampling() -> String {
+    "turns".into()
+}
+fn default_group_floor() -> f64 {
+    0.02
+}
+fn default_momentum_end() -> f64 {
+    1.0
+}
+fn default_export_branch() -> String {
+    "teacher".into()
+}
+fn default_local_min() -> f64 {
+    0.05
+}
+fn default_local_max() -> f64 {
+    0.4
+}
+
+/// The teacher momentum a run starts from (see `--teacher-momentum`).
+pub fn momentum_start(args: &PretrainArgs, total: i64) -> f64 {
+    args.teacher_momentum.unwrap_or_else(|| 0.996f64.min(1.0 - 10.0 / total.max(1) as f64).max(0.0))
 }
 
 fn excluded(args: &PretrainArgs) -> Result<Vec<Modality>, String> {
@@ -131,6 +185,12 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     }
     let config = model_config(&args);
     config.validate()?;
+    if !(0.0 < args.local_crop_min && args.local_crop_min <= args.local_crop_max && args.local_crop_max <= 1.0) {
+        return Err(format!("--local-crop-min {} and --local-crop-max {}: need 0 < min <= max <= 1", args.local_crop_min, args.local_crop_max));
+    }
+    if !(0.0..=1.0).contains(&args.group_floor) {
+        return Err(format!("--group-floor {}: a share of steps, between 0 and 1", args.group_floor));
+    }
     let items = manifest::select(manifest::load(&args.manifest)?, &args.splits, &excluded(&args)?);
     let sizes = BatchSizes { image2d: args.batch_2d, video: args.batch_video, volume: args.batch_volume };
     let groups = loader::groups(&items, sizes);
@@ -163,7 +223,12 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         args.method, args.preset, items.len(), groups.len(),
         groups.iter().map(|g| format!("{} x{}", g.name(), g.items.len())).collect::<Vec<_>>().join(", ")
     );
-    let mut loader = Loader::start(groups, start, end, LoaderOptions { seed: args.seed, workers: args.workers, queue: 4, strict: args.strict, input: config.input.clone() });
+    let schedule = loader::Schedule::new(&groups, args.group_sampling == "proportional", args.group_floor);
+    eprintln!("share of steps per group: {}", groups.iter().zip(schedule.shares()).map(|(g, p)| format!("{} {:.3}", g.name(), p)).collect::<Vec<_>>().join(", "));
+    let momentum = (momentum_start(&args, total), args.teacher_momentum_end);
+    let crops = augment::LocalCrops { views: 0, scale: (args.local_crop_min, args.local_crop_max) };
+    let options = LoaderOptions { seed: args.seed, workers: args.workers, queue: 4, strict: args.strict, input: config.input.clone() };
+    let mut loader = Loader::start(groups, schedule, start, end, options);
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join("metrics.jsonl")).map_err(|e| e.to_string())?;
     let bar = ProgressBar::new((end - start) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("template"));
@@ -178,13 +243,14 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         let x = batch.tensor.to_device(device);
         let lr = optim::learning_rate(step, total, warmup, args.lr, 0.01);
         optim::zero_grad(trainee.trainable());
-        let local = if x.size()[2] > config.input.slices_2d { args.local_views_3d } else { args.local_views_2d };
+        let views = if x.size()[2] > config.input.slices_2d { args.local_views_3d } else { args.local_views_2d };
+        let local = augment::LocalCrops { views, ..crops };
         // bf16 autocast on CUDA (the paper's precision); f32 on the CPU.
         let out = m3ret_core::torch_ext::bf16_autocast(device.is_cuda(), || trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64)));
         out.loss.backward();
         let grad_norm = optim::clip_grad_norm(trainee.trainable(), args.clip);
         opt.step(trainee.trainable(), lr);
-        trainee.after_step(step, total);
+        trainee.after_step(step, total, momentum);
         samples += x.size()[0] as usize;
         let loss = out.loss.double_value(&[]);
         let step_s = computed.elapsed().as_secs_f64();
@@ -219,8 +285,8 @@ fn finish(args: &PretrainArgs, end: i64, total: i64) -> Result<(), String> {
     crate::plot::loss_curve(&losses, &args.out.join("loss.png"))?;
     if end == total {
         let out = args.out.join("model.safetensors");
-        crate::export::export(&args.out, &out, m3ret_core::model::WeightDtype::F32)?;
-        eprintln!("wrote {} ({} {}, {} steps)", out.display(), args.method, args.preset, total);
+        crate::export::export(&args.out, &out, m3ret_core::model::WeightDtype::F32, &args.export_branch)?;
+        eprintln!("wrote {} ({} {}, {} steps, {} encoder)", out.display(), args.method, args.preset, total, args.export_branch);
     }
     Ok(())
 }

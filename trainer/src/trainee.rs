@@ -48,14 +48,14 @@ impl Trainee {
         }
     }
 
-    pub fn loss(&self, batch: &Tensor, config: &ModelConfig, local_views: usize, seed: u64) -> StepLoss {
+    pub fn loss(&self, batch: &Tensor, config: &ModelConfig, local: augment::LocalCrops, seed: u64) -> StepLoss {
         match self {
             Trainee::Mae { model, .. } => {
                 let out = model.forward(batch);
                 StepLoss { loss: out.loss, parts: vec![] }
             }
             Trainee::SimDino { student, teacher, .. } => {
-                let v = augment::views(batch, local_views, config.encoder.patch[1], seed);
+                let v = augment::views(batch, local, config.encoder.patch[1], seed);
                 let zs: Vec<Tensor> = v.global.iter().chain(v.local.iter()).map(|x| student.project(x)).collect();
                 let zt: Vec<Tensor> = tch::no_grad(|| v.global.iter().map(|x| teacher.project(x)).collect());
                 let eps = config.head.as_ref().map(|h| h.eps).unwrap_or(0.5);
@@ -66,10 +66,11 @@ impl Trainee {
         }
     }
 
-    /// After the optimiser step: the SimDINO teacher follows the student.
-    pub fn after_step(&self, step: i64, total: i64) {
+    /// After the optimiser step: the SimDINO teacher follows the student, with a
+    /// momentum on a cosine schedule from `momentum.0` to `momentum.1`.
+    pub fn after_step(&self, step: i64, total: i64, momentum: (f64, f64)) {
         if let Trainee::SimDino { student_vs, teacher_vs, .. } = self {
-            simdino::ema_update(teacher_vs, student_vs, simdino::teacher_momentum(step, total, 0.996));
+            simdino::ema_update(teacher_vs, student_vs, simdino::teacher_momentum(step, total, momentum.0, momentum.1));
         }
     }
 
@@ -96,10 +97,11 @@ impl Trainee {
 }
 
 /// The encoder to export from a checkpoint's tensors: MAE's encoder, or SimDINO's
-/// teacher encoder (the EMA weights, which the reference evaluates).
-pub fn export_prefix(method: Method) -> &'static str {
-    match method {
-        Method::Mae => "encoder.",
-        Method::Simdino => "teacher.encoder.",
+/// `branch` (teacher: the EMA weights, which the reference evaluates; or student).
+pub fn export_prefix(method: Method, branch: &str) -> &'static str {
+    match (method, branch) {
+        (Method::Mae, _) => "encoder.",
+        (Method::Simdino, "student") => "student.encoder.",
+        (Method::Simdino, _) => "teacher.encoder.",
     }
 }

@@ -102,10 +102,11 @@ pub fn coding_rate(z: &Tensor, eps: f64) -> Tensor {
     a.linalg_cholesky(false).diagonal(0, 0, 1).log().sum(Kind::Float)
 }
 
-/// The teacher momentum at `step` of `total`: cosine from `base` (0.996) up to 1.
-pub fn teacher_momentum(step: i64, total: i64, base: f64) -> f64 {
+/// The teacher momentum at `step` of `total`: cosine from `start` (DINO: 0.996) up
+/// to `end` (DINO: 1).
+pub fn teacher_momentum(step: i64, total: i64, start: f64, end: f64) -> f64 {
     let progress = (step as f64 / total.max(1) as f64).clamp(0.0, 1.0);
-    1.0 - (1.0 - base) * (std::f64::consts::PI * progress).cos().mul_add(0.5, 0.5)
+    end - (end - start) * (std::f64::consts::PI * progress).cos().mul_add(0.5, 0.5)
 }
 
 /// teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.

@@ -100,6 +100,10 @@ fn check(index: pg_sys::Relation, alive: &TidMap<()>) -> Findings {
     }
     check_entry(&mut f, &meta, &elements);
     f.unreachable = count_unreachable(&meta, &elements);
+    if f.unreachable > 0 {
+        // No search can return these rows: as much a fault as a lost row.
+        f.problem(format!("{} elements cannot be reached from the entry point: no search returns them", f.unreachable));
+    }
     for heap in alive.keys() {
         match indexed.get(heap).copied().unwrap_or(0) {
             1 => {}

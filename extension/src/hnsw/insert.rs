@@ -11,7 +11,7 @@ use super::buffer::{self, change_pages, init_page, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap};
 use super::page::{space_for, Element, Layout, Meta, Tid};
 use super::{prepare_value, UPDATE_LOCK_BLOCK};
-use m3ret_core::hnsw::{fill_nearest, search_layer, select_neighbors, Candidate, Graph, LevelRng, Metric};
+use m3ret_core::hnsw::{search_layer, select_neighbors, Candidate, Graph, LevelRng, Metric};
 use pgrx::pg_sys;
 use std::cell::RefCell;
 
@@ -275,11 +275,10 @@ fn reselect(index: pg_sys::Relation, layout: Layout, metric: Metric, to: &[f32],
         }
     }
     candidates.sort();
+    // select_neighbors gives the places the heuristic leaves empty to the nearest of
+    // the rest: lists VACUUM refilled stay full, and a new element nearer than their
+    // farthest link still gets in.
     let chosen = select_neighbors(&candidates, max, |a, b| metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()]));
-    let mut kept: Vec<Tid> = chosen.into_iter().map(|c| c.id).collect();
-    // The places the heuristic leaves empty go to the nearest of the rest: lists
-    // VACUUM refilled stay full, and a new element nearer than their farthest link
-    // still gets in.
-    fill_nearest(&mut kept, &candidates, max);
+    let kept: Vec<Tid> = chosen.into_iter().map(|c| c.id).collect();
     kept.contains(&link.new).then_some(kept)
 }
