@@ -33,6 +33,19 @@ pub fn expect_error(client: &mut postgres::Client, sql: &str) -> String {
     }
 }
 
+/// Embeds every row of `table (id, modality, data, emb)` with the default model,
+/// one `m3ret_embed_batch` call per modality (the README's bulk-ingest query).
+pub fn embed_by_modality(client: &mut postgres::Client, table: &str) {
+    client
+        .batch_execute(&format!(
+            "UPDATE {table} t SET emb = b.embedding
+             FROM (SELECT modality, array_agg(id ORDER BY id) ids, array_agg(data ORDER BY id) d FROM {table} GROUP BY modality) g,
+                  LATERAL m3ret_embed_batch(g.d, g.modality) b
+             WHERE t.id = g.ids[b.ord]"
+        ))
+        .unwrap();
+}
+
 /// The repository's committed fixtures (real files with attribution).
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name);

@@ -96,13 +96,7 @@ fn nearest_neighbour_of_an_image_is_itself() {
         c.execute("INSERT INTO images (file, modality, data) VALUES ($1, $2, $3)", &[file, modality, data]).unwrap();
     }
     // Bulk embedding, one batch call per modality.
-    c.batch_execute(
-        "UPDATE images i SET emb = b.embedding
-         FROM (SELECT modality, array_agg(id ORDER BY id) ids, array_agg(data ORDER BY id) d FROM images GROUP BY modality) g,
-              LATERAL m3ret_embed_batch(g.d, g.modality) b
-         WHERE i.id = g.ids[b.ord]",
-    )
-    .unwrap();
+    m3ret_e2e::embed_by_modality(&mut c, "images");
     let missing: i64 = c.query_one("SELECT count(*) FROM images WHERE emb IS NULL", &[]).unwrap().get(0);
     assert_eq!(missing, 0);
     let n = images.len() as i32;

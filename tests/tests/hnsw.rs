@@ -44,23 +44,22 @@ fn load(client: &mut Client, table: &str, vectors: &[Vec<f32>], first_id: i32) {
 
 /// `m3ret_hnsw_check`'s (live, dead, freed); fails on any problem it reports.
 fn check_index(client: &mut Client, index: &str) -> (i64, i64, i64) {
-    let row = client.query_one("SELECT live, dead, freed, problems FROM m3ret_hnsw_check($1::text::regclass)", &[&index]).unwrap();
-    let problems: Vec<String> = row.get(3);
-    assert!(problems.is_empty(), "m3ret_hnsw_check({index}) found problems: {problems:#?}");
-    (row.get(0), row.get(1), row.get(2))
+    check_index_allowing_unreachable(client, index, 0)
 }
 
-/// As [`check_index`], but for an index VACUUM repaired: up to `max_unreachable`
-/// elements cannot be reached. VACUUM's repair can still orphan an element whose
-/// only in-link came from a freed one (CI saw 1 of 20,000). Builds cannot (they
-/// keep in-link counts and relink); VACUUM and single inserts have no in-link
-/// counts to go by yet (the insert tests have seen no orphan).
-fn check_vacuumed_index(client: &mut Client, index: &str, max_unreachable: i64) -> (i64, i64, i64) {
+/// As [`check_index`], but up to `max_unreachable` elements may be unreachable (and
+/// listed as a problem, which the check must do whenever there are any). VACUUM's
+/// repair can still orphan an element whose only in-link came from a freed one (CI
+/// saw 1 of 20,000). Builds cannot (they keep in-link counts and relink); VACUUM
+/// and single inserts have no in-link counts to go by yet (the insert tests have
+/// seen no orphan).
+fn check_index_allowing_unreachable(client: &mut Client, index: &str, max_unreachable: i64) -> (i64, i64, i64) {
     let row = client.query_one("SELECT live, dead, freed, unreachable, problems FROM m3ret_hnsw_check($1::text::regclass)", &[&index]).unwrap();
     let (unreachable, problems): (i64, Vec<String>) = (row.get(3), row.get(4));
-    let other: Vec<&String> = problems.iter().filter(|p| !p.contains("cannot be reached")).collect();
+    let (listed, other): (Vec<&String>, Vec<&String>) = problems.iter().partition(|p| p.contains("cannot be reached"));
     assert!(other.is_empty(), "m3ret_hnsw_check({index}) found problems: {other:#?}");
-    assert!(unreachable <= max_unreachable, "{unreachable} elements unreachable after VACUUM");
+    assert_eq!(unreachable > 0, !listed.is_empty(), "{index}: {unreachable} unreachable, problems {problems:?}");
+    assert!(unreachable <= max_unreachable, "{index}: {unreachable} elements unreachable");
     (row.get(0), row.get(1), row.get(2))
 }
 
@@ -175,7 +174,7 @@ fn vacuum_removes_deleted_rows_keeps_recall_and_reuses_space() {
     let live = 20_000 - deleted;
     assert_eq!(check_index(&mut c, "items_idx"), (live, deleted, 0), "before VACUUM the dead rows are still indexed");
     c.batch_execute("VACUUM items").unwrap();
-    assert_eq!(check_vacuumed_index(&mut c, "items_idx", 5), (live, 0, deleted));
+    assert_eq!(check_index_allowing_unreachable(&mut c, "items_idx", 5), (live, 0, deleted));
     let queries = data().vectors(100, 6);
     for q in &queries[..5] {
         let found = nearest(&mut c, "items", "", "<=>", q, 10, false);
@@ -190,7 +189,7 @@ fn vacuum_removes_deleted_rows_keeps_recall_and_reuses_space() {
     load(&mut c, "items", &data().vectors(deleted as usize, 7), 100_001);
     let size_after: i64 = c.query_one("SELECT pg_relation_size('items_idx')", &[]).unwrap().get(0);
     assert!(size_after <= size_before, "the index grew from {size_before} to {size_after} bytes re-inserting as many rows");
-    assert_eq!(check_vacuumed_index(&mut c, "items_idx", 5), (20_000, 0, 0));
+    assert_eq!(check_index_allowing_unreachable(&mut c, "items_idx", 5), (20_000, 0, 0));
     let r = recall(&mut c, "items", "", "<=>", &queries, 10);
     assert!(r >= 0.95, "recall@10 after re-inserting into freed space: {r}");
     db.cluster.assert_no_backend_crashed();
@@ -383,28 +382,14 @@ fn self_recall(c: &mut Client, table: &str, queries: &[i32], ef_search: i32) -> 
     c.batch_execute(&format!("SET m3ret.ef_search = {ef_search}")).unwrap();
     let (mut hits, mut found_self) = (0, 0);
     for &q in queries {
-        let row = c.query_one(&format!("SELECT emb::text FROM {table} WHERE id = $1"), &[&q]).unwrap();
-        let v: String = row.get(0);
-        let ids = |c: &mut Client, exact: bool| -> Vec<i32> {
-            c.batch_execute(if exact { "SET enable_indexscan = off" } else { "RESET enable_indexscan" }).unwrap();
-            let sql = format!("SELECT id FROM {table} ORDER BY emb <=> $1::text::embedding LIMIT 10");
-            c.query(&sql, &[&v]).unwrap().iter().map(|r| r.get(0)).collect()
-        };
-        let truth = ids(c, true);
-        let found = ids(c, false);
+        let v: Vec<f32> = c.query_one(&format!("SELECT emb::real[] FROM {table} WHERE id = $1"), &[&q]).unwrap().get(0);
+        let truth: Vec<i32> = nearest(c, table, "", "<=>", &v, 10, true).iter().map(|r| r.0).collect();
+        let found: Vec<i32> = nearest(c, table, "", "<=>", &v, 10, false).iter().map(|r| r.0).collect();
         hits += found.iter().filter(|id| truth.contains(id)).count();
         found_self += found.contains(&q) as usize;
     }
     c.batch_execute("RESET m3ret.ef_search; RESET enable_indexscan").unwrap();
     (hits as f64 / (10 * queries.len()) as f64, found_self as f64 / queries.len() as f64)
-}
-
-/// `m3ret_hnsw_check`'s unreachable count; the check must also list it as a problem.
-fn unreachable(c: &mut Client, index: &str) -> i64 {
-    let row = c.query_one("SELECT unreachable, problems FROM m3ret_hnsw_check($1::text::regclass)", &[&index]).unwrap();
-    let (n, problems): (i64, Vec<String>) = (row.get(0), row.get(1));
-    assert_eq!(n > 0, problems.iter().any(|p| p.contains("cannot be reached")), "unreachable {n}, problems {problems:?}");
-    n
 }
 
 /// 20,000 near-duplicate rows under cosine, built with the default parallel
@@ -426,7 +411,7 @@ fn near_duplicate_rows_are_all_reachable_and_recall_at_least_pgvectors() {
     };
     copy(&mut c, 0, 20_000);
     c.batch_execute("SET max_parallel_maintenance_workers = 2; CREATE INDEX rows_idx ON rows USING m3ret_hnsw (emb)").unwrap();
-    assert_eq!(unreachable(&mut c, "rows_idx"), 0, "after the parallel build");
+    assert_eq!(check_index(&mut c, "rows_idx"), (20_000, 0, 0), "after the parallel build");
     let queries: Vec<i32> = (0..20_000).step_by(200).collect();
     let (r40, _) = self_recall(&mut c, "rows", &queries, 40);
     let (r100, _) = self_recall(&mut c, "rows", &queries, 100);
@@ -434,8 +419,7 @@ fn near_duplicate_rows_are_all_reachable_and_recall_at_least_pgvectors() {
     assert!(r40 >= 0.40 && r100 >= 0.52 && r40 < r100 && r100 < r400, "recall@10 at ef_search 40, 100, 400: {r40}, {r100}, {r400}");
     assert!(self400 >= 0.9, "a row finds itself at ef_search 400 in {self400} of the queries");
     copy(&mut c, 20_000, 22_000);
-    assert_eq!(unreachable(&mut c, "rows_idx"), 0, "after 2,000 inserts");
-    assert_eq!(check_index(&mut c, "rows_idx"), (22_000, 0, 0));
+    assert_eq!(check_index(&mut c, "rows_idx"), (22_000, 0, 0), "after 2,000 inserts");
     db.cluster.assert_no_backend_crashed();
 }
 
@@ -475,15 +459,8 @@ fn real_embeddings_of_the_corpus_are_all_reachable_and_found() {
     w.write_all(&(-1i16).to_be_bytes()).unwrap();
     w.finish().unwrap();
     assert!(n > 7_000, "{n} 2D studies in the corpus");
-    c.batch_execute(
-        "UPDATE studies s SET emb = b.embedding
-         FROM (SELECT modality, array_agg(id ORDER BY id) ids, array_agg(data ORDER BY id) d FROM studies GROUP BY modality) g,
-              LATERAL m3ret_embed_batch(g.d, g.modality) b
-         WHERE s.id = g.ids[b.ord]",
-    )
-    .unwrap();
+    m3ret_e2e::embed_by_modality(&mut c, "studies");
     c.batch_execute("SET max_parallel_maintenance_workers = 2; CREATE INDEX studies_idx ON studies USING m3ret_hnsw (emb)").unwrap();
-    assert_eq!(unreachable(&mut c, "studies_idx"), 0);
     assert_eq!(check_index(&mut c, "studies_idx"), (n as i64, 0, 0));
     let queries: Vec<i32> = (0..n).step_by(40).collect();
     let at: Vec<(f64, f64)> = [40, 100, 400].iter().map(|&ef| self_recall(&mut c, "studies", &queries, ef)).collect();

@@ -25,8 +25,6 @@ pub struct MemoryGraph {
     in_links: Vec<AtomicU32>,
     /// The element searches start from, and its level.
     entry: Mutex<Option<(u32, usize)>>,
-    /// Elements the last step of the build had to link (see [`Self::link_unreachable`]).
-    relinked: AtomicUsize,
 }
 
 impl MemoryGraph {
@@ -35,7 +33,7 @@ impl MemoryGraph {
         assert_eq!(vectors.len(), dims * levels.len(), "one vector per level");
         let links = levels.iter().map(|&l| RwLock::new(vec![Vec::new(); l as usize + 1])).collect();
         let in_links = levels.iter().map(|_| AtomicU32::new(0)).collect();
-        MemoryGraph { metric, params, dims, vectors, levels, links, in_links, entry: Mutex::new(None), relinked: AtomicUsize::new(0) }
+        MemoryGraph { metric, params, dims, vectors, levels, links, in_links, entry: Mutex::new(None) }
     }
 
     /// Bytes one element takes in memory at `level`, for a build's memory budget.
@@ -102,13 +100,8 @@ impl MemoryGraph {
         if cancelled.load(Ordering::Relaxed) {
             return false;
         }
-        self.relinked.store(self.link_unreachable(), Ordering::Relaxed);
+        self.link_unreachable();
         true
-    }
-
-    /// How many elements the finished build found unreachable and linked.
-    pub fn relinked(&self) -> usize {
-        self.relinked.load(Ordering::Relaxed)
     }
 
     /// Links element `i` into the graph.
@@ -187,9 +180,10 @@ impl MemoryGraph {
             return;
         }
         if list.len() < max {
-            let mut longer = list.clone();
-            longer.push(new);
-            self.replace_list(level, list, longer);
+            list.push(new);
+            if level == 0 {
+                self.in_links[new as usize].fetch_add(1, Ordering::Relaxed);
+            }
             return;
         }
         let mut candidates: Vec<_> = list.iter().map(|&id| Candidate { distance: self.distance(to, id), id }).collect();
@@ -209,12 +203,10 @@ impl MemoryGraph {
     /// (or `new`, which [`Self::find_home`] places if no list takes it).
     fn spare_last_in_link(&self, kept: &mut [u32], candidates: &[Candidate<u32>], new: u32) {
         let Some(left_out) = candidates.iter().map(|c| c.id).find(|id| !kept.contains(id)) else { return };
-        if left_out == new || self.in_links[left_out as usize].load(Ordering::Relaxed) > 1 {
+        if left_out == new || self.has_other_in_link(left_out) {
             return;
         }
-        let victim = candidates.iter().rev().map(|c| c.id).find(|&id| {
-            kept.contains(&id) && (id == new || self.in_links[id as usize].load(Ordering::Relaxed) > 1)
-        });
+        let victim = candidates.iter().rev().map(|c| c.id).find(|&id| kept.contains(&id) && (id == new || self.has_other_in_link(id)));
         if let Some(victim) = victim {
             let slot = kept.iter().position(|&id| id == victim).unwrap();
             kept[slot] = left_out;
@@ -238,7 +230,7 @@ impl MemoryGraph {
             } else {
                 let mut by_distance: Vec<_> = updated.iter().map(|&id| Candidate { distance: self.distance(c.id, id), id }).collect();
                 by_distance.sort();
-                let Some(victim) = by_distance.iter().rev().find(|v| self.in_links[v.id as usize].load(Ordering::Relaxed) > 1) else { continue };
+                let Some(victim) = by_distance.iter().rev().find(|v| self.has_other_in_link(v.id)) else { continue };
                 let slot = updated.iter().position(|&id| id == victim.id).unwrap();
                 updated[slot] = i;
             }
@@ -246,6 +238,11 @@ impl MemoryGraph {
             return true;
         }
         false
+    }
+
+    /// Whether an element keeps a layer-0 in-link when one list drops it.
+    fn has_other_in_link(&self, id: u32) -> bool {
+        self.in_links[id as usize].load(Ordering::Relaxed) > 1
     }
 
     /// Replaces a list (its owner's lock held), keeping the layer-0 in-link counts.
@@ -307,9 +304,9 @@ impl MemoryGraph {
             if reached[o as usize] {
                 continue;
             }
-            let mut near = self.search(self.vector(o), self.params.ef_construction, self.params.ef_construction);
-            // A home must itself be reachable (a search from the entry finds only such).
-            near.retain(|c| reached[c.id as usize]);
+            // A search from the entry finds only reachable elements: homes that
+            // make `o` reachable too.
+            let near = self.search(self.vector(o), self.params.ef_construction, self.params.ef_construction);
             if self.find_home(o, &near) {
                 linked += 1;
                 self.mark_reachable(o, &mut reached);

@@ -17,14 +17,7 @@ pub fn select_neighbors<Id: Copy + PartialEq>(candidates: &[Candidate<Id>], m: u
         return candidates.to_vec();
     }
     let mut kept = extend_neighbors(Vec::with_capacity(m), candidates, m, between);
-    for c in candidates {
-        if kept.len() >= m {
-            break;
-        }
-        if !kept.iter().any(|k| k.id == c.id) {
-            kept.push(*c);
-        }
-    }
+    fill_nearest(&mut kept, candidates, m);
     kept
 }
 
@@ -44,13 +37,13 @@ pub fn extend_neighbors<Id: Copy>(mut kept: Vec<Candidate<Id>>, candidates: &[Ca
 
 /// Fills `links` up to `max` with the nearest of `candidates` (sorted nearest first)
 /// not in it yet: the paper's keepPrunedConnections, for lists that must stay full.
-pub fn fill_nearest<Id: Copy + PartialEq>(links: &mut Vec<Id>, candidates: &[Candidate<Id>], max: usize) {
+pub fn fill_nearest<Id: Copy + PartialEq>(links: &mut Vec<Candidate<Id>>, candidates: &[Candidate<Id>], max: usize) {
     for c in candidates {
         if links.len() >= max {
             break;
         }
-        if !links.contains(&c.id) {
-            links.push(c.id);
+        if !links.iter().any(|l| l.id == c.id) {
+            links.push(*c);
         }
     }
 }

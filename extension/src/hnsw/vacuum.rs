@@ -198,14 +198,14 @@ fn repair_element(index: pg_sys::Relation, meta: &Meta, dead: &TidSet, element: 
         }
         candidates.retain(|c| !kept.iter().any(|k| k.id == c.id) && usable(&mut graph, &mut vectors, c.id));
         let max = layout.params.max_neighbors(level);
-        let chosen = extend_neighbors(kept, &candidates, max, |a, b| {
+        let mut chosen = extend_neighbors(kept, &candidates, max, |a, b| {
             let (va, vb) = (vectors[&a.key()].as_deref().unwrap(), vectors[&b.key()].as_deref().unwrap());
             metric.graph_distance(va, vb)
         });
-        let mut links: Vec<Tid> = chosen.iter().map(|c| c.id).collect();
         // Places the heuristic left empty go to the nearest candidates: elements
         // that only dead ones linked to need in-links, or nothing reaches them.
-        fill_nearest(&mut links, &candidates, max);
+        fill_nearest(&mut chosen, &candidates, max);
+        let links: Vec<Tid> = chosen.iter().map(|c| c.id).collect();
         repaired.push(links);
     }
     repaired
