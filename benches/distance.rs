@@ -8,7 +8,11 @@ use rand::{Rng, SeedableRng};
 
 fn vectors(dims: usize) -> (Vec<f32>, Vec<f32>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(dims as u64);
-    let mut v = || (0..dims).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<_>>();
+    let mut v = || {
+        (0..dims)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect::<Vec<_>>()
+    };
     (v(), v())
 }
 
@@ -28,12 +32,18 @@ fn bench_distances(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("l2", "scalar"), &dims, |bench, _| {
             bench.iter(|| (scalar::l2_squared(black_box(&a), black_box(&b)) as f64).sqrt())
         });
-        group.bench_with_input(BenchmarkId::new("inner_product", "m3ret"), &dims, |bench, _| {
-            bench.iter(|| distance::negative_inner_product(black_box(&a), black_box(&b)))
-        });
-        group.bench_with_input(BenchmarkId::new("inner_product", "scalar"), &dims, |bench, _| {
-            bench.iter(|| -(scalar::dot(black_box(&a), black_box(&b)) as f64))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("inner_product", "m3ret"),
+            &dims,
+            |bench, _| {
+                bench.iter(|| distance::negative_inner_product(black_box(&a), black_box(&b)))
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("inner_product", "scalar"),
+            &dims,
+            |bench, _| bench.iter(|| -(scalar::dot(black_box(&a), black_box(&b)) as f64)),
+        );
         group.finish();
     }
 }

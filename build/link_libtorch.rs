@@ -30,8 +30,10 @@ pub fn link_libtorch() -> String {
         .map(|torch| torch.join("version.py"))
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string()))
+            text.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ")
+                    .map(|v| v.trim_matches(['\'', '"']).to_string())
+            })
         })
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=M3RET_TORCH_VERSION={version}");

@@ -6,7 +6,10 @@ mod link;
 fn main() {
     let lib = link::link_libtorch();
     println!("cargo:rerun-if-changed=csrc/torch_ext.cpp");
-    let include = std::path::Path::new(&lib).parent().expect("libtorch lib folder has a parent").join("include");
+    let include = std::path::Path::new(&lib)
+        .parent()
+        .expect("libtorch lib folder has a parent")
+        .join("include");
     cc::Build::new()
         .cpp(true)
         .file("csrc/torch_ext.cpp")

@@ -4,7 +4,6 @@
 //! The extension (`m3ret`) and the trainer (`m3ret-train`) are two front ends over
 //! this crate; they never depend on each other.
 
-pub mod torch_ext;
 pub mod hnsw;
 pub mod io;
 pub mod modality;
@@ -12,9 +11,13 @@ pub mod model;
 pub mod preprocess;
 pub mod runtime;
 pub mod study;
+pub mod torch_ext;
 pub mod vector;
 
 /// The text of a panic payload (`panic!` with a message gives a String or a &str).
 pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
-    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied())
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
 }

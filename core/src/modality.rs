@@ -15,7 +15,13 @@ pub enum Modality {
 pub const VALID_MODALITIES: &str = "xray, ultrasound, endoscopy, ct, mri, auto";
 
 impl Modality {
-    pub const ALL: [Modality; 5] = [Modality::Xray, Modality::Ultrasound, Modality::Endoscopy, Modality::Ct, Modality::Mri];
+    pub const ALL: [Modality; 5] = [
+        Modality::Xray,
+        Modality::Ultrasound,
+        Modality::Endoscopy,
+        Modality::Ct,
+        Modality::Mri,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -69,7 +75,9 @@ impl ModalityChoice {
             .into_iter()
             .find(|m| m.name() == lower)
             .map(ModalityChoice::Given)
-            .ok_or_else(|| format!("unknown modality \"{text}\": expected one of {VALID_MODALITIES}"))
+            .ok_or_else(|| {
+                format!("unknown modality \"{text}\": expected one of {VALID_MODALITIES}")
+            })
     }
 }
 
@@ -79,14 +87,25 @@ mod tests {
 
     #[test]
     fn parses_names_and_dicom_codes() {
-        assert_eq!(ModalityChoice::parse("CT"), Ok(ModalityChoice::Given(Modality::Ct)));
+        assert_eq!(
+            ModalityChoice::parse("CT"),
+            Ok(ModalityChoice::Given(Modality::Ct))
+        );
         assert_eq!(ModalityChoice::parse("auto"), Ok(ModalityChoice::Auto));
         assert_eq!(
             ModalityChoice::parse("pet").unwrap_err(),
             "unknown modality \"pet\": expected one of xray, ultrasound, endoscopy, ct, mri, auto"
         );
-        for (code, m) in [("CR", Modality::Xray), ("DX", Modality::Xray), ("MG", Modality::Xray), ("RF", Modality::Xray),
-                          ("US", Modality::Ultrasound), ("ES", Modality::Endoscopy), ("CT", Modality::Ct), ("MR", Modality::Mri)] {
+        for (code, m) in [
+            ("CR", Modality::Xray),
+            ("DX", Modality::Xray),
+            ("MG", Modality::Xray),
+            ("RF", Modality::Xray),
+            ("US", Modality::Ultrasound),
+            ("ES", Modality::Endoscopy),
+            ("CT", Modality::Ct),
+            ("MR", Modality::Mri),
+        ] {
             assert_eq!(Modality::from_dicom_code(code), Some(m), "{code}");
         }
         assert_eq!(Modality::from_dicom_code("PT"), None);

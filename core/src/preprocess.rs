@@ -11,8 +11,8 @@
 //!   grey replicated to 3 channels.
 
 use crate::io::{Values, Volume};
-use crate::model::config::InputSpec;
 use crate::modality::Modality;
+use crate::model::config::InputSpec;
 use tch::{Kind, Tensor};
 
 /// Which frames of a video make the tensor.
@@ -46,7 +46,9 @@ pub fn layout(volume: &Volume, modality: Modality) -> Layout {
 /// The frame indices `sampling` picks out of `total`.
 pub fn sample_frames(total: usize, wanted: usize, sampling: FrameSampling) -> Vec<usize> {
     match sampling {
-        FrameSampling::Uniform => (0..wanted).map(|k| ((2 * k + 1) * total) / (2 * wanted)).collect(),
+        FrameSampling::Uniform => (0..wanted)
+            .map(|k| ((2 * k + 1) * total) / (2 * wanted))
+            .collect(),
         FrameSampling::Random(seed) => {
             let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
             let mut next = || {
@@ -57,7 +59,9 @@ pub fn sample_frames(total: usize, wanted: usize, sampling: FrameSampling) -> Ve
                 z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
                 z ^ (z >> 31)
             };
-            let mut idx: Vec<usize> = (0..wanted).map(|_| (next() % total as u64) as usize).collect();
+            let mut idx: Vec<usize> = (0..wanted)
+                .map(|_| (next() % total as u64) as usize)
+                .collect();
             idx.sort_unstable();
             idx
         }
@@ -70,7 +74,12 @@ pub fn sample_frames(total: usize, wanted: usize, sampling: FrameSampling) -> Ve
 /// Work is ordered to touch as few samples as possible: intensities are mapped in
 /// one pass over the kept samples, grey stays one channel until the end, and a
 /// volume with more slices than wanted is resized along the slices first.
-pub fn canonical(volume: Volume, modality: Modality, spec: &InputSpec, sampling: FrameSampling) -> (Tensor, Option<Vec<usize>>) {
+pub fn canonical(
+    volume: Volume,
+    modality: Modality,
+    spec: &InputSpec,
+    sampling: FrameSampling,
+) -> (Tensor, Option<Vec<usize>>) {
     let layout = layout(&volume, modality);
     let mapping = intensity_mapping(&volume, modality);
     let (data, frames, indices) = match layout {
@@ -84,14 +93,27 @@ pub fn canonical(volume: Volume, modality: Modality, spec: &InputSpec, sampling:
         }
     };
     let data = map_intensities(data, mapping);
-    let x = Tensor::from_slice(&data).view([frames as i64, volume.rows as i64, volume.cols as i64, volume.channels as i64]).permute([0, 3, 1, 2]);
+    let x = Tensor::from_slice(&data)
+        .view([
+            frames as i64,
+            volume.rows as i64,
+            volume.cols as i64,
+            volume.channels as i64,
+        ])
+        .permute([0, 3, 1, 2]);
     drop(data);
     let x = match layout {
-        Layout::Volume if frames as i64 > spec.slices_volume => resize_in_plane(&resize_slices(&x, spec.slices_volume), spec.image_size),
+        Layout::Volume if frames as i64 > spec.slices_volume => {
+            resize_in_plane(&resize_slices(&x, spec.slices_volume), spec.image_size)
+        }
         Layout::Volume => resize_slices(&resize_in_plane(&x, spec.image_size), spec.slices_volume),
         _ => resize_in_plane(&x, spec.image_size),
     };
-    let x = if volume.channels == 1 { x.expand([-1, 3, -1, -1], false) } else { x };
+    let x = if volume.channels == 1 {
+        x.expand([-1, 3, -1, -1], false)
+    } else {
+        x
+    };
     let x = match layout {
         Layout::Image2d => x.expand([spec.slices_2d, -1, -1, -1], false),
         _ => x,
@@ -128,7 +150,11 @@ fn intensity_mapping(volume: &Volume, modality: Modality) -> Mapping {
             (_, Some((center, width))) => dicom_window(center, width),
         },
     };
-    Mapping { low: low as f32, high: high.max(low + 1e-6) as f32, invert: volume.inverted }
+    Mapping {
+        low: low as f32,
+        high: high.max(low + 1e-6) as f32,
+        invert: volume.inverted,
+    }
 }
 
 /// One vectorisable pass over the samples, in place.
@@ -144,13 +170,21 @@ fn map_intensities(mut data: Vec<f32>, m: Mapping) -> Vec<f32> {
 /// DICOM's linear VOI window as (low, high) bounds.
 fn dicom_window(center: f64, width: f64) -> (f64, f64) {
     let width = width.max(1.0);
-    (center - 0.5 - (width - 1.0) / 2.0, center - 0.5 + (width - 1.0) / 2.0)
+    (
+        center - 0.5 - (width - 1.0) / 2.0,
+        center - 0.5 + (width - 1.0) / 2.0,
+    )
 }
 
 /// The 0.5th and 99.5th percentiles, over at most ~2M evenly strided samples.
 pub fn percentile_window(data: &[f32]) -> (f64, f64) {
     let stride = data.len().div_ceil(2 << 20).max(1);
-    let mut sample: Vec<f32> = data.iter().step_by(stride).copied().filter(|v| v.is_finite()).collect();
+    let mut sample: Vec<f32> = data
+        .iter()
+        .step_by(stride)
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
     if sample.is_empty() {
         return (0.0, 1.0);
     }
@@ -159,7 +193,11 @@ pub fn percentile_window(data: &[f32]) -> (f64, f64) {
         *sample.select_nth_unstable_by(k, f32::total_cmp).1 as f64
     };
     let (lo, hi) = (at(0.005), at(0.995));
-    if hi > lo { (lo, hi) } else { (lo, lo + 1.0) }
+    if hi > lo {
+        (lo, hi)
+    } else {
+        (lo, lo + 1.0)
+    }
 }
 
 /// Longer side to `size` keeping the aspect ratio, then zero-padded (centred) to a square.
@@ -167,14 +205,22 @@ fn resize_in_plane(frames: &Tensor, size: i64) -> Tensor {
     let shape = frames.size();
     let (h, w) = (shape[2], shape[3]);
     let scale = size as f64 / h.max(w) as f64;
-    let (nh, nw) = (((h as f64 * scale).round() as i64).clamp(1, size), ((w as f64 * scale).round() as i64).clamp(1, size));
+    let (nh, nw) = (
+        ((h as f64 * scale).round() as i64).clamp(1, size),
+        ((w as f64 * scale).round() as i64).clamp(1, size),
+    );
     let resized = if (nh, nw) == (h, w) {
         frames.shallow_clone()
     } else {
-        frames.to_kind(Kind::Float).contiguous().internal_upsample_bilinear2d_aa([nh, nw], false, None, None)
+        frames
+            .to_kind(Kind::Float)
+            .contiguous()
+            .internal_upsample_bilinear2d_aa([nh, nw], false, None, None)
     };
     let (top, left) = ((size - nh) / 2, (size - nw) / 2);
-    resized.clamp(0.0, 1.0).constant_pad_nd([left, size - nw - left, top, size - nh - top])
+    resized
+        .clamp(0.0, 1.0)
+        .constant_pad_nd([left, size - nw - left, top, size - nh - top])
 }
 
 /// `[F, 3, H, W]` -> `[slices, 3, H, W]`, linear along F.
@@ -196,8 +242,14 @@ mod tests {
 
     #[test]
     fn uniform_sampling_takes_segment_centres() {
-        assert_eq!(sample_frames(160, 16, FrameSampling::Uniform), (0..16).map(|k| 5 + 10 * k).collect::<Vec<_>>());
-        assert_eq!(sample_frames(4, 8, FrameSampling::Uniform), vec![0, 0, 1, 1, 2, 2, 3, 3]);
+        assert_eq!(
+            sample_frames(160, 16, FrameSampling::Uniform),
+            (0..16).map(|k| 5 + 10 * k).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            sample_frames(4, 8, FrameSampling::Uniform),
+            vec![0, 0, 1, 1, 2, 2, 3, 3]
+        );
         let r = sample_frames(100, 16, FrameSampling::Random(1));
         assert_eq!(r, sample_frames(100, 16, FrameSampling::Random(1)));
         assert_ne!(r, sample_frames(100, 16, FrameSampling::Random(2)));

@@ -2,8 +2,8 @@
 //! The extension and the trainer read studies only through these.
 
 use crate::io::{self, Format, IoError, Limits, Volume};
-use crate::model::config::InputSpec;
 use crate::modality::{Modality, ModalityChoice, VALID_MODALITIES};
+use crate::model::config::InputSpec;
 use crate::preprocess::{self, FrameSampling, Layout};
 use tch::Tensor;
 
@@ -18,7 +18,12 @@ pub struct StudyOptions {
 
 impl StudyOptions {
     pub fn new(modality: ModalityChoice) -> StudyOptions {
-        StudyOptions { modality, limits: Limits::default(), sampling: FrameSampling::Uniform, input: InputSpec::default() }
+        StudyOptions {
+            modality,
+            limits: Limits::default(),
+            sampling: FrameSampling::Uniform,
+            input: InputSpec::default(),
+        }
     }
 }
 
@@ -50,7 +55,9 @@ pub enum StudyError {
     Io(#[from] IoError),
     #[error("modality auto needs a DICOM file with a known Modality tag; this {0} has none, so give one of {VALID_MODALITIES}")]
     NoModality(&'static str),
-    #[error("a list of buffers must be all DICOM slices or all PNG/JPEG frames; buffer {0} is {1}")]
+    #[error(
+        "a list of buffers must be all DICOM slices or all PNG/JPEG frames; buffer {0} is {1}"
+    )]
     MixedBuffers(usize, String),
 }
 
@@ -65,8 +72,13 @@ pub fn load_many(buffers: &[&[u8]], options: &StudyOptions) -> Result<Study, Stu
     let formats: Vec<Option<Format>> = buffers.iter().map(|b| io::sniff(b)).collect();
     let volume = if formats.iter().all(|f| *f == Some(Format::Dicom)) {
         io::guard(|| io::series::read(buffers, &options.limits))?
-    } else if let Some(i) = formats.iter().position(|f| !matches!(f, Some(Format::Png | Format::Jpeg))) {
-        let what = formats[i].map(|f| f.name().to_string()).unwrap_or_else(|| "unrecognised".into());
+    } else if let Some(i) = formats
+        .iter()
+        .position(|f| !matches!(f, Some(Format::Png | Format::Jpeg)))
+    {
+        let what = formats[i]
+            .map(|f| f.name().to_string())
+            .unwrap_or_else(|| "unrecognised".into());
         return Err(StudyError::MixedBuffers(i + 1, what));
     } else {
         frames_as_video(buffers, &options.limits)?
@@ -76,20 +88,38 @@ pub fn load_many(buffers: &[&[u8]], options: &StudyOptions) -> Result<Study, Stu
 
 fn frames_as_video(buffers: &[&[u8]], limits: &Limits) -> Result<Volume, StudyError> {
     if buffers.len() > limits.max_frames {
-        return Err(IoError::TooLarge(format!("{} frames exceeds the limit of {}", buffers.len(), limits.max_frames)).into());
+        return Err(IoError::TooLarge(format!(
+            "{} frames exceeds the limit of {}",
+            buffers.len(),
+            limits.max_frames
+        ))
+        .into());
     }
     let mut frames: Vec<Volume> = Vec::with_capacity(buffers.len());
     for (i, b) in buffers.iter().enumerate() {
         let f = io::guard(|| io::raster::read(b, limits))?;
         if let Some(first) = frames.first() {
             if (f.rows, f.cols, f.channels) != (first.rows, first.cols, first.channels) {
-                return Err(IoError::invalid(f.format, format!("frame {} is {} x {}, frame 1 is {} x {}", i + 1, f.rows, f.cols, first.rows, first.cols)).into());
+                return Err(IoError::invalid(
+                    f.format,
+                    format!(
+                        "frame {} is {} x {}, frame 1 is {} x {}",
+                        i + 1,
+                        f.rows,
+                        f.cols,
+                        first.rows,
+                        first.cols
+                    ),
+                )
+                .into());
             }
         }
         frames.push(f);
     }
     let mut video = frames[0].clone();
-    limits.check_geometry(frames.len(), video.rows, video.cols, video.channels).map_err(IoError::TooLarge)?;
+    limits
+        .check_geometry(frames.len(), video.rows, video.cols, video.channels)
+        .map_err(IoError::TooLarge)?;
     video.data = frames.iter().flat_map(|f| f.data.iter().copied()).collect();
     video.frames = frames.len();
     video.is_video = frames.len() > 1;
@@ -99,10 +129,23 @@ fn frames_as_video(buffers: &[&[u8]], limits: &Limits) -> Result<Volume, StudyEr
 fn finish(volume: Volume, options: &StudyOptions) -> Result<Study, StudyError> {
     let modality = match options.modality {
         ModalityChoice::Given(m) => m,
-        ModalityChoice::Auto => volume.modality.ok_or(StudyError::NoModality(volume.format.name()))?,
+        ModalityChoice::Auto => volume
+            .modality
+            .ok_or(StudyError::NoModality(volume.format.name()))?,
     };
     let layout = preprocess::layout(&volume, modality);
     let (format, shape, spacing) = (volume.format, volume.shape(), volume.spacing);
-    let (tensor, frame_indices) = preprocess::canonical(volume, modality, &options.input, options.sampling);
-    Ok(Study { tensor, detected: Detected { format, modality, layout, shape, spacing, frame_indices } })
+    let (tensor, frame_indices) =
+        preprocess::canonical(volume, modality, &options.input, options.sampling);
+    Ok(Study {
+        tensor,
+        detected: Detected {
+            format,
+            modality,
+            layout,
+            shape,
+            spacing,
+            frame_indices,
+        },
+    })
 }

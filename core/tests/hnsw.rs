@@ -1,7 +1,9 @@
 //! The HNSW algorithms on clustered vectors: recall of the in-memory graph against
 //! exact search, for the three metrics, and the resumable search's later batches.
 
-use m3ret_core::hnsw::{descend, search_layer_bounded, Candidate, Graph, LevelRng, MemoryGraph, Metric, Params};
+use m3ret_core::hnsw::{
+    descend, search_layer_bounded, Candidate, Graph, LevelRng, MemoryGraph, Metric, Params,
+};
 use std::time::Duration;
 
 fn clustered(n: usize, dims: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
@@ -10,7 +12,10 @@ fn clustered(n: usize, dims: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>>
 
 fn build(metric: Metric, data: &[Vec<f32>], params: Params, threads: usize) -> MemoryGraph {
     let mut rng = LevelRng::new(42);
-    let levels = data.iter().map(|_| params.level_for(rng.next_unit(), 15) as u8).collect();
+    let levels = data
+        .iter()
+        .map(|_| params.level_for(rng.next_unit(), 15) as u8)
+        .collect();
     let mut flat = Vec::new();
     for v in data {
         let mut v = v.clone();
@@ -29,13 +34,19 @@ fn self_recall(metric: Metric, graph: &MemoryGraph, step: usize, ef: usize) -> f
     for &q in &queries {
         let query = graph.vector(q).to_vec();
         let truth = exact(metric, graph, &query, 10);
-        hits += graph.search(&query, 10, ef).iter().filter(|c| truth.contains(&c.id)).count();
+        hits += graph
+            .search(&query, 10, ef)
+            .iter()
+            .filter(|c| truth.contains(&c.id))
+            .count();
     }
     hits as f64 / (10 * queries.len()) as f64
 }
 
 fn exact(metric: Metric, graph: &MemoryGraph, query: &[f32], k: usize) -> Vec<u32> {
-    let mut all: Vec<(f32, u32)> = (0..graph.len() as u32).map(|i| (metric.graph_distance(query, graph.vector(i)), i)).collect();
+    let mut all: Vec<(f32, u32)> = (0..graph.len() as u32)
+        .map(|i| (metric.graph_distance(query, graph.vector(i)), i))
+        .collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     all.iter().take(k).map(|x| x.1).collect()
 }
@@ -45,7 +56,15 @@ fn recall_at_10_is_high_for_every_metric() {
     let data = clustered(3000, 48, 20, 1);
     let queries = clustered(50, 48, 20, 2);
     for metric in [Metric::Cosine, Metric::L2, Metric::InnerProduct] {
-        let graph = build(metric, &data, Params { m: 16, ef_construction: 64 }, 2);
+        let graph = build(
+            metric,
+            &data,
+            Params {
+                m: 16,
+                ef_construction: 64,
+            },
+            2,
+        );
         let mut hits = 0;
         for q in &queries {
             let mut q = q.clone();
@@ -62,7 +81,10 @@ fn recall_at_10_is_high_for_every_metric() {
 #[test]
 fn every_element_is_linked_and_links_respect_levels() {
     let data = clustered(6000, 16, 10, 3);
-    let params = Params { m: 8, ef_construction: 32 };
+    let params = Params {
+        m: 8,
+        ef_construction: 32,
+    };
     let graph = build(Metric::L2, &data, params, 3);
     let (entry, top) = graph.entry().unwrap();
     assert_eq!(graph.level(entry), top);
@@ -74,15 +96,26 @@ fn every_element_is_linked_and_links_respect_levels() {
             assert!(links.len() <= params.max_neighbors(l));
             for &n in &links {
                 assert_ne!(n, i, "element {i} links to itself");
-                assert_eq!(links.iter().filter(|&&x| x == n).count(), 1, "element {i} links twice to {n} on level {l}");
-                assert!(graph.level(n) >= l, "link {i}->{n} on level {l} above {n}'s top");
+                assert_eq!(
+                    links.iter().filter(|&&x| x == n).count(),
+                    1,
+                    "element {i} links twice to {n} on level {l}"
+                );
+                assert!(
+                    graph.level(n) >= l,
+                    "link {i}->{n} on level {l} above {n}'s top"
+                );
                 if l == 0 {
                     incoming[n as usize] += 1;
                 }
             }
         }
     }
-    let orphans = incoming.iter().enumerate().filter(|&(i, &n)| n == 0 && i as u32 != entry).count();
+    let orphans = incoming
+        .iter()
+        .enumerate()
+        .filter(|&(i, &n)| n == 0 && i as u32 != entry)
+        .count();
     assert_eq!(orphans, 0, "elements nothing links to on layer 0");
     assert_eq!(graph.unreachable(), Vec::<u32>::new());
 }
@@ -95,11 +128,28 @@ fn every_element_is_linked_and_links_respect_levels() {
 #[test]
 fn near_duplicates_leave_no_element_unreachable_and_recall_grows_with_ef() {
     let data = m3ret_core::vector::synthetic::near_duplicates(20_000, 64, 1);
-    let graph = build(Metric::Cosine, &data, Params { m: 16, ef_construction: 64 }, 2);
+    let graph = build(
+        Metric::Cosine,
+        &data,
+        Params {
+            m: 16,
+            ef_construction: 64,
+        },
+        2,
+    );
     assert_eq!(graph.unreachable(), Vec::<u32>::new());
-    let recall: Vec<f64> = [40, 100, 400].iter().map(|&ef| self_recall(Metric::Cosine, &graph, 100, ef)).collect();
-    assert!(recall[0] >= 0.40 && recall[1] >= 0.52, "recall@10 at ef 40, 100, 400: {recall:?}");
-    assert!(recall[0] < recall[1] && recall[1] < recall[2], "recall@10 at ef 40, 100, 400: {recall:?}");
+    let recall: Vec<f64> = [40, 100, 400]
+        .iter()
+        .map(|&ef| self_recall(Metric::Cosine, &graph, 100, ef))
+        .collect();
+    assert!(
+        recall[0] >= 0.40 && recall[1] >= 0.52,
+        "recall@10 at ef 40, 100, 400: {recall:?}"
+    );
+    assert!(
+        recall[0] < recall[1] && recall[1] < recall[2],
+        "recall@10 at ef 40, 100, 400: {recall:?}"
+    );
 }
 
 /// The threaded builder against the serial one on the same data: threads once lost
@@ -109,13 +159,22 @@ fn near_duplicates_leave_no_element_unreachable_and_recall_grows_with_ef() {
 #[test]
 fn the_threaded_build_reaches_every_element_as_the_serial_one_does() {
     let data = clustered(20_000, 128, 50, 5);
-    let params = Params { m: 16, ef_construction: 64 };
+    let params = Params {
+        m: 16,
+        ef_construction: 64,
+    };
     let serial = build(Metric::Cosine, &data, params, 1);
     let threaded = build(Metric::Cosine, &data, params, 4);
     assert_eq!(serial.unreachable(), Vec::<u32>::new());
     assert_eq!(threaded.unreachable(), Vec::<u32>::new());
-    let (rs, rt) = (self_recall(Metric::Cosine, &serial, 100, 20), self_recall(Metric::Cosine, &threaded, 100, 20));
-    assert!(rs >= 0.95 && (rs - rt).abs() <= 0.02, "recall@10 at ef 20: serial {rs}, threaded {rt}");
+    let (rs, rt) = (
+        self_recall(Metric::Cosine, &serial, 100, 20),
+        self_recall(Metric::Cosine, &threaded, 100, 20),
+    );
+    assert!(
+        rs >= 0.95 && (rs - rt).abs() <= 0.02,
+        "recall@10 at ef 20: serial {rs}, threaded {rt}"
+    );
 }
 
 /// On 100 well-separated clusters, a greedy walk through the sparse upper layers
@@ -128,14 +187,38 @@ fn the_descent_through_the_upper_layers_reaches_the_query_cluster() {
     const CLUSTERS: usize = 100;
     let data = clustered(20_000, 384, CLUSTERS, 1);
     let queries = clustered(40, 384, CLUSTERS, 2);
-    let graph = build(Metric::L2, &data, Params { m: 16, ef_construction: 64 }, 1);
+    let graph = build(
+        Metric::L2,
+        &data,
+        Params {
+            m: 16,
+            ef_construction: 64,
+        },
+        1,
+    );
     let (entry, top) = graph.entry().unwrap();
     for (i, q) in queries.iter().enumerate() {
-        let mut view = Flat { graph: &graph, query: q.clone(), seen: Default::default() };
+        let mut view = Flat {
+            graph: &graph,
+            query: q.clone(),
+            seen: Default::default(),
+        };
         let d = view.distance(entry).unwrap();
-        let start = descend(&mut view, Candidate { distance: d, id: entry }, top, 0);
+        let start = descend(
+            &mut view,
+            Candidate {
+                distance: d,
+                id: entry,
+            },
+            top,
+            0,
+        );
         // Member j of the data, and query i, are in cluster j mod CLUSTERS.
-        assert_eq!(start.id as usize % CLUSTERS, i % CLUSTERS, "query {i} starts its layer-0 search in another cluster");
+        assert_eq!(
+            start.id as usize % CLUSTERS,
+            i % CLUSTERS,
+            "query {i} starts its layer-0 search in another cluster"
+        );
     }
 }
 
@@ -165,19 +248,42 @@ impl Graph for Flat<'_> {
 #[test]
 fn a_bounded_search_stops_at_its_bound_and_a_wide_one_reaches_everything() {
     let data = clustered(800, 16, 8, 4);
-    let graph = build(Metric::L2, &data, Params { m: 8, ef_construction: 32 }, 1);
+    let graph = build(
+        Metric::L2,
+        &data,
+        Params {
+            m: 8,
+            ef_construction: 32,
+        },
+        1,
+    );
     let (entry, top) = graph.entry().unwrap();
     let start = |view: &mut Flat| {
         let d = view.distance(entry).unwrap();
-        let start = descend(view, Candidate { distance: d, id: entry }, top, 0);
+        let start = descend(
+            view,
+            Candidate {
+                distance: d,
+                id: entry,
+            },
+            top,
+            0,
+        );
         view.seen.clear();
         view.visit(start.id);
         start
     };
-    let mut view = Flat { graph: &graph, query: data[5].clone(), seen: Default::default() };
+    let mut view = Flat {
+        graph: &graph,
+        query: data[5].clone(),
+        seen: Default::default(),
+    };
     let s = start(&mut view);
     let (found, visited) = search_layer_bounded(&mut view, &[s], 10, 0, 50);
-    assert!(visited <= 50 + 2 * 8, "visited {visited} with a bound of 50");
+    assert!(
+        visited <= 50 + 2 * 8,
+        "visited {visited} with a bound of 50"
+    );
     assert_eq!(found[0].id, 5, "the query's own vector comes first");
     let s = start(&mut view);
     let (all, _) = search_layer_bounded(&mut view, &[s], 800, 0, usize::MAX);
@@ -186,15 +292,20 @@ fn a_bounded_search_stops_at_its_bound_and_a_wide_one_reaches_everything() {
     ids.dedup();
     assert_eq!(ids.len(), all.len(), "an element came back twice");
     assert!(all.len() >= 790, "only {} of 800 reached", all.len());
-    assert!(all.windows(2).all(|w| w[0].distance <= w[1].distance), "results out of order");
+    assert!(
+        all.windows(2).all(|w| w[0].distance <= w[1].distance),
+        "results out of order"
+    );
 }
 
 #[test]
 fn cosine_refuses_a_zero_vector() {
     let mut v = vec![0.0f32; 4];
-    assert_eq!(Metric::Cosine.prepare(&mut v).unwrap_err(), "cosine distance is undefined for a zero embedding");
+    assert_eq!(
+        Metric::Cosine.prepare(&mut v).unwrap_err(),
+        "cosine distance is undefined for a zero embedding"
+    );
     let mut v = vec![3.0f32, 4.0];
     Metric::Cosine.prepare(&mut v).unwrap();
     assert_eq!(v, vec![0.6, 0.8]);
 }
-

@@ -25,7 +25,10 @@ fn options(m: ModalityChoice) -> StudyOptions {
 fn assert_canonical(t: &tch::Tensor, slices: i64, what: &str) {
     assert_eq!(t.size(), vec![3, slices, 256, 256], "{what}");
     let (min, max) = (t.min().double_value(&[]), t.max().double_value(&[]));
-    assert!(min >= 0.0 && max <= 1.0 && max > min, "{what}: range [{min}, {max}]");
+    assert!(
+        min >= 0.0 && max <= 1.0 && max > min,
+        "{what}: range [{min}, {max}]"
+    );
 }
 
 /// Splits a CSV line, honouring double-quoted fields.
@@ -44,18 +47,28 @@ fn split_csv(line: &str) -> Vec<String> {
 
 #[test]
 fn every_dicom_sample_reads_or_fails_cleanly() {
-    let Some(root) = common::shared_data() else { return };
+    let Some(root) = common::shared_data() else {
+        return;
+    };
     let index = std::fs::read_to_string(root.join("dicom_samples/index.csv")).unwrap();
     let mut read_ok = 0;
     for line in index.lines().skip(1) {
         // file,Modality,BodyPartExamined,StudyDescription,SeriesDescription,Rows,Columns,NumberOfFrames,TransferSyntax
         let cols = split_csv(line);
         let (file, code) = (cols[0].as_str(), cols[1].as_str());
-        let (rows, columns, frames): (usize, usize, usize) = (cols[5].parse().unwrap(), cols[6].parse().unwrap(), cols[7].parse().unwrap());
+        let (rows, columns, frames): (usize, usize, usize) = (
+            cols[5].parse().unwrap(),
+            cols[6].parse().unwrap(),
+            cols[7].parse().unwrap(),
+        );
         let bytes = read(&root.join("dicom_samples").join(file));
         let result = study::load(&bytes, &options(ModalityChoice::Auto));
         let s = result.unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(Some(s.detected.modality), Modality::from_dicom_code(code), "{file}");
+        assert_eq!(
+            Some(s.detected.modality),
+            Modality::from_dicom_code(code),
+            "{file}"
+        );
         assert_eq!(s.detected.shape[..3], [frames, rows, columns], "{file}");
         let slices = match s.detected.layout {
             Layout::Image2d => 4,
@@ -72,19 +85,37 @@ fn every_dicom_sample_reads_or_fails_cleanly() {
 /// JPEG Lossless pixel data is valid, and pydicom with pylibjpeg decodes it too.
 #[test]
 fn bad_sequence_file_decodes_to_the_same_hounsfield_units_as_pydicom() {
-    let Some(root) = common::shared_data() else { return };
-    let v = io::read(&read(&root.join("dicom_samples/pydicom-data_bad_sequence.dcm")), &Limits::default()).unwrap();
+    let Some(root) = common::shared_data() else {
+        return;
+    };
+    let v = io::read(
+        &read(&root.join("dicom_samples/pydicom-data_bad_sequence.dcm")),
+        &Limits::default(),
+    )
+    .unwrap();
     // pydicom + pylibjpeg: min -1011, max 1243, [256, 256] = 202, mean -76.6256 HU.
-    let (min, max) = v.data.iter().fold((f32::MAX, f32::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
-    assert_eq!((min, max, v.data[256 * 512 + 256]), (-1011.0, 1243.0, 202.0));
+    let (min, max) = v
+        .data
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+    assert_eq!(
+        (min, max, v.data[256 * 512 + 256]),
+        (-1011.0, 1243.0, 202.0)
+    );
     let mean = v.data.iter().map(|x| *x as f64).sum::<f64>() / v.data.len() as f64;
     assert!((mean + 76.6256).abs() < 1e-3, "{mean}");
 }
 
 #[test]
 fn jpeg2000_cr_monochrome1_with_voi_window() {
-    let Some(root) = common::shared_data() else { return };
-    let v = io::read(&read(&root.join("dicom_samples/pydicom-data_RG1_J2KR.dcm")), &Limits::default()).unwrap();
+    let Some(root) = common::shared_data() else {
+        return;
+    };
+    let v = io::read(
+        &read(&root.join("dicom_samples/pydicom-data_RG1_J2KR.dcm")),
+        &Limits::default(),
+    )
+    .unwrap();
     // pydicom + pylibjpeg-openjpeg: 1955 x 1841, [1000, 900] = 3606, MONOCHROME1, window 15000/30000.
     assert_eq!((v.rows, v.cols), (1955, 1841));
     assert_eq!(v.data[1000 * 1841 + 900], 3606.0);
@@ -94,8 +125,14 @@ fn jpeg2000_cr_monochrome1_with_voi_window() {
 
 #[test]
 fn dicom_ct_is_in_hounsfield_units() {
-    let Some(root) = common::shared_data() else { return };
-    let v = io::read(&read(&root.join("dicom_samples/imageio_dicom_file01.dcm")), &Limits::default()).unwrap();
+    let Some(root) = common::shared_data() else {
+        return;
+    };
+    let v = io::read(
+        &read(&root.join("dicom_samples/imageio_dicom_file01.dcm")),
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!((v.rows, v.cols, v.values), (512, 512, Values::Rescaled));
     // pydicom: pixel_array * RescaleSlope (1) + RescaleIntercept (-1024).
     assert_eq!(v.data[0], -980.0);
@@ -106,8 +143,16 @@ fn dicom_ct_is_in_hounsfield_units() {
 
 #[test]
 fn dicom_multiframe_palette_and_colour() {
-    let Some(root) = common::shared_data() else { return };
-    let d = |f: &str| io::read(&read(&root.join("dicom_samples").join(f)), &Limits::default()).unwrap();
+    let Some(root) = common::shared_data() else {
+        return;
+    };
+    let d = |f: &str| {
+        io::read(
+            &read(&root.join("dicom_samples").join(f)),
+            &Limits::default(),
+        )
+        .unwrap()
+    };
     // pydicom: emri_small is 10 frames of 64 x 64, frame 3 pixel (32, 32) = 159.
     let v = d("pydicom-data_emri_small.dcm");
     assert_eq!((v.frames, v.rows, v.cols), (10, 64, 64));
@@ -116,15 +161,28 @@ fn dicom_multiframe_palette_and_colour() {
     let v = d("pydicom-data_gdcm-US-ALOKA-16.dcm");
     assert_eq!((v.channels, v.values), (3, Values::EightBit));
     // JPEG baseline cine: 120 RGB frames, read as a video.
-    let s = study::load(&read(&root.join("dicom_samples/pydicom-data_color3d_jpeg_baseline.dcm")), &options(ModalityChoice::Auto)).unwrap();
+    let s = study::load(
+        &read(&root.join("dicom_samples/pydicom-data_color3d_jpeg_baseline.dcm")),
+        &options(ModalityChoice::Auto),
+    )
+    .unwrap();
     assert_eq!(s.detected.layout, Layout::Video);
-    assert_eq!(s.detected.frame_indices, Some(sample_frames(120, 16, FrameSampling::Uniform)));
+    assert_eq!(
+        s.detected.frame_indices,
+        Some(sample_frames(120, 16, FrameSampling::Uniform))
+    );
 }
 
 #[test]
 fn dicom_series_is_assembled_in_position_order() {
-    let Some(root) = common::shared_data() else { return };
-    let mut files: Vec<_> = std::fs::read_dir(root.join("ct/body_dicom-series/totalseg_example_ct_dicom")).unwrap().map(|e| e.unwrap().path()).collect();
+    let Some(root) = common::shared_data() else {
+        return;
+    };
+    let mut files: Vec<_> =
+        std::fs::read_dir(root.join("ct/body_dicom-series/totalseg_example_ct_dicom"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
     files.sort();
     let buffers: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
     // pydicom: ImagePositionPatient z falls by 2 mm per file in name order (-766.5 ... -804.5),
@@ -134,11 +192,19 @@ fn dicom_series_is_assembled_in_position_order() {
     shuffled.swap(3, 19);
     let v = io::series::read(&shuffled, &Limits::default()).unwrap();
     assert_eq!((v.frames, v.rows, v.cols), (20, 512, 512));
-    assert!((v.spacing.unwrap()[0] - 2.0).abs() < 1e-6, "{:?}", v.spacing);
+    assert!(
+        (v.spacing.unwrap()[0] - 2.0).abs() < 1e-6,
+        "{:?}",
+        v.spacing
+    );
     let per = 512 * 512;
     for (slot, file) in [(0, 19), (1, 18), (19, 0)] {
         let alone = io::read(&buffers[file], &Limits::default()).unwrap();
-        assert_eq!(&v.data[slot * per..(slot + 1) * per], &alone.data[..], "slot {slot} should be file {file}");
+        assert_eq!(
+            &v.data[slot * per..(slot + 1) * per],
+            &alone.data[..],
+            "slot {slot} should be file {file}"
+        );
     }
     let s = study::load_many(&shuffled, &options(ModalityChoice::Auto)).unwrap();
     assert_eq!(s.detected.layout, Layout::Volume);
@@ -147,14 +213,24 @@ fn dicom_series_is_assembled_in_position_order() {
 
 #[test]
 fn nifti_volumes_ct_air_and_label_map() {
-    let Some(root) = common::shared_data() else { return };
-    let ct = io::read(&read(&root.join("ct/abdomen_volume/totalseg_example_ct.nii.gz")), &Limits::default()).unwrap();
+    let Some(root) = common::shared_data() else {
+        return;
+    };
+    let ct = io::read(
+        &read(&root.join("ct/abdomen_volume/totalseg_example_ct.nii.gz")),
+        &Limits::default(),
+    )
+    .unwrap();
     // nibabel: shape (122, 101, 112), RAS, voxel [0,0,0] = -1023 HU (air).
     assert_eq!((ct.frames, ct.rows, ct.cols), (112, 101, 122));
     assert_eq!(ct.data[0], -1023.0);
     let corner: f32 = (0..10).map(|i| ct.data[i]).sum::<f32>() / 10.0;
     assert!((corner + 1000.0).abs() < 50.0, "air reads {corner} HU");
-    let labels = io::read(&read(&root.join("ct/abdomen_volume-labels/totalseg_example_ct_seg.nii.gz")), &Limits::default()).unwrap();
+    let labels = io::read(
+        &read(&root.join("ct/abdomen_volume-labels/totalseg_example_ct_seg.nii.gz")),
+        &Limits::default(),
+    )
+    .unwrap();
     // nibabel: shape (122, 101, 30), labels 0..=117, 42 distinct values.
     assert_eq!((labels.frames, labels.rows, labels.cols), (30, 101, 122));
     let mut distinct: Vec<i64> = labels.data.iter().map(|v| *v as i64).collect();
@@ -162,22 +238,43 @@ fn nifti_volumes_ct_air_and_label_map() {
     distinct.dedup();
     assert_eq!((distinct.len(), *distinct.last().unwrap()), (42, 117));
     // LPS-oriented chest CT: slices still along k (S), 164 of them.
-    let chest = io::read(&read(&root.join("ct/chest_volume/totalseg_aorta_ct_cropped.nii.gz")), &Limits::default()).unwrap();
+    let chest = io::read(
+        &read(&root.join("ct/chest_volume/totalseg_aorta_ct_cropped.nii.gz")),
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!((chest.frames, chest.rows, chest.cols), (164, 126, 120));
-    let s = study::load(&read(&root.join("mri/head_volume/niivue_FLAIR.nii.gz")), &options(ModalityChoice::Given(Modality::Mri))).unwrap();
+    let s = study::load(
+        &read(&root.join("mri/head_volume/niivue_FLAIR.nii.gz")),
+        &options(ModalityChoice::Given(Modality::Mri)),
+    )
+    .unwrap();
     assert_eq!(s.detected.shape, [140, 160, 124, 1]);
     assert_canonical(&s.tensor, 64, "FLAIR");
-    let s = study::load(&read(&root.join("ct/abdomen_volume/totalseg_example_ct.nii.gz")), &options(ModalityChoice::Given(Modality::Ct))).unwrap();
+    let s = study::load(
+        &read(&root.join("ct/abdomen_volume/totalseg_example_ct.nii.gz")),
+        &options(ModalityChoice::Given(Modality::Ct)),
+    )
+    .unwrap();
     assert_canonical(&s.tensor, 64, "CT volume");
     // 122 x 101 voxels: 256 x 212 after resizing, 22 rows of zero padding on top;
     // air (about -1000 HU) maps to about 0 in the [-1000, 1000] HU window.
-    assert_eq!(s.tensor.narrow(2, 0, 22).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert_eq!(
+        s.tensor
+            .narrow(2, 0, 22)
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]),
+        0.0
+    );
     assert!(s.tensor.narrow(2, 22, 212).min().double_value(&[]) < 0.01);
 }
 
 #[test]
 fn images_of_every_modality() {
-    let Some(_) = common::shared_data() else { return };
+    let Some(_) = common::shared_data() else {
+        return;
+    };
     let cases = [
         ("xray/chest_pneumonia-pediatric", Modality::Xray, 28, 28),
         ("xray/chest_covid19", Modality::Xray, 0, 0),
@@ -188,7 +285,8 @@ fn images_of_every_modality() {
     ];
     for (dir, modality, rows, cols) in cases {
         let file = common::corpus_files(dir, 1).unwrap().remove(0);
-        let s = study::load(&read(&file), &options(ModalityChoice::Given(modality))).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let s = study::load(&read(&file), &options(ModalityChoice::Given(modality)))
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert_eq!(s.detected.layout, Layout::Image2d);
         if rows > 0 {
             assert_eq!(s.detected.shape[1..3], [rows, cols], "{}", file.display());
@@ -198,47 +296,93 @@ fn images_of_every_modality() {
         assert!(s.tensor.select(1, 0).equal(&s.tensor.select(1, 3)));
     }
     // A 28 x 28 PNG is scaled up to fill 256 x 256 exactly (square: no padding).
-    let f = common::corpus_files("xray/chest_pneumonia-pediatric", 1).unwrap().remove(0);
+    let f = common::corpus_files("xray/chest_pneumonia-pediatric", 1)
+        .unwrap()
+        .remove(0);
     let s = study::load(&read(&f), &options(ModalityChoice::Given(Modality::Xray))).unwrap();
-    assert!(s.tensor.get(0).get(0).get(0).get(0).double_value(&[]) > 0.0 || s.tensor.get(0).get(0).get(255).get(255).double_value(&[]) > 0.0);
+    assert!(
+        s.tensor.get(0).get(0).get(0).get(0).double_value(&[]) > 0.0
+            || s.tensor.get(0).get(0).get(255).get(255).double_value(&[]) > 0.0
+    );
 }
 
 #[test]
 fn aspect_ratio_kept_and_shorter_side_padded() {
-    let file = common::corpus_files("endoscopy/abdomen-laparoscopy_cholecystectomy", 2).unwrap().into_iter().find(|f| f.ends_with("rvim_endo.mp4")).unwrap();
-    let s = study::load(&read(&file), &options(ModalityChoice::Given(Modality::Endoscopy))).unwrap();
+    let file = common::corpus_files("endoscopy/abdomen-laparoscopy_cholecystectomy", 2)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.ends_with("rvim_endo.mp4"))
+        .unwrap();
+    let s = study::load(
+        &read(&file),
+        &options(ModalityChoice::Given(Modality::Endoscopy)),
+    )
+    .unwrap();
     // PyAV: 250 frames of 256 x 144 (H.264 High).
     assert_eq!(s.detected.shape, [250, 144, 256, 3]);
-    assert_eq!(s.detected.frame_indices, Some(sample_frames(250, 16, FrameSampling::Uniform)));
+    assert_eq!(
+        s.detected.frame_indices,
+        Some(sample_frames(250, 16, FrameSampling::Uniform))
+    );
     assert_canonical(&s.tensor, 16, "laparoscopy");
     // 144 rows centred in 256: 56 rows of zero padding above and below.
     let t = &s.tensor;
-    assert_eq!(t.narrow(2, 0, 56).abs().sum(Kind::Float).double_value(&[]), 0.0);
-    assert_eq!(t.narrow(2, 200, 56).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert_eq!(
+        t.narrow(2, 0, 56).abs().sum(Kind::Float).double_value(&[]),
+        0.0
+    );
+    assert_eq!(
+        t.narrow(2, 200, 56)
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]),
+        0.0
+    );
     assert!(t.narrow(2, 56, 144).sum(Kind::Float).double_value(&[]) > 0.0);
 }
 
 #[test]
 fn mp4_frames_and_sampled_indices() {
-    let Some(root) = common::shared_data() else { return };
+    let Some(root) = common::shared_data() else {
+        return;
+    };
     let bytes = read(&root.join("ultrasound/lung_covid19/pocus_convex_Cov-Atlas-Dayp1.mp4"));
     let v = io::read(&bytes, &Limits::default()).unwrap();
     // PyAV: 33 frames of 256 x 256.
     assert_eq!((v.frames, v.rows, v.cols, v.channels), (33, 256, 256, 3));
-    let s = study::load(&bytes, &options(ModalityChoice::Given(Modality::Ultrasound))).unwrap();
+    let s = study::load(
+        &bytes,
+        &options(ModalityChoice::Given(Modality::Ultrasound)),
+    )
+    .unwrap();
     let idx = s.detected.frame_indices.clone().unwrap();
-    assert_eq!(idx, vec![1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31]);
+    assert_eq!(
+        idx,
+        vec![1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31]
+    );
     assert_canonical(&s.tensor, 16, "POCUS");
-    let again = study::load(&bytes, &options(ModalityChoice::Given(Modality::Ultrasound))).unwrap();
-    assert!(s.tensor.equal(&again.tensor), "inference sampling is deterministic");
+    let again = study::load(
+        &bytes,
+        &options(ModalityChoice::Given(Modality::Ultrasound)),
+    )
+    .unwrap();
+    assert!(
+        s.tensor.equal(&again.tensor),
+        "inference sampling is deterministic"
+    );
 }
 
 #[test]
 fn bad_inputs_are_clear_errors() {
     let limits = Limits::default();
     assert_eq!(io::read(b"", &limits).unwrap_err(), IoError::Empty);
-    let unknown = io::read(b"hello world, not an image", &limits).unwrap_err().to_string();
-    assert!(unknown.starts_with("unrecognised format: expected DICOM"), "{unknown}");
+    let unknown = io::read(b"hello world, not an image", &limits)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unknown.starts_with("unrecognised format: expected DICOM"),
+        "{unknown}"
+    );
     // A NIfTI-1 header claiming 10^12 voxels.
     let mut header = vec![0u8; 352];
     header[0..4].copy_from_slice(&348i32.to_le_bytes());
@@ -254,7 +398,10 @@ fn bad_inputs_are_clear_errors() {
         header[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
     }
     let err = io::read(&header, &limits).unwrap_err().to_string();
-    assert!(err.contains("4 voxel bytes after offset 348, 1048576 needed for 64 x 64 x 64"), "{err}");
+    assert!(
+        err.contains("4 voxel bytes after offset 348, 1048576 needed for 64 x 64 x 64"),
+        "{err}"
+    );
     // A gzip bomb: 64 MiB of zeros in a few KiB, against a 16 MiB inflate limit.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let zeros = vec![0u8; 1 << 20];
@@ -262,52 +409,87 @@ fn bad_inputs_are_clear_errors() {
         gz.write_all(&zeros).unwrap();
     }
     let bomb = gz.finish().unwrap();
-    let small = Limits { max_inflated_bytes: 16 << 20, ..limits };
+    let small = Limits {
+        max_inflated_bytes: 16 << 20,
+        ..limits
+    };
     let err = io::read(&bomb, &small).unwrap_err().to_string();
-    assert!(err.contains("inflates past the limit of 16777216 bytes"), "{err}");
+    assert!(
+        err.contains("inflates past the limit of 16777216 bytes"),
+        "{err}"
+    );
 
-    let Some(root) = common::shared_data() else { return };
+    let Some(root) = common::shared_data() else {
+        return;
+    };
     let dcm = read(&root.join("dicom_samples/imageio_dicom_file01.dcm"));
     // Truncated in the middle of the pixel data.
-    let err = io::read(&dcm[..dcm.len() / 2], &limits).unwrap_err().to_string();
+    let err = io::read(&dcm[..dcm.len() / 2], &limits)
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("invalid dicom:"), "{err}");
     // Rows doubled in the header: the pixel data is now shorter than rows x columns.
     let mut lying = dcm.clone();
-    let at = lying.windows(8).position(|w| w == [0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0]).expect("Rows element");
+    let at = lying
+        .windows(8)
+        .position(|w| w == [0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0])
+        .expect("Rows element");
     lying[at + 8..at + 10].copy_from_slice(&1024u16.to_le_bytes());
     let err = io::read(&lying, &limits).unwrap_err().to_string();
     assert!(err.contains("pixel data"), "{err}");
     // A truncated PNG.
     let png = read(&common::corpus_files("ultrasound/breast_benign", 1).unwrap()[0]);
-    let err = io::read(&png[..png.len() / 3], &limits).unwrap_err().to_string();
+    let err = io::read(&png[..png.len() / 3], &limits)
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("invalid png:"), "{err}");
     // Auto on a file without a Modality tag.
-    let err = study::load(&png, &options(ModalityChoice::Auto)).unwrap_err().to_string();
+    let err = study::load(&png, &options(ModalityChoice::Auto))
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("modality auto needs a DICOM file"), "{err}");
 }
 
 /// The committed fixtures read everywhere, with or without ../shared/data.
 #[test]
 fn committed_fixtures_read_without_the_corpus() {
-    let load = |name: &str, m: Modality| study::load(&read(&common::fixture(name)), &options(ModalityChoice::Given(m))).unwrap();
+    let load = |name: &str, m: Modality| {
+        study::load(
+            &read(&common::fixture(name)),
+            &options(ModalityChoice::Given(m)),
+        )
+        .unwrap()
+    };
     let s = load("pmnist_train_0000.png", Modality::Xray);
-    assert_eq!((s.detected.shape, s.detected.layout.clone()), ([1, 28, 28, 1], Layout::Image2d));
+    assert_eq!(
+        (s.detected.shape, s.detected.layout.clone()),
+        ([1, 28, 28, 1], Layout::Image2d)
+    );
     assert_canonical(&s.tensor, 4, "png");
     let s = load("wce_img1310.jpg", Modality::Endoscopy);
     assert_eq!(s.detected.shape, [1, 224, 224, 3]);
     assert_canonical(&s.tensor, 4, "jpeg");
-    let s = load("pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4", Modality::Ultrasound);
+    let s = load(
+        "pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4",
+        Modality::Ultrasound,
+    );
     assert_eq!(s.detected.shape, [138, 256, 256, 3]);
     assert_eq!(s.detected.frame_indices.as_ref().unwrap()[..3], [4, 12, 21]);
     assert_canonical(&s.tensor, 16, "mp4");
     let s = load("totalseg_example_mr_sm.nii.gz", Modality::Mri);
     assert_eq!(s.detected.layout, Layout::Volume);
     assert_canonical(&s.tensor, 64, "nifti mri");
-    let mut series: Vec<_> = std::fs::read_dir(common::fixture("ct_series")).unwrap().map(|e| read(&e.unwrap().path())).collect();
+    let mut series: Vec<_> = std::fs::read_dir(common::fixture("ct_series"))
+        .unwrap()
+        .map(|e| read(&e.unwrap().path()))
+        .collect();
     series.reverse();
     let refs: Vec<&[u8]> = series.iter().map(|b| b.as_slice()).collect();
     let s = study::load_many(&refs, &options(ModalityChoice::Auto)).unwrap();
-    assert_eq!((s.detected.modality, s.detected.shape), (Modality::Ct, [3, 512, 512, 1]));
+    assert_eq!(
+        (s.detected.modality, s.detected.shape),
+        (Modality::Ct, [3, 512, 512, 1])
+    );
     assert!((s.detected.spacing.unwrap()[0] - 2.0).abs() < 1e-6);
     assert_canonical(&s.tensor, 64, "series");
 }
@@ -334,8 +516,13 @@ fn fuzzer_findings_stay_fixed() {
     // A mutated CT slice with a private element declaring 4 GB in a 70 KB file:
     // dicom-parser zero-filled 2.7 GB for it before the length pre-scan existed.
     let input = read(&dir.join("oom-element-length-4gb.bin"));
-    let err = study::load(&input[1..], &options(ModalityChoice::Given(Modality::Ct))).unwrap_err().to_string();
-    assert_eq!(err, "invalid dicom: element (0029,1044) at byte 4322 claims 4176751630 bytes, only 14 remain");
+    let err = study::load(&input[1..], &options(ModalityChoice::Given(Modality::Ct)))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "invalid dicom: element (0029,1044) at byte 4322 claims 4176751630 bytes, only 14 remain"
+    );
 }
 
 /// A DICOM whose Bits Stored is impossible: dicom-pixeldata asserts (a panic) on it.
@@ -343,6 +530,8 @@ fn fuzzer_findings_stay_fixed() {
 fn impossible_bits_stored_is_an_error_not_a_panic() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
     let input = read(&dir.join("panic-bits-stored.bin"));
-    let err = study::load(&input[1..], &options(ModalityChoice::Auto)).unwrap_err().to_string();
+    let err = study::load(&input[1..], &options(ModalityChoice::Auto))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("do not describe a sample"), "{err}");
 }

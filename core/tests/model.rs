@@ -15,13 +15,30 @@ use tch::{Device, Kind, Tensor};
 /// A small model of `method` over 64 x 64 inputs (tests must run in seconds on a CPU).
 fn small_config(method: Method) -> ModelConfig {
     let mut c = ModelConfig::new(method, Preset::Tiny);
-    c.encoder = EncoderConfig { width: 96, depth: 2, heads: 3, mlp_ratio: 4.0, patch: [4, 16, 16], cls_token: method == Method::Simdino };
+    c.encoder = EncoderConfig {
+        width: 96,
+        depth: 2,
+        heads: 3,
+        mlp_ratio: 4.0,
+        patch: [4, 16, 16],
+        cls_token: method == Method::Simdino,
+    };
     c.input.image_size = 64;
     if let Some(d) = c.decoder.as_mut() {
-        *d = DecoderConfig { width: 96, depth: 1, heads: 3, mask_ratio: 0.75, norm_pix_loss: false };
+        *d = DecoderConfig {
+            width: 96,
+            depth: 1,
+            heads: 3,
+            mask_ratio: 0.75,
+            norm_pix_loss: false,
+        };
     }
     if let Some(h) = c.head.as_mut() {
-        *h = HeadConfig { hidden: 128, out: 32, eps: 0.5 };
+        *h = HeadConfig {
+            hidden: 128,
+            out: 32,
+            eps: 0.5,
+        };
     }
     c.validate().unwrap();
     c
@@ -36,15 +53,23 @@ fn real_xrays(n: usize) -> Option<Vec<Tensor>> {
 fn grey_tensor(path: &std::path::Path, size: u32) -> Tensor {
     let img = image::open(path).unwrap().to_luma8();
     let img = image::imageops::resize(&img, size, size, image::imageops::FilterType::Triangle);
-    let data: Vec<f32> = img.into_raw().into_iter().map(|v| v as f32 / 255.0).collect();
+    let data: Vec<f32> = img
+        .into_raw()
+        .into_iter()
+        .map(|v| v as f32 / 255.0)
+        .collect();
     let t = Tensor::from_slice(&data).view([1, 1, size as i64, size as i64]);
-    t.expand([3, 4, size as i64, size as i64], false).contiguous()
+    t.expand([3, 4, size as i64, size as i64], false)
+        .contiguous()
 }
 
 #[test]
 fn token_counts_per_modality() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let encoder = Encoder::new(vs.root(), &ModelConfig::new(Method::Mae, Preset::Tiny).encoder);
+    let encoder = Encoder::new(
+        vs.root(),
+        &ModelConfig::new(Method::Mae, Preset::Tiny).encoder,
+    );
     for (slices, expected) in [(4, 256), (16, 1024), (64, 4096)] {
         let input = Tensor::zeros([1, 3, slices, 256, 256], (Kind::Float, Device::Cpu));
         let tokens = tch::no_grad(|| encoder.tokens(&input));
@@ -57,13 +82,21 @@ fn masking_keeps_exactly_a_quarter_per_sample() {
     tch::manual_seed(1);
     let m = mae::random_masking(8, 256, 0.75, Device::Cpu);
     assert_eq!(m.ids_keep.size(), vec![8, 64]);
-    let masked_per_sample: Vec<f32> = Vec::try_from(m.mask.sum_dim_intlist(1, false, Kind::Float)).unwrap();
+    let masked_per_sample: Vec<f32> =
+        Vec::try_from(m.mask.sum_dim_intlist(1, false, Kind::Float)).unwrap();
     assert_eq!(masked_per_sample, vec![192.0; 8]);
     // The kept ids are exactly the unmasked positions.
     let visible = m.mask.gather(1, &m.ids_keep, false);
     assert_eq!(visible.sum(Kind::Float).double_value(&[]), 0.0);
     // Different samples get different masks.
-    assert!(m.mask.get(0).not_equal_tensor(&m.mask.get(1)).any().int64_value(&[]) == 1);
+    assert!(
+        m.mask
+            .get(0)
+            .not_equal_tensor(&m.mask.get(1))
+            .any()
+            .int64_value(&[])
+            == 1
+    );
 }
 
 #[test]
@@ -74,7 +107,14 @@ fn mae_overfits_one_batch_of_real_images() {
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Mae::new(vs.root(), &config.encoder, config.decoder.as_ref().unwrap());
     let batch = Tensor::stack(&images, 0);
-    let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.95, wd: 0.05, ..Default::default() }.build(&vs, 1e-3).unwrap();
+    let mut opt = nn::AdamW {
+        beta1: 0.9,
+        beta2: 0.95,
+        wd: 0.05,
+        ..Default::default()
+    }
+    .build(&vs, 1e-3)
+    .unwrap();
     let mut losses = Vec::new();
     for _ in 0..40 {
         let loss = model.forward(&batch).loss;
@@ -84,7 +124,10 @@ fn mae_overfits_one_batch_of_real_images() {
     let first = losses[..3].iter().sum::<f64>() / 3.0;
     let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
     eprintln!("MAE loss {first:.4} -> {last:.4}");
-    assert!(last < first * 0.5, "MAE loss went from {first:.4} to {last:.4}: {losses:?}");
+    assert!(
+        last < first * 0.5,
+        "MAE loss went from {first:.4} to {last:.4}: {losses:?}"
+    );
 }
 
 #[test]
@@ -96,10 +139,16 @@ fn coding_rate_matches_eigenvalues() {
     // 1/2 logdet(I + a Z^T Z) = 1/2 sum log(1 + a lambda_i), lambda the eigenvalues of Z^T Z,
     // computed in f64 by a symmetric eigensolver, not through Cholesky.
     let a = 32.0 / (16.0 * eps * eps);
-    let gram = z.to_kind(Kind::Double).transpose(0, 1).matmul(&z.to_kind(Kind::Double));
+    let gram = z
+        .to_kind(Kind::Double)
+        .transpose(0, 1)
+        .matmul(&z.to_kind(Kind::Double));
     let eig: Vec<f64> = Vec::try_from(gram.linalg_eigvalsh("L")).unwrap();
     let expected: f64 = eig.iter().map(|l| (1.0 + a * l.max(0.0)).ln()).sum::<f64>() * 0.5;
-    assert!((rate - expected).abs() < 1e-3 * expected.abs(), "{rate} vs {expected}");
+    assert!(
+        (rate - expected).abs() < 1e-3 * expected.abs(),
+        "{rate} vs {expected}"
+    );
 }
 
 #[test]
@@ -109,18 +158,42 @@ fn simdino_loss_aligns_views_and_trains() {
     let head = config.head.clone().unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let student = Branch::new(vs.root(), &config.encoder, &head);
-    let globals = [Tensor::rand([4, 3, 4, 64, 64], (Kind::Float, Device::Cpu)), Tensor::rand([4, 3, 4, 64, 64], (Kind::Float, Device::Cpu))];
+    let globals = [
+        Tensor::rand([4, 3, 4, 64, 64], (Kind::Float, Device::Cpu)),
+        Tensor::rand([4, 3, 4, 64, 64], (Kind::Float, Device::Cpu)),
+    ];
     let local = Tensor::rand([4, 3, 4, 32, 32], (Kind::Float, Device::Cpu));
-    let zs: Vec<Tensor> = globals.iter().chain([&local]).map(|v| student.project(v)).collect();
+    let zs: Vec<Tensor> = globals
+        .iter()
+        .chain([&local])
+        .map(|v| student.project(v))
+        .collect();
     let zt: Vec<Tensor> = tch::no_grad(|| globals.iter().map(|v| student.project(v)).collect());
-    assert_eq!(zs[2].size(), vec![4, 32], "local views of another size share the encoder");
+    assert_eq!(
+        zs[2].size(),
+        vec![4, 32],
+        "local views of another size share the encoder"
+    );
     let out = simdino::simdino_loss(&zs, &zt, head.eps);
     // Alignment by hand: pairs (t0,s1), (t0,s2), (t1,s0), (t1,s2).
-    let half_sq = |a: &Tensor, b: &Tensor| ((a - b).square().sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float) * 0.5).double_value(&[]);
-    let expected = (half_sq(&zs[1], &zt[0]) + half_sq(&zs[2], &zt[0]) + half_sq(&zs[0], &zt[1]) + half_sq(&zs[2], &zt[1])) / 4.0;
+    let half_sq = |a: &Tensor, b: &Tensor| {
+        ((a - b)
+            .square()
+            .sum_dim_intlist(-1, false, Kind::Float)
+            .mean(Kind::Float)
+            * 0.5)
+            .double_value(&[])
+    };
+    let expected = (half_sq(&zs[1], &zt[0])
+        + half_sq(&zs[2], &zt[0])
+        + half_sq(&zs[0], &zt[1])
+        + half_sq(&zs[2], &zt[1]))
+        / 4.0;
     assert!((out.alignment.double_value(&[]) - expected).abs() < 1e-6);
     let gamma = (32.0 + 4.0) / (32.0 * 4.0);
-    let rate = (simdino::coding_rate(&zs[0], 0.5).double_value(&[]) + simdino::coding_rate(&zs[1], 0.5).double_value(&[])) / 2.0;
+    let rate = (simdino::coding_rate(&zs[0], 0.5).double_value(&[])
+        + simdino::coding_rate(&zs[1], 0.5).double_value(&[]))
+        / 2.0;
     assert!((out.loss.double_value(&[]) - (expected - gamma * rate)).abs() < 1e-5);
     out.loss.backward(); // gradients flow through both terms
 }
@@ -148,7 +221,10 @@ fn simdino_files(dtypes: &[WeightDtype]) -> (ModelConfig, Vec<Vec<u8>>) {
     let vs = nn::VarStore::new(Device::Cpu);
     let _branch = Branch::new(vs.root(), &config.encoder, config.head.as_ref().unwrap());
     let tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    let files = dtypes.iter().map(|&d| file::to_bytes(&config, &tensors, d).unwrap()).collect();
+    let files = dtypes
+        .iter()
+        .map(|&d| file::to_bytes(&config, &tensors, d).unwrap())
+        .collect();
     (config, files)
 }
 
@@ -164,15 +240,25 @@ fn saved_and_loaded_model_gives_identical_embeddings() {
     let ea = a.embed(&images, 2).unwrap();
     let eb = b.embed(&images, 4).unwrap();
     assert_eq!(ea, eb, "same file, same input: bit-identical embeddings");
-    assert_eq!(ea, a.embed(&images, 2).unwrap(), "deterministic across calls");
+    assert_eq!(
+        ea,
+        a.embed(&images, 2).unwrap(),
+        "deterministic across calls"
+    );
     assert_eq!(ea[0].len(), 192, "cls+avg pooling: twice the width");
     let norm: f32 = ea[0].iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-5);
     assert_ne!(ea[0], ea[1], "different images, different embeddings");
     // Half precision files load too, with embeddings close to the f32 ones.
-    for (dtype, half) in [WeightDtype::F16, WeightDtype::Bf16].iter().zip(&files[1..]) {
+    for (dtype, half) in [WeightDtype::F16, WeightDtype::Bf16]
+        .iter()
+        .zip(&files[1..])
+    {
         assert!(half.len() < bytes.len() * 6 / 10);
-        let eh = Embedder::from_bytes(half, Device::Cpu).unwrap().embed(&images, 4).unwrap();
+        let eh = Embedder::from_bytes(half, Device::Cpu)
+            .unwrap()
+            .embed(&images, 4)
+            .unwrap();
         let cos: f32 = ea[0].iter().zip(&eh[0]).map(|(x, y)| x * y).sum();
         assert!(cos > 0.99, "{dtype:?}: cosine {cos}");
     }
@@ -190,9 +276,20 @@ fn mae_file_with_decoder_loads_encoder_only() {
     let embedder = Embedder::from_bytes(&bytes, Device::Cpu).unwrap();
     let input = Tensor::rand([2, 3, 4, 64, 64], (Kind::Float, Device::Cpu));
     let got = embedder.embed_batch(&input).unwrap();
-    assert_eq!(got.size(), vec![2, 96], "MAE: mean of patch tokens, encoder width");
+    assert_eq!(
+        got.size(),
+        vec![2, 96],
+        "MAE: mean of patch tokens, encoder width"
+    );
     // The same as the training model's encoder, pooled and normalised by hand.
-    let expected = tch::no_grad(|| simdino::l2_normalize(&mae.encoder.forward(&input).patches.mean_dim(1, false, Kind::Float)));
+    let expected = tch::no_grad(|| {
+        simdino::l2_normalize(
+            &mae.encoder
+                .forward(&input)
+                .patches
+                .mean_dim(1, false, Kind::Float),
+        )
+    });
     assert!(got.allclose(&expected, 1e-5, 1e-6, false));
 }
 
@@ -206,8 +303,15 @@ fn mismatched_and_foreign_files_are_refused() {
     config.encoder.mlp_ratio = 2.0;
     let bytes = file::to_bytes(&config, &tensors, WeightDtype::F32).unwrap();
     match Embedder::from_bytes(&bytes, Device::Cpu) {
-        Err(ModelError::ShapeMismatch { name, expected, found }) => {
-            assert!(name.starts_with("encoder.blocks.") && name.contains("mlp.fc"), "{name}");
+        Err(ModelError::ShapeMismatch {
+            name,
+            expected,
+            found,
+        }) => {
+            assert!(
+                name.starts_with("encoder.blocks.") && name.contains("mlp.fc"),
+                "{name}"
+            );
             assert_ne!(expected, found);
         }
         other => panic!("expected a shape mismatch, got {:?}", other.err()),
@@ -217,15 +321,39 @@ fn mismatched_and_foreign_files_are_refused() {
     config.encoder.depth = 1;
     let bytes = file::to_bytes(&config, &tensors, WeightDtype::F32).unwrap();
     let err = Embedder::from_bytes(&bytes, Device::Cpu).err().unwrap();
-    assert!(matches!(err, ModelError::UnexpectedTensor(ref n) if n.starts_with("encoder.blocks.1.")), "{err}");
+    assert!(
+        matches!(err, ModelError::UnexpectedTensor(ref n) if n.starts_with("encoder.blocks.1.")),
+        "{err}"
+    );
     // Safetensors without our metadata, and bytes that are not safetensors at all.
-    let plain = safetensors::tensor::serialize(Vec::<(String, safetensors::tensor::TensorView)>::new(), &None).unwrap();
-    assert!(Embedder::from_bytes(&plain, Device::Cpu).err().unwrap().to_string().starts_with("not an m3ret model file"));
-    assert!(Embedder::from_bytes(b"garbage", Device::Cpu).err().unwrap().to_string().starts_with("not a safetensors file"));
+    let plain = safetensors::tensor::serialize(
+        Vec::<(String, safetensors::tensor::TensorView)>::new(),
+        &None,
+    )
+    .unwrap();
+    assert!(Embedder::from_bytes(&plain, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string()
+        .starts_with("not an m3ret model file"));
+    assert!(Embedder::from_bytes(b"garbage", Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string()
+        .starts_with("not a safetensors file"));
     // Inputs of the wrong shape are an error, not a crash.
     let e = Embedder::random_init(&small_config(Method::Mae), Device::Cpu);
-    let err = e.embed_batch(&Tensor::zeros([1, 3, 5, 64, 64], (Kind::Float, Device::Cpu))).err().unwrap();
-    assert!(err.to_string().contains("multiples of the patch size"), "{err}");
+    let err = e
+        .embed_batch(&Tensor::zeros(
+            [1, 3, 5, 64, 64],
+            (Kind::Float, Device::Cpu),
+        ))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("multiples of the patch size"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -237,5 +365,9 @@ fn clear_grad_drops_the_gradient_so_backward_does_not_accumulate() {
     m3ret_core::torch_ext::clear_grad(&w);
     assert!(!w.grad().defined());
     (&w * &w).sum(Kind::Float).backward();
-    assert_eq!(Vec::<f32>::try_from(w.grad()).unwrap(), vec![4.0; 3], "fresh, not 8 = 4 + 4");
+    assert_eq!(
+        Vec::<f32>::try_from(w.grad()).unwrap(),
+        vec![4.0; 3],
+        "fresh, not 8 = 4 + 4"
+    );
 }

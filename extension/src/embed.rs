@@ -8,15 +8,16 @@
 use crate::embedding::Embedding;
 use crate::error::raise;
 use crate::runtime;
-use m3ret_core::model::Embedder;
 use m3ret_core::modality::ModalityChoice;
+use m3ret_core::model::Embedder;
 use m3ret_core::study::{self, Study, StudyOptions};
 use pgrx::datum::Array;
 use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::prelude::*;
 
 fn options(modality: &str, embedder: &Embedder) -> StudyOptions {
-    let choice = ModalityChoice::parse(modality).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e));
+    let choice = ModalityChoice::parse(modality)
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e));
     let mut options = StudyOptions::new(choice);
     // The model says what input it was trained on (image size, slices, frames).
     options.input = embedder.config.input.clone();
@@ -24,7 +25,10 @@ fn options(modality: &str, embedder: &Embedder) -> StudyOptions {
 }
 
 fn study_error(what: &str, e: impl std::fmt::Display) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("{what}: {e}"))
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        format!("{what}: {e}"),
+    )
 }
 
 /// Runs the model over studies, checking for cancellation between transformer blocks.
@@ -35,12 +39,18 @@ fn embed_studies(embedder: &Embedder, studies: &[Study]) -> Vec<Vec<f32>> {
         .embed_with(&tensors, batch, &mut || {
             pgrx::check_for_interrupts!();
         })
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, format!("model failed: {e}")))
+        .unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+                format!("model failed: {e}"),
+            )
+        })
 }
 
 fn embed_one(data: &[u8], modality: &str, model: Option<&str>) -> Embedding {
     let (_, embedder) = runtime::embedder(model);
-    let study = study::load(data, &options(modality, &embedder)).unwrap_or_else(|e| study_error("cannot read the study", e));
+    let study = study::load(data, &options(modality, &embedder))
+        .unwrap_or_else(|e| study_error("cannot read the study", e));
     Embedding(embed_studies(&embedder, &[study]).remove(0))
 }
 
@@ -49,22 +59,38 @@ fn embed_one(data: &[u8], modality: &str, model: Option<&str>) -> Embedding {
 /// the DICOM Modality tag). `model`: name or name@version; NULL: the default model.
 /// STABLE, because the default model can change: index with m3ret_embed_pinned.
 #[pg_extern(stable, parallel_safe, name = "m3ret_embed")]
-fn m3ret_embed(data: Option<&[u8]>, modality: Option<&str>, model: default!(Option<&str>, "NULL")) -> Option<Embedding> {
+fn m3ret_embed(
+    data: Option<&[u8]>,
+    modality: Option<&str>,
+    model: default!(Option<&str>, "NULL"),
+) -> Option<Embedding> {
     Some(embed_one(data?, modality?, model))
 }
 
 /// The embedding of a DICOM series (one slice per element, any order) or of a video
 /// given as its frames (PNG or JPEG, in order).
 #[pg_extern(stable, parallel_safe, name = "m3ret_embed")]
-fn m3ret_embed_series(data: Option<Array<'_, &[u8]>>, modality: Option<&str>, model: default!(Option<&str>, "NULL")) -> Option<Embedding> {
+fn m3ret_embed_series(
+    data: Option<Array<'_, &[u8]>>,
+    modality: Option<&str>,
+    model: default!(Option<&str>, "NULL"),
+) -> Option<Embedding> {
     let (data, modality) = (data?, modality?);
     let buffers: Vec<&[u8]> = data
         .iter()
         .enumerate()
-        .map(|(i, b)| b.unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("element {} of the series is NULL", i + 1))))
+        .map(|(i, b)| {
+            b.unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                    format!("element {} of the series is NULL", i + 1),
+                )
+            })
+        })
         .collect();
     let (_, embedder) = runtime::embedder(model);
-    let study = study::load_many(&buffers, &options(modality, &embedder)).unwrap_or_else(|e| study_error("cannot read the series", e));
+    let study = study::load_many(&buffers, &options(modality, &embedder))
+        .unwrap_or_else(|e| study_error("cannot read the series", e));
     Some(Embedding(embed_studies(&embedder, &[study]).remove(0)))
 }
 
@@ -92,7 +118,11 @@ fn m3ret_embed_batch(
 ) -> TableIterator<'static, (name!(ord, i32), name!(embedding, Embedding))> {
     let (_, embedder) = runtime::embedder(model);
     let options = options(modality, &embedder);
-    let items: Vec<(usize, &[u8])> = data.iter().enumerate().filter_map(|(i, b)| b.map(|b| (i + 1, b))).collect();
+    let items: Vec<(usize, &[u8])> = data
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| b.map(|b| (i + 1, b)))
+        .collect();
     let chunk = crate::settings::BATCH_SIZE.get().max(1) as usize;
     let mut rows = Vec::with_capacity(items.len());
     // Read a chunk, embed it, go on: memory stays at one chunk of canonical tensors.
@@ -100,7 +130,10 @@ fn m3ret_embed_batch(
         let mut studies = Vec::with_capacity(part.len());
         for (ord, bytes) in part {
             pgrx::check_for_interrupts!();
-            studies.push(study::load(bytes, &options).unwrap_or_else(|e| study_error(&format!("cannot read study {ord}"), e)));
+            studies.push(
+                study::load(bytes, &options)
+                    .unwrap_or_else(|e| study_error(&format!("cannot read study {ord}"), e)),
+            );
         }
         for ((ord, _), emb) in part.iter().zip(embed_studies(&embedder, &studies)) {
             rows.push((*ord as i32, Embedding(emb)));

@@ -1,8 +1,8 @@
 //! Raising PostgreSQL ERRORs with a proper SQLSTATE.
 
 use m3ret_core::vector::VectorError;
-use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::pg_sys::ereport;
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 
 /// Ends the statement with an ERROR carrying `code` and `message`.
 pub fn raise(code: PgSqlErrorCode, message: impl Into<String>) -> ! {

@@ -33,6 +33,10 @@ pub extern "C-unwind" fn _PG_init() {
 // the names and properties users rely on are in one readable place.
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding_type", bootstrap);
 // The index access method, its operator classes and its check function.
-pgrx::extension_sql_file!("../sql/hnsw.sql", name = "hnsw", requires = ["embedding_type"]);
+pgrx::extension_sql_file!(
+    "../sql/hnsw.sql",
+    name = "hnsw",
+    requires = ["embedding_type"]
+);
 // The registry's table, view and admin functions, after the Rust functions they use.
 pgrx::extension_sql_file!("../sql/registry.sql", name = "registry", finalize);

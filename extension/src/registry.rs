@@ -26,7 +26,10 @@ pub fn parse_ref(model: &str) -> (String, Option<i32>) {
     match model.rsplit_once('@') {
         Some((name, v)) => match v.parse::<i32>() {
             Ok(version) if version > 0 => (name.to_string(), Some(version)),
-            _ => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid model reference \"{model}\": expected name or name@version")),
+            _ => raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid model reference \"{model}\": expected name or name@version"),
+            ),
         },
         None => (model.to_string(), None),
     }
@@ -71,15 +74,24 @@ pub fn weights(model: &ModelRef) -> Vec<u8> {
     )
     .ok()
     .flatten()
-    .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("model {} was dropped", model.label())))
+    .unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("model {} was dropped", model.label()),
+        )
+    })
 }
 
 /// Checks a model file and describes it: `{"sha256", "dims", "config"}`.
 /// Used by m3ret_model_import before it stores anything.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn m3ret_model_inspect(weights: &[u8]) -> JsonB {
-    let file = m3ret_core::model::ModelFile::from_bytes(weights)
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("model file refused: {e}")));
+    let file = m3ret_core::model::ModelFile::from_bytes(weights).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("model file refused: {e}"),
+        )
+    });
     JsonB(serde_json::json!({
         "sha256": m3ret_core::model::file::sha256_hex(weights),
         "dims": file.config.embedding_dims(),
@@ -92,35 +104,61 @@ fn m3ret_model_inspect(weights: &[u8]) -> JsonB {
 #[pg_extern(volatile, strict)]
 fn m3ret_model_import_file(name: &str, path: &str) -> String {
     require_admin("import models");
-    let Some(dir) = crate::settings::string(&crate::settings::MODEL_DIR).filter(|d| !d.is_empty()) else {
+    let Some(dir) = crate::settings::string(&crate::settings::MODEL_DIR).filter(|d| !d.is_empty())
+    else {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "m3ret_model_import_file reads only under m3ret.model_dir, which is not set (a superuser sets it)",
         )
     };
-    let canonical_dir = std::fs::canonicalize(&dir)
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, format!("m3ret.model_dir \"{dir}\": {e}")));
+    let canonical_dir = std::fs::canonicalize(&dir).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+            format!("m3ret.model_dir \"{dir}\": {e}"),
+        )
+    });
     let full = std::path::Path::new(&dir).join(path);
-    let canonical = std::fs::canonicalize(&full)
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, format!("model file \"{}\": {e}", full.display())));
+    let canonical = std::fs::canonicalize(&full).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+            format!("model file \"{}\": {e}", full.display()),
+        )
+    });
     if !canonical.starts_with(&canonical_dir) {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("model file \"{path}\" is outside m3ret.model_dir"),
         );
     }
-    let bytes = std::fs::read(&canonical)
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, format!("model file \"{}\": {e}", canonical.display())));
-    Spi::get_one_with_args::<String>("SELECT m3ret_model_import($1, $2)", &[name.into(), bytes.into()])
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "m3ret_model_import returned nothing"))
+    let bytes = std::fs::read(&canonical).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+            format!("model file \"{}\": {e}", canonical.display()),
+        )
+    });
+    Spi::get_one_with_args::<String>(
+        "SELECT m3ret_model_import($1, $2)",
+        &[name.into(), bytes.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "m3ret_model_import returned nothing",
+        )
+    })
 }
 
 /// Superusers and members of m3ret_admin only: the registry's own check
 /// (m3ret_require_admin in sql/registry.sql), which raises the ERROR itself.
 pub fn require_admin(action: &str) {
-    if let Err(e) = Spi::get_one_with_args::<String>("SELECT m3ret_require_admin($1)::text", &[action.into()]) {
-        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("checking privileges: {e}"));
+    if let Err(e) =
+        Spi::get_one_with_args::<String>("SELECT m3ret_require_admin($1)::text", &[action.into()])
+    {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("checking privileges: {e}"),
+        );
     }
 }

@@ -40,22 +40,35 @@ pub fn embedder(model: Option<&str>) -> (ModelRef, Rc<Embedder>) {
     let model = registry::resolve(model);
     apply_threads();
     let device_name = device_setting();
-    let device = parse_device(&device_name).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("m3ret.device: {e}")));
+    let device = parse_device(&device_name).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("m3ret.device: {e}"),
+        )
+    });
     RUNTIME.with_borrow_mut(|rt| {
         if rt.device_name.as_deref() != Some(device_name.as_str()) {
             // Models on another device are of no use now.
             rt.loaded.clear();
             rt.device_name = Some(device_name.clone());
         }
-        if let Some(i) = rt.loaded.iter().position(|l| l.model.sha256 == model.sha256) {
+        if let Some(i) = rt
+            .loaded
+            .iter()
+            .position(|l| l.model.sha256 == model.sha256)
+        {
             let hit = rt.loaded.remove(i);
             let embedder = hit.embedder.clone();
             rt.loaded.push(hit);
             return (model, embedder);
         }
         let weights = registry::weights(&model);
-        let embedder = Embedder::from_bytes(&weights, device)
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("model {}: {e}", model.label())));
+        let embedder = Embedder::from_bytes(&weights, device).unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!("model {}: {e}", model.label()),
+            )
+        });
         let embedder = Rc::new(embedder);
         let cap = settings::MAX_CACHED_MODELS.get().max(1) as usize;
         while rt.loaded.len() >= cap {
@@ -63,7 +76,11 @@ pub fn embedder(model: Option<&str>) -> (ModelRef, Rc<Embedder>) {
         }
         let now = SystemTime::now();
         rt.first_load.get_or_insert(now);
-        rt.loaded.push(Loaded { model: model.clone(), embedder: embedder.clone(), loaded_at: now });
+        rt.loaded.push(Loaded {
+            model: model.clone(),
+            embedder: embedder.clone(),
+            loaded_at: now,
+        });
         (model, embedder)
     })
 }
@@ -79,7 +96,10 @@ fn apply_threads() {
 }
 
 fn iso(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     format!("{secs:.3}")
 }
 

@@ -36,13 +36,30 @@ impl Cluster {
 
     /// Starts a new cluster with extra `postgresql.conf` lines.
     pub fn start(extra_settings: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("m3ret-cluster-").tempdir().expect("temp dir");
-        let cluster = Cluster { port: free_port(), dir, stopped: AtomicBool::new(false) };
+        let dir = tempfile::Builder::new()
+            .prefix("m3ret-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let cluster = Cluster {
+            port: free_port(),
+            dir,
+            stopped: AtomicBool::new(false),
+        };
         std::fs::create_dir(cluster.data_dir()).expect("data dir");
         give_to_postgres(cluster.dir.path());
         cluster.run_as_postgres(
             "initdb",
-            &["-D", path_str(&cluster.data_dir()), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+            &[
+                "-D",
+                path_str(&cluster.data_dir()),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
         );
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = off\n\
@@ -58,7 +75,14 @@ impl Cluster {
         let mut existing = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).expect("write postgresql.conf");
-        cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", path_str(&cluster.log_path())]);
+        cluster.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            path_str(&cluster.log_path()),
+        ]);
         cluster
     }
 
@@ -88,25 +112,43 @@ impl Cluster {
     }
 
     pub fn connection_string(&self, database: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={database}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={database}",
+            self.port
+        )
     }
 
     /// Creates a fresh database with the m3ret extension (dropping any old one of that name).
     pub fn database(&self, name: &str) -> Database<'_> {
-        let mut admin = postgres::Client::connect(&self.connection_string("postgres"), postgres::NoTls)
-            .expect("connect to the test cluster");
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).expect("drop database");
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
-        let db = Database { cluster: self, name: name.to_string() };
-        db.connect().batch_execute("CREATE EXTENSION m3ret").expect("CREATE EXTENSION m3ret");
+        let mut admin =
+            postgres::Client::connect(&self.connection_string("postgres"), postgres::NoTls)
+                .expect("connect to the test cluster");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .expect("drop database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create database");
+        let db = Database {
+            cluster: self,
+            name: name.to_string(),
+        };
+        db.connect()
+            .batch_execute("CREATE EXTENSION m3ret")
+            .expect("CREATE EXTENSION m3ret");
         db
     }
 
     /// Kills the postmaster and every process of the cluster with SIGKILL, as a power
     /// cut would, then starts it again: the restart replays the WAL.
     pub fn crash_and_restart(&self) {
-        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).expect("postmaster.pid");
-        let postmaster: i32 = pid_file.lines().next().and_then(|l| l.trim().parse().ok()).expect("postmaster pid");
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .expect("postmaster.pid");
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("postmaster pid");
         let mut victims = children_of(postmaster);
         victims.push(postmaster);
         for &pid in &victims {
@@ -147,7 +189,10 @@ impl Cluster {
         let data_dir = self.data_dir();
         let mut all = vec!["-D", path_str(&data_dir)];
         all.extend_from_slice(args);
-        let out = self.postgres_command("pg_ctl", &all).output().map_err(|e| e.to_string())?;
+        let out = self
+            .postgres_command("pg_ctl", &all)
+            .output()
+            .map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(())
         } else {
@@ -156,8 +201,15 @@ impl Cluster {
     }
 
     fn run_as_postgres(&self, program: &str, args: &[&str]) {
-        let out = self.postgres_command(program, args).output().expect("run PostgreSQL binary");
-        assert!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .postgres_command(program, args)
+            .output()
+            .expect("run PostgreSQL binary");
+        assert!(
+            out.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A command for a PostgreSQL binary, as the `postgres` user when we are root
@@ -206,7 +258,13 @@ pub struct Database<'c> {
 impl Database<'_> {
     pub fn connect(&self) -> postgres::Client {
         postgres::Client::connect(&self.cluster.connection_string(&self.name), postgres::NoTls)
-            .unwrap_or_else(|e| panic!("connect to {}: {e}\nserver log:\n{}", self.name, self.cluster.log()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "connect to {}: {e}\nserver log:\n{}",
+                    self.name,
+                    self.cluster.log()
+                )
+            })
     }
 }
 
@@ -216,7 +274,11 @@ fn is_root() -> bool {
 
 fn give_to_postgres(dir: &Path) {
     if is_root() {
-        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().expect("chown");
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()
+            .expect("chown");
         assert!(status.success(), "chown {dir:?} to postgres failed");
     }
 }
@@ -224,21 +286,30 @@ fn give_to_postgres(dir: &Path) {
 /// True while `pid` exists and is not a zombie (nobody may reap it in a container).
 fn is_running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
 
 /// Processes whose parent is `parent`.
 fn children_of(parent: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may contain spaces.
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok()))
+                .and_then(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                })
                 == Some(parent)
         })
         .collect()

@@ -48,14 +48,19 @@ pub fn embed_by_modality(client: &mut postgres::Client, table: &str) {
 
 /// The repository's committed fixtures (real files with attribution).
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name);
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The CT series fixture, one buffer per slice, in file-name order.
 pub fn fixture_series() -> Vec<Vec<u8>> {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ct_series");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }

@@ -2,11 +2,11 @@
 //! computes for a file (the same `study::load` + `Embedder` path), for comparison
 //! with what SQL returns.
 
+use m3ret_core::modality::ModalityChoice;
 use m3ret_core::model::config::{EncoderConfig, HeadConfig};
 use m3ret_core::model::file::{self, WeightDtype};
 use m3ret_core::model::simdino::Branch;
 use m3ret_core::model::{Embedder, Method, ModelConfig, Preset};
-use m3ret_core::modality::ModalityChoice;
 use m3ret_core::study::{self, StudyOptions};
 use tch::{nn, Device};
 
@@ -20,8 +20,19 @@ pub fn small_model(seed: i64) -> Vec<u8> {
 pub fn model_with(seed: i64, width: i64, depth: i64, image_size: i64) -> Vec<u8> {
     tch::manual_seed(seed);
     let mut config = ModelConfig::new(Method::Simdino, Preset::Tiny);
-    config.encoder = EncoderConfig { width, depth, heads: 3, mlp_ratio: 4.0, patch: [4, 16, 16], cls_token: true };
-    config.head = Some(HeadConfig { hidden: 64, out: 32, eps: 0.5 });
+    config.encoder = EncoderConfig {
+        width,
+        depth,
+        heads: 3,
+        mlp_ratio: 4.0,
+        patch: [4, 16, 16],
+        cls_token: true,
+    };
+    config.head = Some(HeadConfig {
+        hidden: 64,
+        out: 32,
+        eps: 0.5,
+    });
     config.input.image_size = image_size;
     config.input.slices_volume = 16;
     config.input.frames_video = 8;
@@ -37,6 +48,11 @@ pub fn reference_embedding(model: &[u8], data: &[&[u8]], modality: &str) -> Vec<
     let embedder = Embedder::from_bytes(model, Device::Cpu).unwrap();
     let mut options = StudyOptions::new(ModalityChoice::parse(modality).unwrap());
     options.input = embedder.config.input.clone();
-    let study = if data.len() == 1 { study::load(data[0], &options) } else { study::load_many(data, &options) }.unwrap();
+    let study = if data.len() == 1 {
+        study::load(data[0], &options)
+    } else {
+        study::load_many(data, &options)
+    }
+    .unwrap();
     embedder.embed(&[study.tensor], 1).unwrap().remove(0)
 }

@@ -34,9 +34,15 @@ pub fn decode(raw: &[u8]) -> Result<Vec<f32>, String> {
     let dim = i16::from_be_bytes([raw[0], raw[1]]) as usize;
     let unused = i16::from_be_bytes([raw[2], raw[3]]);
     if unused != 0 || raw.len() != 4 + 4 * dim {
-        return Err(format!("bad header: dim {dim}, unused {unused}, {} bytes", raw.len()));
+        return Err(format!(
+            "bad header: dim {dim}, unused {unused}, {} bytes",
+            raw.len()
+        ));
     }
-    Ok(raw[4..].chunks_exact(4).map(|b| f32::from_be_bytes([b[0], b[1], b[2], b[3]])).collect())
+    Ok(raw[4..]
+        .chunks_exact(4)
+        .map(|b| f32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 fn is_embedding(ty: &Type) -> bool {
@@ -76,5 +82,12 @@ impl ToSql for RawEmbeddingBytes {
 
 /// The text form of an `embedding` (Rust's shortest round-trip float text).
 pub fn literal(values: &[f32]) -> String {
-    format!("[{}]", values.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+    format!(
+        "[{}]",
+        values
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
 }

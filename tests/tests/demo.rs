@@ -30,12 +30,23 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
     let corpus_rows = std::fs::read_to_string(&corpus).unwrap().lines().count() as i64 - 1;
 
     let out = Command::new("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
         .args(["-p", &db.cluster.port().to_string(), "-d", &db.name])
         .arg("-v")
         .arg(format!("fixtures={}", repo().join("fixtures").display()))
         .arg("-v")
-        .arg(format!("model_file={}", repo().join("models/m3ret-default.safetensors").display()))
+        .arg(format!(
+            "model_file={}",
+            repo().join("models/m3ret-default.safetensors").display()
+        ))
         .arg("-v")
         .arg(format!("corpus_csv={}", corpus.display()))
         .arg("-f")
@@ -44,19 +55,40 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo.sql failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for section in ["nearest neighbours of a chest X-ray", "of a CT volume", "lung ultrasound clip", "cross-modal", "warehouse", "Index Scan using studies_emb_idx"] {
-        assert!(stdout.contains(section), "no '{section}' in the demo's output:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "demo.sql failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for section in [
+        "nearest neighbours of a chest X-ray",
+        "of a CT volume",
+        "lung ultrasound clip",
+        "cross-modal",
+        "warehouse",
+        "Index Scan using studies_emb_idx",
+    ] {
+        assert!(
+            stdout.contains(section),
+            "no '{section}' in the demo's output:\n{stdout}"
+        );
     }
 
     let mut c = db.connect();
     let (studies, embedded): (i64, i64) = {
-        let r = c.query_one("SELECT count(*), count(emb) FROM studies", &[]).unwrap();
+        let r = c
+            .query_one("SELECT count(*), count(emb) FROM studies", &[])
+            .unwrap();
         (r.get(0), r.get(1))
     };
     assert_eq!(studies, 7 + corpus_rows);
     assert_eq!(embedded, studies, "a study was not embedded");
-    let r = c.query_one("SELECT live, problems FROM m3ret_hnsw_check('studies_emb_idx')", &[]).unwrap();
+    let r = c
+        .query_one(
+            "SELECT live, problems FROM m3ret_hnsw_check('studies_emb_idx')",
+            &[],
+        )
+        .unwrap();
     assert_eq!(r.get::<_, i64>(0), studies);
     assert!(r.get::<_, Vec<String>>(1).is_empty());
 
@@ -81,7 +113,9 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
         .unwrap();
     assert!(!rows.is_empty());
     assert!(rows.iter().all(|r| r.get::<_, String>(0) == "mri"));
-    assert!(rows.windows(2).all(|w| w[0].get::<_, f64>(1) <= w[1].get::<_, f64>(1)));
+    assert!(rows
+        .windows(2)
+        .all(|w| w[0].get::<_, f64>(1) <= w[1].get::<_, f64>(1)));
     // The warehouse query keeps its filter and its LIMIT.
     let rows = c
         .query(
@@ -97,6 +131,8 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
         .unwrap()
         .get(0);
     assert_eq!(rows.len() as i64, eligible.min(5));
-    assert!(rows.iter().all(|r| r.get::<_, i32>(0) >= 50 && r.get::<_, String>(1) != "pediatrics"));
+    assert!(rows
+        .iter()
+        .all(|r| r.get::<_, i32>(0) >= 50 && r.get::<_, String>(1) != "pediatrics"));
     db.cluster.assert_no_backend_crashed();
 }

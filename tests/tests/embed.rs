@@ -10,19 +10,28 @@ fn setup(name: &str) -> (m3ret_e2e::Database<'static>, Client, Vec<u8>) {
     let db = Cluster::shared().database(name);
     let mut c = db.connect();
     let model = small_model(1);
-    let label: String = c.query_one("SELECT m3ret_model_import('test', $1)", &[&model]).unwrap().get(0);
+    let label: String = c
+        .query_one("SELECT m3ret_model_import('test', $1)", &[&model])
+        .unwrap()
+        .get(0);
     assert_eq!(label, "test@1");
     (db, c, model)
 }
 
 fn embed(c: &mut Client, data: &[u8], modality: &str) -> Vec<f32> {
-    let v: Vector = c.query_one("SELECT m3ret_embed($1::bytea, $2)", &[&data, &modality]).unwrap().get(0);
+    let v: Vector = c
+        .query_one("SELECT m3ret_embed($1::bytea, $2)", &[&data, &modality])
+        .unwrap()
+        .get(0);
     v.0
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn norm(v: &[f32]) -> f32 {
@@ -36,7 +45,10 @@ fn every_modality_embeds_as_outside_postgres() {
         ("pmnist_train_0000.png", "xray"),
         ("covidrepo_0637.jpg", "xray"),
         ("wce_img1310.jpg", "endoscopy"),
-        ("pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4", "ultrasound"),
+        (
+            "pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4",
+            "ultrasound",
+        ),
         ("totalseg_example_mr_sm.nii.gz", "mri"),
         ("totalseg_example_ct.nii.gz", "ct"),
     ];
@@ -44,15 +56,30 @@ fn every_modality_embeds_as_outside_postgres() {
         let data = fixture(file);
         let got = embed(&mut c, &data, modality);
         assert_eq!(got.len(), 192, "{file}");
-        assert!((norm(&got) - 1.0).abs() < 1e-5, "{file}: norm {}", norm(&got));
+        assert!(
+            (norm(&got) - 1.0).abs() < 1e-5,
+            "{file}: norm {}",
+            norm(&got)
+        );
         let expected = reference_embedding(&model, &[&data], modality);
-        assert!(max_abs_diff(&got, &expected) < 1e-5, "{file}: SQL and core differ by {}", max_abs_diff(&got, &expected));
+        assert!(
+            max_abs_diff(&got, &expected) < 1e-5,
+            "{file}: SQL and core differ by {}",
+            max_abs_diff(&got, &expected)
+        );
     }
     // A DICOM series as bytea[], in any order, with modality from the DICOM tag.
     let mut series = fixture_series();
-    let expected = reference_embedding(&model, &series.iter().map(|b| b.as_slice()).collect::<Vec<_>>(), "auto");
+    let expected = reference_embedding(
+        &model,
+        &series.iter().map(|b| b.as_slice()).collect::<Vec<_>>(),
+        "auto",
+    );
     series.reverse();
-    let got: Vector = c.query_one("SELECT m3ret_embed($1::bytea[], 'auto')", &[&series]).unwrap().get(0);
+    let got: Vector = c
+        .query_one("SELECT m3ret_embed($1::bytea[], 'auto')", &[&series])
+        .unwrap()
+        .get(0);
     assert!(max_abs_diff(&got.0, &expected) < 1e-5);
     // One DICOM slice on its own, modality auto (CT).
     let one = embed(&mut c, &series[0], "auto");
@@ -78,26 +105,49 @@ fn nearest_neighbour_of_an_image_is_itself() {
     let (_db, mut c, _) = setup("embed_neighbours");
     let mut images: Vec<(String, Vec<u8>, &str)> = Vec::new();
     if let Some(root) = m3ret_e2e::shared_data() {
-        for (dir, modality, n) in [("xray/chest_pneumonia-pediatric", "xray", 120), ("endoscopy/capsule-gi_bleeding", "endoscopy", 60), ("mri/brain_glioma", "mri", 60), ("ultrasound/breast_benign", "ultrasound", 60)] {
-            let mut files: Vec<_> = std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
+        for (dir, modality, n) in [
+            ("xray/chest_pneumonia-pediatric", "xray", 120),
+            ("endoscopy/capsule-gi_bleeding", "endoscopy", 60),
+            ("mri/brain_glioma", "mri", 60),
+            ("ultrasound/breast_benign", "ultrasound", 60),
+        ] {
+            let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
             files.sort();
             for f in files.into_iter().take(n) {
-                images.push((f.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&f).unwrap(), modality));
+                images.push((
+                    f.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&f).unwrap(),
+                    modality,
+                ));
             }
         }
     } else {
         eprintln!("../shared/data absent: using the committed fixtures only");
-        for (f, m) in [("pmnist_train_0000.png", "xray"), ("covidrepo_0637.jpg", "xray"), ("wce_img1310.jpg", "endoscopy")] {
+        for (f, m) in [
+            ("pmnist_train_0000.png", "xray"),
+            ("covidrepo_0637.jpg", "xray"),
+            ("wce_img1310.jpg", "endoscopy"),
+        ] {
             images.push((f.to_string(), fixture(f), m));
         }
     }
     c.batch_execute("CREATE TABLE images (id serial PRIMARY KEY, file text, modality text, data bytea, emb embedding(192))").unwrap();
     for (file, data, modality) in &images {
-        c.execute("INSERT INTO images (file, modality, data) VALUES ($1, $2, $3)", &[file, modality, data]).unwrap();
+        c.execute(
+            "INSERT INTO images (file, modality, data) VALUES ($1, $2, $3)",
+            &[file, modality, data],
+        )
+        .unwrap();
     }
     // Bulk embedding, one batch call per modality.
     m3ret_e2e::embed_by_modality(&mut c, "images");
-    let missing: i64 = c.query_one("SELECT count(*) FROM images WHERE emb IS NULL", &[]).unwrap().get(0);
+    let missing: i64 = c
+        .query_one("SELECT count(*) FROM images WHERE emb IS NULL", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(missing, 0);
     let n = images.len() as i32;
     for id in [1, n / 3, n / 2, n - 1, n] {
@@ -121,14 +171,37 @@ fn nearest_neighbour_of_an_image_is_itself() {
 fn registry_versions_default_and_drop() {
     let (_db, mut c, model) = setup("embed_registry");
     let png = fixture("pmnist_train_0000.png");
-    let again: String = c.query_one("SELECT m3ret_model_import('test', $1)", &[&model]).unwrap().get(0);
+    let again: String = c
+        .query_one("SELECT m3ret_model_import('test', $1)", &[&model])
+        .unwrap()
+        .get(0);
     assert_eq!(again, "test@1", "the same file is the same version");
     let other = small_model(2);
-    let v2: String = c.query_one("SELECT m3ret_model_import('test', $1)", &[&other]).unwrap().get(0);
-    assert_eq!(v2, "test@2", "a changed file under the same name is a new version");
-    let rows = c.query("SELECT model, is_default, dims, method FROM m3ret_model_list ORDER BY version", &[]).unwrap();
-    let listed: Vec<(String, bool, i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
-    assert_eq!(listed, vec![("test@1".into(), true, 192, "simdino".into()), ("test@2".into(), false, 192, "simdino".into())]);
+    let v2: String = c
+        .query_one("SELECT m3ret_model_import('test', $1)", &[&other])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        v2, "test@2",
+        "a changed file under the same name is a new version"
+    );
+    let rows = c
+        .query(
+            "SELECT model, is_default, dims, method FROM m3ret_model_list ORDER BY version",
+            &[],
+        )
+        .unwrap();
+    let listed: Vec<(String, bool, i32, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("test@1".into(), true, 192, "simdino".into()),
+            ("test@2".into(), false, 192, "simdino".into())
+        ]
+    );
     let has_weights: i64 = c
         .query_one("SELECT count(*) FROM information_schema.columns WHERE table_name = 'm3ret_model_list' AND column_name = 'weights'", &[])
         .unwrap()
@@ -136,37 +209,87 @@ fn registry_versions_default_and_drop() {
     assert_eq!(has_weights, 0, "the list view leaves the weights out");
     // The default is v1 until changed; name alone means the latest version.
     let default = embed(&mut c, &png, "xray");
-    let v1: Vector = c.query_one("SELECT m3ret_embed($1::bytea, 'xray', 'test@1')", &[&png]).unwrap().get(0);
-    let latest: Vector = c.query_one("SELECT m3ret_embed($1::bytea, 'xray', 'test')", &[&png]).unwrap().get(0);
+    let v1: Vector = c
+        .query_one("SELECT m3ret_embed($1::bytea, 'xray', 'test@1')", &[&png])
+        .unwrap()
+        .get(0);
+    let latest: Vector = c
+        .query_one("SELECT m3ret_embed($1::bytea, 'xray', 'test')", &[&png])
+        .unwrap()
+        .get(0);
     assert_eq!(default, v1.0);
     assert!(max_abs_diff(&latest.0, &reference_embedding(&other, &[&png], "xray")) < 1e-5);
-    assert!(max_abs_diff(&default, &latest.0) > 1e-3, "two models give different embeddings");
-    let set: String = c.query_one("SELECT m3ret_model_set_default('test')", &[]).unwrap().get(0);
+    assert!(
+        max_abs_diff(&default, &latest.0) > 1e-3,
+        "two models give different embeddings"
+    );
+    let set: String = c
+        .query_one("SELECT m3ret_model_set_default('test')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(set, "test@2");
     assert_eq!(embed(&mut c, &png, "xray"), latest.0);
     // The pinned form names its version and can back an expression index.
-    c.batch_execute("CREATE TABLE scans (id int, data bytea)").unwrap();
-    c.execute("INSERT INTO scans VALUES (1, $1)", &[&png]).unwrap();
-    c.batch_execute("CREATE INDEX scans_emb ON scans ((m3ret_embed_pinned(data, 'xray', 'test@2')::text))").unwrap();
-    assert!(expect_error(&mut c, "SELECT m3ret_embed_pinned('x'::bytea, 'xray', 'test')").contains("needs an explicit model version"));
-    assert!(expect_error(&mut c, "CREATE INDEX bad ON scans ((m3ret_embed(data, 'xray')::text))").contains("must be marked IMMUTABLE"));
+    c.batch_execute("CREATE TABLE scans (id int, data bytea)")
+        .unwrap();
+    c.execute("INSERT INTO scans VALUES (1, $1)", &[&png])
+        .unwrap();
+    c.batch_execute(
+        "CREATE INDEX scans_emb ON scans ((m3ret_embed_pinned(data, 'xray', 'test@2')::text))",
+    )
+    .unwrap();
+    assert!(expect_error(
+        &mut c,
+        "SELECT m3ret_embed_pinned('x'::bytea, 'xray', 'test')"
+    )
+    .contains("needs an explicit model version"));
+    assert!(expect_error(
+        &mut c,
+        "CREATE INDEX bad ON scans ((m3ret_embed(data, 'xray')::text))"
+    )
+    .contains("must be marked IMMUTABLE"));
     // Dropping.
-    let dropped: i32 = c.query_one("SELECT m3ret_model_drop('test@1')", &[]).unwrap().get(0);
+    let dropped: i32 = c
+        .query_one("SELECT m3ret_model_drop('test@1')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(dropped, 1);
     assert_eq!(
-        expect_error(&mut c, &format!("SELECT m3ret_embed('\\x{}'::bytea, 'xray', 'test@1')", hex(&png))),
+        expect_error(
+            &mut c,
+            &format!(
+                "SELECT m3ret_embed('\\x{}'::bytea, 'xray', 'test@1')",
+                hex(&png)
+            )
+        ),
         "unknown model \"test@1\": m3ret_model_list shows the imported models"
     );
-    assert_eq!(expect_error(&mut c, "SELECT m3ret_model_drop('nope')"), "unknown model \"nope\": m3ret_model_list shows the imported models");
-    let dropped: i32 = c.query_one("SELECT m3ret_model_drop('test')", &[]).unwrap().get(0);
+    assert_eq!(
+        expect_error(&mut c, "SELECT m3ret_model_drop('nope')"),
+        "unknown model \"nope\": m3ret_model_list shows the imported models"
+    );
+    let dropped: i32 = c
+        .query_one("SELECT m3ret_model_drop('test')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(dropped, 1);
     assert_eq!(
-        expect_error(&mut c, &format!("SELECT m3ret_embed('\\x{}'::bytea, 'xray')", hex(&png))),
+        expect_error(
+            &mut c,
+            &format!("SELECT m3ret_embed('\\x{}'::bytea, 'xray')", hex(&png))
+        ),
         "no default model: import one with m3ret_model_import(name, weights), or pass a model name"
     );
     // A file that is not a model is refused before anything is stored.
-    assert!(expect_error(&mut c, "SELECT m3ret_model_import('junk', 'not a model'::bytea)").starts_with("model file refused: not a safetensors file"));
-    assert!(expect_error(&mut c, "SELECT m3ret_model_import('bad name!', 'x'::bytea)").starts_with("invalid model name"));
+    assert!(expect_error(
+        &mut c,
+        "SELECT m3ret_model_import('junk', 'not a model'::bytea)"
+    )
+    .starts_with("model file refused: not a safetensors file"));
+    assert!(
+        expect_error(&mut c, "SELECT m3ret_model_import('bad name!', 'x'::bytea)")
+            .starts_with("invalid model name")
+    );
 }
 
 fn hex(b: &[u8]) -> String {
@@ -183,35 +306,79 @@ fn only_admins_import_and_read_files() {
     )
     .unwrap();
     let connect = |user: &str| {
-        Client::connect(&format!("{} user={user}", db.cluster.connection_string(&db.name)).replace("user=postgres ", ""), postgres::NoTls).unwrap()
+        Client::connect(
+            &format!("{} user={user}", db.cluster.connection_string(&db.name))
+                .replace("user=postgres ", ""),
+            postgres::NoTls,
+        )
+        .unwrap()
     };
     let mut alice = connect("alice");
     let png = fixture("pmnist_train_0000.png");
     // Everyone may embed.
-    let v: Vector = alice.query_one("SELECT m3ret_embed($1::bytea, 'xray')", &[&png]).unwrap().get(0);
+    let v: Vector = alice
+        .query_one("SELECT m3ret_embed($1::bytea, 'xray')", &[&png])
+        .unwrap()
+        .get(0);
     assert_eq!(v.0.len(), 192);
-    let err = error_message(&alice.query_one("SELECT m3ret_model_import('mine', $1)", &[&model]).unwrap_err());
+    let err = error_message(
+        &alice
+            .query_one("SELECT m3ret_model_import('mine', $1)", &[&model])
+            .unwrap_err(),
+    );
     assert!(err.contains("permission denied"), "{err}");
-    for sql in ["SELECT m3ret_model_drop('test')", "SELECT m3ret_model_set_default('test')", "SELECT m3ret_model_import_file('x', 'model.safetensors')", "DELETE FROM m3ret_models"] {
+    for sql in [
+        "SELECT m3ret_model_drop('test')",
+        "SELECT m3ret_model_set_default('test')",
+        "SELECT m3ret_model_import_file('x', 'model.safetensors')",
+        "DELETE FROM m3ret_models",
+    ] {
         let err = expect_error(&mut alice, sql);
         assert!(err.contains("permission denied"), "{sql}: {err}");
     }
     assert!(expect_error(&mut alice, "SET m3ret.model_dir = '/'").contains("permission denied"));
     // A member of m3ret_admin may import.
     let mut bob = connect("bob");
-    let label: String = bob.query_one("SELECT m3ret_model_import('bobs', $1)", &[&small_model(3)]).unwrap().get(0);
+    let label: String = bob
+        .query_one("SELECT m3ret_model_import('bobs', $1)", &[&small_model(3)])
+        .unwrap()
+        .get(0);
     assert_eq!(label, "bobs@1");
     // Files: only under m3ret.model_dir, which is unset until a superuser sets it.
-    assert!(expect_error(&mut c, "SELECT m3ret_model_import_file('f', 'model.safetensors')").contains("m3ret.model_dir, which is not set"));
+    assert!(expect_error(
+        &mut c,
+        "SELECT m3ret_model_import_file('f', 'model.safetensors')"
+    )
+    .contains("m3ret.model_dir, which is not set"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("model.safetensors"), small_model(4)).unwrap();
-    std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(dir.path()).status().unwrap();
-    c.batch_execute(&format!("SET m3ret.model_dir = '{}'", dir.path().display())).unwrap();
-    let label: String = c.query_one("SELECT m3ret_model_import_file('fromfile', 'model.safetensors')", &[]).unwrap().get(0);
+    std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    c.batch_execute(&format!("SET m3ret.model_dir = '{}'", dir.path().display()))
+        .unwrap();
+    let label: String = c
+        .query_one(
+            "SELECT m3ret_model_import_file('fromfile', 'model.safetensors')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(label, "fromfile@1");
-    assert!(expect_error(&mut c, "SELECT m3ret_model_import_file('f', '../../etc/passwd')").contains("outside m3ret.model_dir"));
-    assert!(expect_error(&mut c, "SELECT m3ret_model_import_file('f', 'missing.safetensors')").contains("No such file"));
-    c.batch_execute("REVOKE USAGE ON SCHEMA public FROM alice, bob").unwrap();
+    assert!(expect_error(
+        &mut c,
+        "SELECT m3ret_model_import_file('f', '../../etc/passwd')"
+    )
+    .contains("outside m3ret.model_dir"));
+    assert!(expect_error(
+        &mut c,
+        "SELECT m3ret_model_import_file('f', 'missing.safetensors')"
+    )
+    .contains("No such file"));
+    c.batch_execute("REVOKE USAGE ON SCHEMA public FROM alice, bob")
+        .unwrap();
 }
 
 #[test]
@@ -231,17 +398,41 @@ fn bad_inputs_are_errors_and_nothing_crashes() {
     for (sql, message) in &cases {
         assert_eq!(&expect_error(&mut c, sql), message, "{sql:.80}");
     }
-    let err = expect_error(&mut c, &format!("SELECT m3ret_embed('\\x{dicom}'::bytea, 'auto')"));
-    assert!(err.starts_with("cannot read the study: invalid dicom:"), "{err}");
-    let err = expect_error(&mut c, "SELECT m3ret_embed(ARRAY['\\x00'::bytea, 'abc'::bytea], 'ct')");
+    let err = expect_error(
+        &mut c,
+        &format!("SELECT m3ret_embed('\\x{dicom}'::bytea, 'auto')"),
+    );
+    assert!(
+        err.starts_with("cannot read the study: invalid dicom:"),
+        "{err}"
+    );
+    let err = expect_error(
+        &mut c,
+        "SELECT m3ret_embed(ARRAY['\\x00'::bytea, 'abc'::bytea], 'ct')",
+    );
     assert!(err.starts_with("cannot read the series:"), "{err}");
-    let err = expect_error(&mut c, &format!("SET m3ret.device = 'cuda'; SELECT m3ret_embed('\\x{png}'::bytea, 'xray')"));
-    assert_eq!(err, "m3ret.device: CUDA device cuda requested but 0 CUDA devices are available");
-    let err = expect_error(&mut c, &format!("SET m3ret.device = 'tpu'; SELECT m3ret_embed('\\x{png}'::bytea, 'xray')"));
-    assert_eq!(err, "m3ret.device: invalid device \"tpu\": expected auto, cpu, cuda or cuda:N");
+    let err = expect_error(
+        &mut c,
+        &format!("SET m3ret.device = 'cuda'; SELECT m3ret_embed('\\x{png}'::bytea, 'xray')"),
+    );
+    assert_eq!(
+        err,
+        "m3ret.device: CUDA device cuda requested but 0 CUDA devices are available"
+    );
+    let err = expect_error(
+        &mut c,
+        &format!("SET m3ret.device = 'tpu'; SELECT m3ret_embed('\\x{png}'::bytea, 'xray')"),
+    );
+    assert_eq!(
+        err,
+        "m3ret.device: invalid device \"tpu\": expected auto, cpu, cuda or cuda:N"
+    );
     c.batch_execute("RESET m3ret.device").unwrap();
     // The session still works; the server log shows no crash.
-    let v: Vector = c.query_one("SELECT m3ret_embed(decode($1, 'hex'), 'xray')", &[&png]).unwrap().get(0);
+    let v: Vector = c
+        .query_one("SELECT m3ret_embed(decode($1, 'hex'), 'xray')", &[&png])
+        .unwrap()
+        .get(0);
     assert_eq!(v.0.len(), 192);
     Cluster::shared().assert_no_backend_crashed();
 }
@@ -249,11 +440,17 @@ fn bad_inputs_are_errors_and_nothing_crashes() {
 #[test]
 fn runtime_info_reports_the_loaded_model() {
     let (_db, mut c, _) = setup("embed_runtime_info");
-    let before: serde_json::Value = c.query_one("SELECT m3ret_runtime_info()", &[]).unwrap().get(0);
+    let before: serde_json::Value = c
+        .query_one("SELECT m3ret_runtime_info()", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(before["models_loaded"], serde_json::json!([]));
     assert!(before["first_load_epoch_s"].is_null());
     embed(&mut c, &fixture("pmnist_train_0000.png"), "xray");
-    let info: serde_json::Value = c.query_one("SELECT m3ret_runtime_info()", &[]).unwrap().get(0);
+    let info: serde_json::Value = c
+        .query_one("SELECT m3ret_runtime_info()", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(info["torch"], "2.11.0+cu130");
     assert_eq!(info["cuda_available"], false);
     assert_eq!(info["device"], "cpu");
@@ -266,8 +463,15 @@ fn runtime_info_reports_the_loaded_model() {
 #[test]
 fn four_sessions_embed_concurrently() {
     let (db, _c, model) = setup("embed_concurrent");
-    let files = ["pmnist_train_0000.png", "covidrepo_0637.jpg", "wce_img1310.jpg"];
-    let expected: Vec<Vec<f32>> = files.iter().map(|f| reference_embedding(&model, &[&fixture(f)], "xray")).collect();
+    let files = [
+        "pmnist_train_0000.png",
+        "covidrepo_0637.jpg",
+        "wce_img1310.jpg",
+    ];
+    let expected: Vec<Vec<f32>> = files
+        .iter()
+        .map(|f| reference_embedding(&model, &[&fixture(f)], "xray"))
+        .collect();
     std::thread::scope(|s| {
         for t in 0..4 {
             let (db, expected) = (&db, &expected);
@@ -276,7 +480,10 @@ fn four_sessions_embed_concurrently() {
                 for round in 0..3 {
                     let i = (t + round) % files.len();
                     let got = embed(&mut c, &fixture(files[i]), "xray");
-                    assert!(max_abs_diff(&got, &expected[i]) < 1e-5, "session {t} round {round}");
+                    assert!(
+                        max_abs_diff(&got, &expected[i]) < 1e-5,
+                        "session {t} round {round}"
+                    );
                 }
             });
         }
@@ -289,14 +496,23 @@ fn a_long_batch_stops_on_cancel_and_statement_timeout() {
     let db = Cluster::shared().database("embed_cancel");
     let mut c = db.connect();
     // A slower model (256 x 256 inputs, 6 blocks) so that the batch runs for many seconds.
-    let label: String = c.query_one("SELECT m3ret_model_import('slow', $1)", &[&model_with(5, 192, 6, 256)]).unwrap().get(0);
+    let label: String = c
+        .query_one(
+            "SELECT m3ret_model_import('slow', $1)",
+            &[&model_with(5, 192, 6, 256)],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(label, "slow@1");
     let batch = "SELECT count(*) FROM m3ret_embed_batch(array_fill(decode($1, 'hex'), ARRAY[400]), 'endoscopy')";
     let jpg = hex(&fixture("wce_img1310.jpg"));
     c.batch_execute("SET statement_timeout = '700ms'").unwrap();
     let started = std::time::Instant::now();
     let err = error_message(&c.query_one(batch, &[&jpg]).unwrap_err());
-    eprintln!("statement_timeout stopped the batch after {:?}", started.elapsed());
+    eprintln!(
+        "statement_timeout stopped the batch after {:?}",
+        started.elapsed()
+    );
     assert_eq!(err, "canceling statement due to statement timeout");
     c.batch_execute("RESET statement_timeout").unwrap();
     // pg_cancel_backend from another session.
@@ -310,16 +526,28 @@ fn a_long_batch_stops_on_cancel_and_statement_timeout() {
             while admin.query_one(running, &[&pid]).unwrap().get::<_, i64>(0) == 0 {
                 std::thread::yield_now();
             }
-            admin.query_one("SELECT pg_cancel_backend($1)", &[&pid]).unwrap().get::<_, bool>(0)
+            admin
+                .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+                .unwrap()
+                .get::<_, bool>(0)
         })
     };
     let started = std::time::Instant::now();
     let err = error_message(&c.query_one(batch, &[&jpg]).unwrap_err());
-    eprintln!("pg_cancel_backend stopped the batch after {:?}", started.elapsed());
+    eprintln!(
+        "pg_cancel_backend stopped the batch after {:?}",
+        started.elapsed()
+    );
     assert!(canceller.join().unwrap());
     assert_eq!(err, "canceling statement due to user request");
     // The backend is fine afterwards.
-    let v: Vector = c.query_one("SELECT m3ret_embed(decode($1, 'hex'), 'endoscopy')", &[&jpg]).unwrap().get(0);
+    let v: Vector = c
+        .query_one(
+            "SELECT m3ret_embed(decode($1, 'hex'), 'endoscopy')",
+            &[&jpg],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(v.0.len(), 384);
     Cluster::shared().assert_no_backend_crashed();
 }
@@ -328,15 +556,25 @@ fn a_long_batch_stops_on_cancel_and_statement_timeout() {
 /// each backend, and embedding works.
 #[test]
 fn works_preloaded_and_with_jit() {
-    let cluster = Cluster::start(&["shared_preload_libraries = 'm3ret'", "jit = on", "jit_above_cost = 0", "jit_inline_above_cost = 0", "jit_optimize_above_cost = 0"]);
+    let cluster = Cluster::start(&[
+        "shared_preload_libraries = 'm3ret'",
+        "jit = on",
+        "jit_above_cost = 0",
+        "jit_inline_above_cost = 0",
+        "jit_optimize_above_cost = 0",
+    ]);
     let db = cluster.database("embed_preload");
     let mut c = db.connect();
     let model = small_model(1);
-    c.query_one("SELECT m3ret_model_import('test', $1)", &[&model]).unwrap();
+    c.query_one("SELECT m3ret_model_import('test', $1)", &[&model])
+        .unwrap();
     let png = fixture("pmnist_train_0000.png");
     let got = embed(&mut c, &png, "xray");
     assert!(max_abs_diff(&got, &reference_embedding(&model, &[&png], "xray")) < 1e-5);
-    let preloaded: String = c.query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
+    let preloaded: String = c
+        .query_one("SHOW shared_preload_libraries", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(preloaded, "m3ret");
     cluster.assert_no_backend_crashed();
 }

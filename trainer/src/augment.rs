@@ -24,8 +24,20 @@ pub fn views(batch: &Tensor, local: LocalCrops, patch: i64, seed: u64) -> Views 
     let size = batch.size();
     let (s, h) = (size[2], size[3]);
     let local_side = ((h * 3 / 8) / patch).max(1) * patch;
-    let global = (0..2).map(|v| view(batch, (0.4, 1.0), h, s, seed ^ mix(v))).collect();
-    let local = (0..local.views).map(|v| view(batch, local.scale, local_side, s, seed ^ mix(100 + v as u64))).collect();
+    let global = (0..2)
+        .map(|v| view(batch, (0.4, 1.0), h, s, seed ^ mix(v)))
+        .collect();
+    let local = (0..local.views)
+        .map(|v| {
+            view(
+                batch,
+                local.scale,
+                local_side,
+                s,
+                seed ^ mix(100 + v as u64),
+            )
+        })
+        .collect();
     Views { global, local }
 }
 
@@ -35,7 +47,17 @@ fn uniform(seed: u64, slot: u64, lo: f64, hi: f64) -> f64 {
 
 fn view(batch: &Tensor, scale: (f64, f64), side: i64, slices: i64, seed: u64) -> Tensor {
     let b = batch.size()[0];
-    let out: Vec<Tensor> = (0..b).map(|i| augment_one(&batch.get(i), scale, side, slices, seed ^ mix(1000 + i as u64))).collect();
+    let out: Vec<Tensor> = (0..b)
+        .map(|i| {
+            augment_one(
+                &batch.get(i),
+                scale,
+                side,
+                slices,
+                seed ^ mix(1000 + i as u64),
+            )
+        })
+        .collect();
     Tensor::stack(&out, 0)
 }
 
@@ -47,12 +69,23 @@ fn augment_one(x: &Tensor, scale: (f64, f64), side: i64, slices: i64, seed: u64)
     let aspect = uniform(seed, 2, (0.75f64).ln(), (4.0f64 / 3.0).ln()).exp();
     let ch = ((h as f64 * (area / aspect).sqrt()).round() as i64).clamp(8, h);
     let cw = ((w as f64 * (area * aspect).sqrt()).round() as i64).clamp(8, w);
-    let cs = if s > 4 { ((s as f64 * uniform(seed, 3, 0.5, 1.0)).round() as i64).clamp(4, s) } else { s };
+    let cs = if s > 4 {
+        ((s as f64 * uniform(seed, 3, 0.5, 1.0)).round() as i64).clamp(4, s)
+    } else {
+        s
+    };
     let top = (uniform(seed, 4, 0.0, 1.0) * (h - ch) as f64) as i64;
     let left = (uniform(seed, 5, 0.0, 1.0) * (w - cw) as f64) as i64;
     let front = (uniform(seed, 6, 0.0, 1.0) * (s - cs) as f64) as i64;
-    let crop = x.narrow(1, front, cs).narrow(2, top, ch).narrow(3, left, cw).unsqueeze(0).contiguous();
-    let mut v = crop.upsample_trilinear3d([slices, side, side], false, None, None, None).squeeze_dim(0);
+    let crop = x
+        .narrow(1, front, cs)
+        .narrow(2, top, ch)
+        .narrow(3, left, cw)
+        .unsqueeze(0)
+        .contiguous();
+    let mut v = crop
+        .upsample_trilinear3d([slices, side, side], false, None, None, None)
+        .squeeze_dim(0);
     if uniform(seed, 7, 0.0, 1.0) < 0.5 {
         v = v.flip([3]);
     }
@@ -71,7 +104,9 @@ fn augment_one(x: &Tensor, scale: (f64, f64), side: i64, slices: i64, seed: u64)
 /// Separable Gaussian blur in the image plane.
 fn blur(v: &Tensor, sigma: f64) -> Tensor {
     let radius = (2.0 * sigma).ceil() as i64;
-    let taps: Vec<f32> = (-radius..=radius).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32).collect();
+    let taps: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32)
+        .collect();
     let sum: f32 = taps.iter().sum();
     let kernel = Tensor::from_slice(&taps.iter().map(|t| t / sum).collect::<Vec<_>>());
     let k = taps.len() as i64;

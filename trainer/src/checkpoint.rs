@@ -23,22 +23,48 @@ pub struct State {
 /// The checkpoint folder of a run's output folder, or `dir` itself if it is one.
 pub fn folder(dir: &Path) -> std::path::PathBuf {
     let inner = dir.join("checkpoint");
-    if inner.is_dir() { inner } else { dir.to_path_buf() }
+    if inner.is_dir() {
+        inner
+    } else {
+        dir.to_path_buf()
+    }
 }
 
-pub fn save(dir: &Path, config: &ModelConfig, trainee: &Trainee, opt: &AdamW, state: &State) -> Result<(), String> {
+pub fn save(
+    dir: &Path,
+    config: &ModelConfig,
+    trainee: &Trainee,
+    opt: &AdamW,
+    state: &State,
+) -> Result<(), String> {
     let tmp = dir.join("checkpoint.tmp");
     let final_dir = dir.join("checkpoint");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    file::save(&tmp.join("model.safetensors"), config, &trainee.named_tensors(), WeightDtype::F32).map_err(|e| e.to_string())?;
+    file::save(
+        &tmp.join("model.safetensors"),
+        config,
+        &trainee.named_tensors(),
+        WeightDtype::F32,
+    )
+    .map_err(|e| e.to_string())?;
     let moments: Vec<(String, tch::Tensor)> = opt
         .m
         .iter()
         .map(|(n, t)| (format!("m.{n}"), t.shallow_clone()))
-        .chain(opt.v.iter().map(|(n, t)| (format!("v.{n}"), t.shallow_clone())))
+        .chain(
+            opt.v
+                .iter()
+                .map(|(n, t)| (format!("v.{n}"), t.shallow_clone())),
+        )
         .collect();
-    file::save(&tmp.join("optimizer.safetensors"), config, &moments, WeightDtype::F32).map_err(|e| e.to_string())?;
+    file::save(
+        &tmp.join("optimizer.safetensors"),
+        config,
+        &moments,
+        WeightDtype::F32,
+    )
+    .map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");
     std::fs::write(tmp.join("state.json"), json).map_err(|e| e.to_string())?;
     let old = dir.join("checkpoint.old");
@@ -57,7 +83,8 @@ pub fn load(dir: &Path, trainee: &Trainee, opt: &mut AdamW) -> Result<State, Str
     let model = ModelFile::from_path(&cp.join("model.safetensors")).map_err(|e| e.to_string())?;
     trainee.load(&model)?;
     let device = trainee.trainable().device();
-    let moments = ModelFile::from_path(&cp.join("optimizer.safetensors")).map_err(|e| e.to_string())?;
+    let moments =
+        ModelFile::from_path(&cp.join("optimizer.safetensors")).map_err(|e| e.to_string())?;
     for (name, t) in moments.tensors {
         let t = t.to_device(device);
         if let Some(n) = name.strip_prefix("m.") {
@@ -66,7 +93,8 @@ pub fn load(dir: &Path, trainee: &Trainee, opt: &mut AdamW) -> Result<State, Str
             opt.v.insert(n.to_string(), t);
         }
     }
-    let text = std::fs::read_to_string(cp.join("state.json")).map_err(|e| format!("{}: {e}", cp.display()))?;
+    let text = std::fs::read_to_string(cp.join("state.json"))
+        .map_err(|e| format!("{}: {e}", cp.display()))?;
     let state: State = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     opt.steps = state.optimizer_steps;
     Ok(state)

@@ -3,8 +3,8 @@
 
 use crate::manifest::{self, Item};
 use crate::plot::{self, Thumb};
-use m3ret_core::model::Embedder;
 use m3ret_core::modality::ModalityChoice;
+use m3ret_core::model::Embedder;
 use m3ret_core::study::{self, StudyOptions};
 use tch::{Kind, Tensor};
 
@@ -21,17 +21,30 @@ pub struct Embedded {
 /// to 3 x 32 x 32, flattened and L2-normalised (3,072 dimensions for every modality,
 /// so it also serves cross-modal retrieval).
 pub fn raw_pixels(t: &Tensor) -> Vec<f32> {
-    let x = t.mean_dim(1, false, Kind::Float).unsqueeze(0).adaptive_avg_pool2d([32, 32]).flatten(0, -1);
+    let x = t
+        .mean_dim(1, false, Kind::Float)
+        .unsqueeze(0)
+        .adaptive_avg_pool2d([32, 32])
+        .flatten(0, -1);
     let x = &x / x.norm().clamp_min(1e-12);
     Vec::try_from(x).unwrap_or_default()
 }
 
 /// Embeds `items` (skipping, with a warning, those that cannot be read).
-pub fn embed(items: &[Item], model: &Embedder, random: Option<&Embedder>, chunk: usize) -> (Vec<Embedded>, usize) {
+pub fn embed(
+    items: &[Item],
+    model: &Embedder,
+    random: Option<&Embedder>,
+    chunk: usize,
+) -> (Vec<Embedded>, usize) {
     let mut out = Vec::with_capacity(items.len());
     let mut skipped = 0;
     let bar = indicatif::ProgressBar::new(items.len() as u64);
-    for (start, part) in items.chunks(chunk.max(1)).enumerate().map(|(i, p)| (i * chunk.max(1), p)) {
+    for (start, part) in items
+        .chunks(chunk.max(1))
+        .enumerate()
+        .map(|(i, p)| (i * chunk.max(1), p))
+    {
         let mut tensors = Vec::new();
         let mut indices = Vec::new();
         for (k, item) in part.iter().enumerate() {
@@ -39,7 +52,11 @@ pub fn embed(items: &[Item], model: &Embedder, random: Option<&Embedder>, chunk:
             options.input = model.config.input.clone();
             let loaded = manifest::read_item(item).and_then(|bufs| {
                 let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
-                let r = if refs.len() == 1 { study::load(refs[0], &options) } else { study::load_many(&refs, &options) };
+                let r = if refs.len() == 1 {
+                    study::load(refs[0], &options)
+                } else {
+                    study::load_many(&refs, &options)
+                };
                 r.map_err(|e| e.to_string())
             });
             match loaded {
@@ -54,8 +71,13 @@ pub fn embed(items: &[Item], model: &Embedder, random: Option<&Embedder>, chunk:
             }
             bar.inc(1);
         }
-        let m = model.embed(&tensors, chunk).unwrap_or_else(|e| panic!("embedding failed: {e}"));
-        let r = random.map(|e| e.embed(&tensors, chunk).unwrap_or_else(|e| panic!("embedding failed: {e}")));
+        let m = model
+            .embed(&tensors, chunk)
+            .unwrap_or_else(|e| panic!("embedding failed: {e}"));
+        let r = random.map(|e| {
+            e.embed(&tensors, chunk)
+                .unwrap_or_else(|e| panic!("embedding failed: {e}"))
+        });
         for (j, t) in tensors.iter().enumerate() {
             out.push(Embedded {
                 item: indices[j],

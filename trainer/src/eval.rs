@@ -6,8 +6,8 @@
 use crate::embedset::{self, Embedded};
 use crate::manifest::{self, Item};
 use crate::metrics::{first_hit_ranks, summarise, Retrieval};
-use m3ret_core::model::{parse_device, Embedder, ModelFile};
 use m3ret_core::modality::Modality;
+use m3ret_core::model::{parse_device, Embedder, ModelFile};
 use m3ret_core::vector::distance::dot;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -59,13 +59,18 @@ pub fn cap_per_class(items: Vec<Item>, n: Option<usize>) -> Vec<Item> {
     let Some(n) = n else { return items };
     let mut by_class: std::collections::BTreeMap<(String, String), Vec<Item>> = Default::default();
     for i in items {
-        by_class.entry((i.modality.name().to_string(), i.cls.clone())).or_default().push(i);
+        by_class
+            .entry((i.modality.name().to_string(), i.cls.clone()))
+            .or_default()
+            .push(i);
     }
     by_class
         .into_values()
         .flat_map(|v| {
             let step = (v.len() as f64 / n as f64).max(1.0);
-            (0..n.min(v.len())).map(|k| v[(k as f64 * step) as usize].clone()).collect::<Vec<_>>()
+            (0..n.min(v.len()))
+                .map(|k| v[(k as f64 * step) as usize].clone())
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -76,11 +81,18 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
     let model = Embedder::from_file(&file, device).map_err(|e| e.to_string())?;
     tch::manual_seed(args.seed);
     let random = Embedder::random_init(&file.config, device);
-    let items = cap_per_class(manifest::select(manifest::load(&args.manifest)?, &args.splits, &[]), args.max_per_class);
+    let items = cap_per_class(
+        manifest::select(manifest::load(&args.manifest)?, &args.splits, &[]),
+        args.max_per_class,
+    );
     if items.is_empty() {
         return Err("no items to evaluate".into());
     }
-    eprintln!("embedding {} items with {} and the baselines", items.len(), args.model.display());
+    eprintln!(
+        "embedding {} items with {} and the baselines",
+        items.len(),
+        args.model.display()
+    );
     let (embedded, skipped) = embedset::embed(&items, &model, Some(&random), args.batch);
     let results = tasks(&items, &embedded);
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
@@ -92,10 +104,24 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
         "definitions": DEFINITIONS,
         "results": results,
     });
-    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&report).unwrap()).map_err(|e| e.to_string())?;
-    let md = markdown(&args.model.display().to_string(), embedded.len(), skipped, &results);
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .map_err(|e| e.to_string())?;
+    let md = markdown(
+        &args.model.display().to_string(),
+        embedded.len(),
+        skipped,
+        &results,
+    );
     std::fs::write(args.out.join("report.md"), &md).map_err(|e| e.to_string())?;
-    montage(&items, &embedded, args.montage_queries, &args.out.join("montage.png"))?;
+    montage(
+        &items,
+        &embedded,
+        args.montage_queries,
+        &args.out.join("montage.png"),
+    )?;
     println!("{md}");
     Ok(())
 }
@@ -107,13 +133,31 @@ in brackets; MnR and MdR are the mean and median rank. \
 Queries with no possible hit are left out. Baselines: raw-pixels (the canonical tensor averaged over slices, \
 pooled to 3x32x32, flattened) and random-init (the same architecture with untrained weights).";
 
-fn ranks_for(embedded: &[Embedded], pick: fn(&Embedded) -> &[f32], q: &[usize], g: &[usize], hit: &dyn Fn(usize, usize) -> bool) -> Retrieval {
+fn ranks_for(
+    embedded: &[Embedded],
+    pick: fn(&Embedded) -> &[f32],
+    q: &[usize],
+    g: &[usize],
+    hit: &dyn Fn(usize, usize) -> bool,
+) -> Retrieval {
     let queries: Vec<&[f32]> = q.iter().map(|&i| pick(&embedded[i])).collect();
     let gallery: Vec<&[f32]> = g.iter().map(|&i| pick(&embedded[i])).collect();
-    summarise(&first_hit_ranks(&queries, &gallery, |a, b| hit(q[a], g[b]), |a, b| q[a] == g[b]))
+    summarise(&first_hit_ranks(
+        &queries,
+        &gallery,
+        |a, b| hit(q[a], g[b]),
+        |a, b| q[a] == g[b],
+    ))
 }
 
-fn task(name: String, kind: &'static str, embedded: &[Embedded], q: &[usize], g: &[usize], hit: &dyn Fn(usize, usize) -> bool) -> TaskResult {
+fn task(
+    name: String,
+    kind: &'static str,
+    embedded: &[Embedded],
+    q: &[usize],
+    g: &[usize],
+    hit: &dyn Fn(usize, usize) -> bool,
+) -> TaskResult {
     TaskResult {
         task: name,
         kind,
@@ -125,26 +169,52 @@ fn task(name: String, kind: &'static str, embedded: &[Embedded], q: &[usize], g:
 
 pub fn tasks(items: &[Item], embedded: &[Embedded]) -> Vec<TaskResult> {
     let item = |e: usize| &items[embedded[e].item];
-    let of = |m: Modality| (0..embedded.len()).filter(|&e| item(e).modality == m).collect::<Vec<_>>();
+    let of = |m: Modality| {
+        (0..embedded.len())
+            .filter(|&e| item(e).modality == m)
+            .collect::<Vec<_>>()
+    };
     let mut out = Vec::new();
     let same_cls = |a: usize, b: usize| item(a).cls == item(b).cls;
     for m in Modality::ALL {
         let idx = of(m);
         if idx.len() > 1 {
-            out.push(task(format!("{m}"), "in-modality", embedded, &idx, &idx, &same_cls));
+            out.push(task(
+                format!("{m}"),
+                "in-modality",
+                embedded,
+                &idx,
+                &idx,
+                &same_cls,
+            ));
         }
     }
-    let same_region = |a: usize, b: usize| !item(a).region.is_empty() && item(a).region == item(b).region;
+    let same_region =
+        |a: usize, b: usize| !item(a).region.is_empty() && item(a).region == item(b).region;
     for a in Modality::ALL {
         for b in Modality::ALL {
             if a == b {
                 continue;
             }
             let (qa, gb) = (of(a), of(b));
-            let regions_b: BTreeSet<&str> = gb.iter().map(|&e| item(e).region.as_str()).filter(|r| !r.is_empty()).collect();
-            let q: Vec<usize> = qa.into_iter().filter(|&e| regions_b.contains(item(e).region.as_str())).collect();
+            let regions_b: BTreeSet<&str> = gb
+                .iter()
+                .map(|&e| item(e).region.as_str())
+                .filter(|r| !r.is_empty())
+                .collect();
+            let q: Vec<usize> = qa
+                .into_iter()
+                .filter(|&e| regions_b.contains(item(e).region.as_str()))
+                .collect();
             if !q.is_empty() {
-                out.push(task(format!("{a} -> {b}"), "cross-modal", embedded, &q, &gb, &same_region));
+                out.push(task(
+                    format!("{a} -> {b}"),
+                    "cross-modal",
+                    embedded,
+                    &q,
+                    &gb,
+                    &same_region,
+                ));
             }
         }
     }
@@ -157,7 +227,11 @@ fn markdown(model: &str, n: usize, skipped: usize, results: &[TaskResult]) -> St
     for kind in ["in-modality", "cross-modal"] {
         let _ = writeln!(s, "## {kind}\n\n| task | queries | method | R@1 | R@5 | R@10 | MnR | MdR |\n|---|---|---|---|---|---|---|---|");
         for r in results.iter().filter(|r| r.kind == kind) {
-            for (method, m) in [("m3ret", &r.m3ret), ("raw-pixels", &r.raw_pixels), ("random-init", &r.random_init)] {
+            for (method, m) in [
+                ("m3ret", &r.m3ret),
+                ("raw-pixels", &r.raw_pixels),
+                ("random-init", &r.random_init),
+            ] {
                 let ci = &m.ci95;
                 let _ = writeln!(
                     s,
@@ -183,21 +257,37 @@ fn with_interval(value: f64, ci: [f64; 2]) -> String {
 }
 
 /// Query + top-3 in its own modality, a few queries per modality (the paper's figure 5).
-fn montage(items: &[Item], embedded: &[Embedded], per_modality: usize, path: &std::path::Path) -> Result<(), String> {
+fn montage(
+    items: &[Item],
+    embedded: &[Embedded],
+    per_modality: usize,
+    path: &std::path::Path,
+) -> Result<(), String> {
     let mut rows = Vec::new();
     for m in Modality::ALL {
-        let idx: Vec<usize> = (0..embedded.len()).filter(|&e| items[embedded[e].item].modality == m).collect();
+        let idx: Vec<usize> = (0..embedded.len())
+            .filter(|&e| items[embedded[e].item].modality == m)
+            .collect();
         if idx.len() < 2 {
             continue;
         }
         for k in 0..per_modality.min(idx.len()) {
             let q = idx[k * idx.len() / per_modality.max(1)];
-            let mut order: Vec<(usize, f32)> = idx.iter().filter(|&&g| g != q).map(|&g| (g, dot(&embedded[q].model, &embedded[g].model))).collect();
+            let mut order: Vec<(usize, f32)> = idx
+                .iter()
+                .filter(|&&g| g != q)
+                .map(|&g| (g, dot(&embedded[q].model, &embedded[g].model)))
+                .collect();
             order.sort_by(|a, b| b.1.total_cmp(&a.1));
             let neighbours = order
                 .iter()
                 .take(3)
-                .map(|(g, _)| (embedded[*g].thumb.clone(), items[embedded[*g].item].cls == items[embedded[q].item].cls))
+                .map(|(g, _)| {
+                    (
+                        embedded[*g].thumb.clone(),
+                        items[embedded[*g].item].cls == items[embedded[q].item].cls,
+                    )
+                })
                 .collect();
             rows.push((embedded[q].thumb.clone(), neighbours));
         }

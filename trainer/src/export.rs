@@ -22,13 +22,23 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> Result<(), String> {
-    export(&args.checkpoint, &args.out, WeightDtype::parse(&args.dtype).expect("validated by clap"), &args.branch)?;
+    export(
+        &args.checkpoint,
+        &args.out,
+        WeightDtype::parse(&args.dtype).expect("validated by clap"),
+        &args.branch,
+    )?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }
 
 /// Encoder only: MAE's encoder, or SimDINO's teacher or student encoder (`branch`), renamed `encoder.*`.
-pub fn export(checkpoint_dir: &Path, out: &Path, dtype: WeightDtype, branch: &str) -> Result<(), String> {
+pub fn export(
+    checkpoint_dir: &Path,
+    out: &Path,
+    dtype: WeightDtype,
+    branch: &str,
+) -> Result<(), String> {
     let cp = crate::checkpoint::folder(checkpoint_dir);
     let model = ModelFile::from_path(&cp.join("model.safetensors")).map_err(|e| e.to_string())?;
     let mut config = model.config.clone();
@@ -36,12 +46,17 @@ pub fn export(checkpoint_dir: &Path, out: &Path, dtype: WeightDtype, branch: &st
     let tensors: Vec<(String, tch::Tensor)> = model
         .tensors
         .iter()
-        .filter_map(|(n, t)| n.strip_prefix(prefix).map(|rest| (format!("encoder.{rest}"), t.shallow_clone())))
+        .filter_map(|(n, t)| {
+            n.strip_prefix(prefix)
+                .map(|rest| (format!("encoder.{rest}"), t.shallow_clone()))
+        })
         .collect();
     if tensors.is_empty() {
         return Err(format!("{}: no {prefix}* tensors", cp.display()));
     }
-    let state = std::fs::read_to_string(cp.join("state.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let state = std::fs::read_to_string(cp.join("state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
     config.decoder = None;
     config.training = serde_json::json!({
         "exported_from": cp.display().to_string(),

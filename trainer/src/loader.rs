@@ -7,8 +7,8 @@
 //! the same batches it would have seen.
 
 use crate::manifest::{self, Item};
-use m3ret_core::model::config::InputSpec;
 use m3ret_core::modality::{Modality, ModalityChoice};
+use m3ret_core::model::config::InputSpec;
 use m3ret_core::preprocess::FrameSampling;
 use m3ret_core::study::{self, StudyOptions};
 use std::collections::BTreeMap;
@@ -58,7 +58,12 @@ pub fn groups(items: &[Item], sizes: BatchSizes) -> Vec<Group> {
             _ => sizes.image2d,
         };
         map.entry((item.modality.name().to_string(), layout))
-            .or_insert_with(|| Group { modality: item.modality, layout, items: Vec::new(), batch })
+            .or_insert_with(|| Group {
+                modality: item.modality,
+                layout,
+                items: Vec::new(),
+                batch,
+            })
             .items
             .push(item.clone());
     }
@@ -79,17 +84,32 @@ impl Schedule {
     /// max(its share of the items, `floor`); else the groups take turns.
     pub fn new(groups: &[Group], proportional: bool, floor: f64) -> Schedule {
         if !proportional {
-            return Schedule { cumulative: Vec::new(), groups: groups.len() };
+            return Schedule {
+                cumulative: Vec::new(),
+                groups: groups.len(),
+            };
         }
         let total: usize = groups.iter().map(|g| g.items.len()).sum();
-        let weights: Vec<f64> = groups.iter().map(|g| (g.items.len() as f64 / total.max(1) as f64).max(floor)).collect();
+        let weights: Vec<f64> = groups
+            .iter()
+            .map(|g| (g.items.len() as f64 / total.max(1) as f64).max(floor))
+            .collect();
         let sum: f64 = weights.iter().sum();
         let mut acc = 0.0;
-        let mut cumulative: Vec<f64> = weights.iter().map(|w| { acc += w / sum; acc }).collect();
+        let mut cumulative: Vec<f64> = weights
+            .iter()
+            .map(|w| {
+                acc += w / sum;
+                acc
+            })
+            .collect();
         if let Some(last) = cumulative.last_mut() {
             *last = 1.0;
         }
-        Schedule { cumulative, groups: groups.len() }
+        Schedule {
+            cumulative,
+            groups: groups.len(),
+        }
     }
 
     /// The share of steps each group gets.
@@ -97,7 +117,14 @@ impl Schedule {
         if self.cumulative.is_empty() {
             return vec![1.0 / self.groups.max(1) as f64; self.groups];
         }
-        self.cumulative.iter().scan(0.0, |prev, &c| { let share = c - *prev; *prev = c; Some(share) }).collect()
+        self.cumulative
+            .iter()
+            .scan(0.0, |prev, &c| {
+                let share = c - *prev;
+                *prev = c;
+                Some(share)
+            })
+            .collect()
     }
 
     pub fn group(&self, step: i64, seed: u64) -> usize {
@@ -105,7 +132,10 @@ impl Schedule {
             return step as usize % self.groups;
         }
         let u = (mix(seed ^ mix(0x5ced_u64 ^ step as u64)) >> 11) as f64 / (1u64 << 53) as f64;
-        self.cumulative.iter().position(|&c| u < c).unwrap_or(self.groups - 1)
+        self.cumulative
+            .iter()
+            .position(|&c| u < c)
+            .unwrap_or(self.groups - 1)
     }
 }
 
@@ -141,14 +171,26 @@ pub struct LoaderOptions {
 }
 
 impl Loader {
-    pub fn start(groups: Vec<Group>, schedule: Schedule, start: i64, end: i64, options: LoaderOptions) -> Loader {
+    pub fn start(
+        groups: Vec<Group>,
+        schedule: Schedule,
+        start: i64,
+        end: i64,
+        options: LoaderOptions,
+    ) -> Loader {
         let (sender, receiver) = mpsc::sync_channel(options.queue.max(1));
         let groups = Arc::new(groups);
         let schedule = Arc::new(schedule);
         let next_step = Arc::new(AtomicI64::new(start));
         let skipped = Arc::new(AtomicUsize::new(0));
         for _ in 0..options.workers.max(1) {
-            let (groups, schedule, next_step, sender, skipped) = (groups.clone(), schedule.clone(), next_step.clone(), sender.clone(), skipped.clone());
+            let (groups, schedule, next_step, sender, skipped) = (
+                groups.clone(),
+                schedule.clone(),
+                next_step.clone(),
+                sender.clone(),
+                skipped.clone(),
+            );
             let (seed, strict, input) = (options.seed, options.strict, options.input.clone());
             std::thread::spawn(move || {
                 loop {
@@ -164,7 +206,12 @@ impl Loader {
                 }
             });
         }
-        Loader { receiver, pending: BTreeMap::new(), next: start, skipped }
+        Loader {
+            receiver,
+            pending: BTreeMap::new(),
+            next: start,
+            skipped,
+        }
     }
 
     /// The batch of the next step, in step order.
@@ -174,25 +221,40 @@ impl Loader {
                 self.next += 1;
                 return Ok(b);
             }
-            let b = self.receiver.recv().map_err(|_| "the data loader stopped".to_string())??;
+            let b = self
+                .receiver
+                .recv()
+                .map_err(|_| "the data loader stopped".to_string())??;
             self.pending.insert(b.step, b);
         }
     }
 }
 
-fn decode_step(group: &Group, step: i64, seed: u64, strict: bool, input: &InputSpec, skipped: &AtomicUsize) -> Result<Batch, String> {
+fn decode_step(
+    group: &Group,
+    step: i64,
+    seed: u64,
+    strict: bool,
+    input: &InputSpec,
+    skipped: &AtomicUsize,
+) -> Result<Batch, String> {
     let mut options = StudyOptions::new(ModalityChoice::Given(group.modality));
     options.input = input.clone();
     let mut tensors = Vec::with_capacity(group.batch);
     let mut attempt = 0u64;
     while tensors.len() < group.batch {
         let slot = tensors.len() as u64;
-        let pick = mix(seed ^ mix(step as u64) ^ mix(slot.wrapping_mul(1_000_003).wrapping_add(attempt)));
+        let pick =
+            mix(seed ^ mix(step as u64) ^ mix(slot.wrapping_mul(1_000_003).wrapping_add(attempt)));
         let item = &group.items[(pick % group.items.len() as u64) as usize];
         options.sampling = FrameSampling::Random(pick);
         let loaded = manifest::read_item(item).and_then(|bufs| {
             let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
-            let result = if refs.len() == 1 { study::load(refs[0], &options) } else { study::load_many(&refs, &options) };
+            let result = if refs.len() == 1 {
+                study::load(refs[0], &options)
+            } else {
+                study::load_many(&refs, &options)
+            };
             result.map_err(|e| format!("{}: {e}", item.path.display()))
         });
         match loaded {
@@ -204,10 +266,17 @@ fn decode_step(group: &Group, step: i64, seed: u64, strict: bool, input: &InputS
                 }
                 attempt += 1;
                 if attempt > 64 * group.batch as u64 {
-                    return Err(format!("group {}: too many items fail to decode (last: {e})", group.name()));
+                    return Err(format!(
+                        "group {}: too many items fail to decode (last: {e})",
+                        group.name()
+                    ));
                 }
             }
         }
     }
-    Ok(Batch { step, group: group.name(), tensor: Tensor::stack(&tensors, 0) })
+    Ok(Batch {
+        step,
+        group: group.name(),
+        tensor: Tensor::stack(&tensors, 0),
+    })
 }

@@ -18,7 +18,11 @@ mod trainee;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "m3ret-train", version, about = "Pretrain, evaluate and export M3Ret medical image retrieval models")]
+#[command(
+    name = "m3ret-train",
+    version,
+    about = "Pretrain, evaluate and export M3Ret medical image retrieval models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

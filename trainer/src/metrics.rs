@@ -60,7 +60,11 @@ pub fn bootstrap_intervals(ranks: &[usize]) -> RecallIntervals {
         [at(0.025), at(0.975)]
     };
     let [a, b, c] = &mut samples;
-    RecallIntervals { recall_at_1: interval(a), recall_at_5: interval(b), recall_at_10: interval(c) }
+    RecallIntervals {
+        recall_at_1: interval(a),
+        recall_at_5: interval(b),
+        recall_at_10: interval(c),
+    }
 }
 
 /// Ranks of the first hit for each query against `gallery`; `is_hit(q, g)` says
@@ -74,7 +78,12 @@ pub fn first_hit_ranks(
 ) -> Vec<usize> {
     let mut ranks = Vec::new();
     for (q, query) in queries.iter().enumerate() {
-        let mut order: Vec<(usize, f32)> = gallery.iter().enumerate().filter(|(g, _)| !same(q, *g)).map(|(g, e)| (g, dot(query, e))).collect();
+        let mut order: Vec<(usize, f32)> = gallery
+            .iter()
+            .enumerate()
+            .filter(|(g, _)| !same(q, *g))
+            .map(|(g, e)| (g, dot(query, e)))
+            .collect();
         if !order.iter().any(|(g, _)| is_hit(q, *g)) {
             continue;
         }
@@ -89,12 +98,24 @@ pub fn first_hit_ranks(
 pub fn summarise(ranks: &[usize]) -> Retrieval {
     let n = ranks.len();
     if n == 0 {
-        return Retrieval { queries: 0, recall_at_1: 0.0, recall_at_5: 0.0, recall_at_10: 0.0, mean_rank: 0.0, median_rank: 0.0, ci95: RecallIntervals::default() };
+        return Retrieval {
+            queries: 0,
+            recall_at_1: 0.0,
+            recall_at_5: 0.0,
+            recall_at_10: 0.0,
+            mean_rank: 0.0,
+            median_rank: 0.0,
+            ci95: RecallIntervals::default(),
+        };
     }
     let recall = |k: usize| ranks.iter().filter(|r| **r <= k).count() as f64 / n as f64;
     let mut sorted = ranks.to_vec();
     sorted.sort_unstable();
-    let median = if n % 2 == 1 { sorted[n / 2] as f64 } else { (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0 };
+    let median = if n % 2 == 1 {
+        sorted[n / 2] as f64
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
+    };
     Retrieval {
         queries: n,
         recall_at_1: recall(1),
@@ -114,7 +135,12 @@ mod tests {
     fn ranks_and_summary_on_a_hand_made_case() {
         // Four unit vectors: 0 and 1 close together (class a), 2 and 3 close (class b),
         // but 3 is closer to 0 than 1 is.
-        let e: Vec<Vec<f32>> = vec![vec![1.0, 0.0], vec![0.6, 0.8], vec![0.0, 1.0], vec![0.8, 0.6]];
+        let e: Vec<Vec<f32>> = vec![
+            vec![1.0, 0.0],
+            vec![0.6, 0.8],
+            vec![0.0, 1.0],
+            vec![0.8, 0.6],
+        ];
         let cls = ["a", "a", "b", "b"];
         let refs: Vec<&[f32]> = e.iter().map(|v| v.as_slice()).collect();
         let ranks = first_hit_ranks(&refs, &refs, |q, g| cls[q] == cls[g], |q, g| q == g);
@@ -124,7 +150,16 @@ mod tests {
         // q3: order 1 (0.96), 0 (0.8), 2 (0.6) -> rank 3.
         assert_eq!(ranks, vec![2, 3, 2, 3]);
         let s = summarise(&ranks);
-        assert_eq!((s.queries, s.recall_at_1, s.recall_at_5, s.mean_rank, s.median_rank), (4, 0.0, 1.0, 2.5, 2.5));
+        assert_eq!(
+            (
+                s.queries,
+                s.recall_at_1,
+                s.recall_at_5,
+                s.mean_rank,
+                s.median_rank
+            ),
+            (4, 0.0, 1.0, 2.5, 2.5)
+        );
     }
 
     #[test]
@@ -137,8 +172,14 @@ mod tests {
             assert!(ci[0] < 0.5 && 0.5 < ci[1], "{ci:?}");
         }
         // About 0.5 +- 1.96 sqrt(0.25 / n): +-0.22 for 20 queries, +-0.022 for 2,000.
-        assert!((a.recall_at_1[1] - a.recall_at_1[0] - 0.44).abs() < 0.1, "{a:?}");
-        assert!((b.recall_at_1[1] - b.recall_at_1[0] - 0.044).abs() < 0.01, "{b:?}");
+        assert!(
+            (a.recall_at_1[1] - a.recall_at_1[0] - 0.44).abs() < 0.1,
+            "{a:?}"
+        );
+        assert!(
+            (b.recall_at_1[1] - b.recall_at_1[0] - 0.044).abs() < 0.01,
+            "{b:?}"
+        );
         // Every query has rank <= 10: no uncertainty at all.
         assert_eq!(a.recall_at_10, [1.0, 1.0]);
     }

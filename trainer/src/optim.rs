@@ -19,7 +19,15 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(beta1: f64, beta2: f64, weight_decay: f64) -> AdamW {
-        AdamW { beta1, beta2, eps: 1e-8, weight_decay, steps: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        AdamW {
+            beta1,
+            beta2,
+            eps: 1e-8,
+            weight_decay,
+            steps: 0,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+        }
     }
 
     /// One update of every trainable variable of `vs` that has a gradient.
@@ -71,13 +79,24 @@ pub fn zero_grad(vs: &nn::VarStore) {
 /// Scales gradients so that their global L2 norm is at most `max_norm`; returns the norm before.
 pub fn clip_grad_norm(vs: &nn::VarStore, max_norm: f64) -> f64 {
     tch::no_grad(|| {
-        let grads: Vec<Tensor> = vs.variables().into_values().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = vs
+            .variables()
+            .into_values()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
         if grads.is_empty() {
             return 0.0;
         }
         // One synchronisation for the whole norm, not one per tensor.
-        let squares: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float)).collect();
-        let total = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
+        let squares: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
+            .collect();
+        let total = Tensor::stack(&squares, 0)
+            .sum(Kind::Float)
+            .sqrt()
+            .double_value(&[]);
         if total > max_norm {
             let scale = max_norm / (total + 1e-6);
             for mut g in grads {
@@ -114,7 +133,8 @@ mod tests {
     fn adamw_first_step_moves_by_lr_times_sign() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let w = vs.root().var("w", &[2, 2], nn::Init::Const(1.0));
-        let loss = (&w * Tensor::from_slice(&[1.0f32, -2.0, 3.0, -4.0]).view([2, 2])).sum(Kind::Float);
+        let loss =
+            (&w * Tensor::from_slice(&[1.0f32, -2.0, 3.0, -4.0]).view([2, 2])).sum(Kind::Float);
         loss.backward();
         let mut opt = AdamW::new(0.9, 0.95, 0.0);
         opt.step(&vs, 0.1);

@@ -16,7 +16,9 @@ pub fn loss_curve(losses: &[f64], path: &std::path::Path) -> Result<(), String> 
     }
     let finite: Vec<f64> = losses.iter().copied().filter(|v| v.is_finite()).collect();
     if finite.len() >= 2 {
-        let (lo, hi) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+        let (lo, hi) = finite
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
         let span = (hi - lo).max(1e-12);
         let to_xy = |i: usize, v: f64| {
             let x = margin as f64 + (w - 2 * margin) as f64 * i as f64 / (finite.len() - 1) as f64;
@@ -36,7 +38,8 @@ pub fn loss_curve(losses: &[f64], path: &std::path::Path) -> Result<(), String> 
             }
         }
     }
-    img.save(path).map_err(|e| format!("{}: {e}", path.display()))
+    img.save(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A grey or RGB thumbnail `[3, side, side]` in [0, 1] as pixels.
@@ -50,9 +53,18 @@ pub struct Thumb {
 pub fn thumbnail(t: &tch::Tensor, side: i64) -> Thumb {
     let s = t.size()[1];
     let slice = t.select(1, s / 2).unsqueeze(0);
-    let small = slice.upsample_bilinear2d([side, side], false, None, None).squeeze_dim(0);
-    let bytes: Vec<f32> = Vec::try_from(small.permute([1, 2, 0]).contiguous().flatten(0, -1)).unwrap_or_default();
-    Thumb { side: side as u32, rgb: bytes.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0) as u8).collect() }
+    let small = slice
+        .upsample_bilinear2d([side, side], false, None, None)
+        .squeeze_dim(0);
+    let bytes: Vec<f32> =
+        Vec::try_from(small.permute([1, 2, 0]).contiguous().flatten(0, -1)).unwrap_or_default();
+    Thumb {
+        side: side as u32,
+        rgb: bytes
+            .iter()
+            .map(|v| (v.clamp(0.0, 1.0) * 255.0) as u8)
+            .collect(),
+    }
 }
 
 /// Rows of thumbnails: query, then its neighbours framed green (hit) or red (miss).
@@ -60,15 +72,30 @@ pub fn montage(rows: &[(Thumb, Vec<(Thumb, bool)>)], path: &std::path::Path) -> 
     let side = rows.first().map(|r| r.0.side).unwrap_or(64);
     let cols = 1 + rows.iter().map(|r| r.1.len()).max().unwrap_or(0) as u32;
     let cell = side + 8;
-    let mut img = RgbImage::from_pixel(cols * cell + 8, rows.len().max(1) as u32 * cell, Rgb([255, 255, 255]));
+    let mut img = RgbImage::from_pixel(
+        cols * cell + 8,
+        rows.len().max(1) as u32 * cell,
+        Rgb([255, 255, 255]),
+    );
     for (r, (query, neighbours)) in rows.iter().enumerate() {
         draw(&mut img, query, 4, r as u32 * cell + 4, Rgb([60, 60, 200]));
         for (c, (thumb, hit)) in neighbours.iter().enumerate() {
-            let colour = if *hit { Rgb([30, 170, 30]) } else { Rgb([200, 30, 30]) };
-            draw(&mut img, thumb, (c as u32 + 1) * cell + 12, r as u32 * cell + 4, colour);
+            let colour = if *hit {
+                Rgb([30, 170, 30])
+            } else {
+                Rgb([200, 30, 30])
+            };
+            draw(
+                &mut img,
+                thumb,
+                (c as u32 + 1) * cell + 12,
+                r as u32 * cell + 4,
+                colour,
+            );
         }
     }
-    img.save(path).map_err(|e| format!("{}: {e}", path.display()))
+    img.save(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn draw(img: &mut RgbImage, t: &Thumb, x0: u32, y0: u32, frame: Rgb<u8>) {

@@ -7,8 +7,8 @@ use crate::manifest;
 use crate::optim::{self, AdamW};
 use crate::trainee::Trainee;
 use indicatif::{ProgressBar, ProgressStyle};
-use m3ret_core::model::{parse_device, Method, ModelConfig, Preset};
 use m3ret_core::modality::Modality;
+use m3ret_core::model::{parse_device, Method, ModelConfig, Preset};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -151,19 +151,32 @@ fn default_local_max() -> f64 {
 
 /// The teacher momentum a run starts from (see `--teacher-momentum`).
 pub fn momentum_start(args: &PretrainArgs, total: i64) -> f64 {
-    args.teacher_momentum.unwrap_or_else(|| 0.996f64.min(1.0 - 10.0 / total.max(1) as f64).max(0.0))
+    args.teacher_momentum
+        .unwrap_or_else(|| 0.996f64.min(1.0 - 10.0 / total.max(1) as f64).max(0.0))
 }
 
 fn excluded(args: &PretrainArgs) -> Result<Vec<Modality>, String> {
     args.exclude_modality
         .iter()
-        .map(|m| Modality::ALL.into_iter().find(|x| x.name() == m).ok_or_else(|| format!("--exclude-modality: unknown modality \"{m}\"")))
+        .map(|m| {
+            Modality::ALL
+                .into_iter()
+                .find(|x| x.name() == m)
+                .ok_or_else(|| format!("--exclude-modality: unknown modality \"{m}\""))
+        })
         .collect()
 }
 
 pub fn model_config(args: &PretrainArgs) -> ModelConfig {
-    let method = if args.method == "mae" { Method::Mae } else { Method::Simdino };
-    let mut config = ModelConfig::new(method, Preset::parse(&args.preset).expect("validated by clap"));
+    let method = if args.method == "mae" {
+        Method::Mae
+    } else {
+        Method::Simdino
+    };
+    let mut config = ModelConfig::new(
+        method,
+        Preset::parse(&args.preset).expect("validated by clap"),
+    );
     config.input.image_size = args.image_size;
     if let Some(d) = args.depth {
         config.encoder.depth = d;
@@ -178,28 +191,61 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     if let Some(from) = args.resume.clone() {
         // A resumed run keeps its own settings; only how long it runs may change.
         let cp = checkpoint::folder(&from);
-        let text = std::fs::read_to_string(cp.join("state.json")).map_err(|e| format!("--resume {}: {e}", from.display()))?;
+        let text = std::fs::read_to_string(cp.join("state.json"))
+            .map_err(|e| format!("--resume {}: {e}", from.display()))?;
         let state: State = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        let saved: PretrainArgs = serde_json::from_value(state.settings).map_err(|e| e.to_string())?;
-        args = PretrainArgs { resume: Some(from), stop_after: args.stop_after, device: args.device, workers: args.workers, threads: args.threads, ..saved };
+        let saved: PretrainArgs =
+            serde_json::from_value(state.settings).map_err(|e| e.to_string())?;
+        args = PretrainArgs {
+            resume: Some(from),
+            stop_after: args.stop_after,
+            device: args.device,
+            workers: args.workers,
+            threads: args.threads,
+            ..saved
+        };
     }
     let config = model_config(&args);
     config.validate()?;
-    if !(0.0 < args.local_crop_min && args.local_crop_min <= args.local_crop_max && args.local_crop_max <= 1.0) {
-        return Err(format!("--local-crop-min {} and --local-crop-max {}: need 0 < min <= max <= 1", args.local_crop_min, args.local_crop_max));
+    if !(0.0 < args.local_crop_min
+        && args.local_crop_min <= args.local_crop_max
+        && args.local_crop_max <= 1.0)
+    {
+        return Err(format!(
+            "--local-crop-min {} and --local-crop-max {}: need 0 < min <= max <= 1",
+            args.local_crop_min, args.local_crop_max
+        ));
     }
     if !(0.0..=1.0).contains(&args.group_floor) {
-        return Err(format!("--group-floor {}: a share of steps, between 0 and 1", args.group_floor));
+        return Err(format!(
+            "--group-floor {}: a share of steps, between 0 and 1",
+            args.group_floor
+        ));
     }
-    let items = manifest::select(manifest::load(&args.manifest)?, &args.splits, &excluded(&args)?);
-    let sizes = BatchSizes { image2d: args.batch_2d, video: args.batch_video, volume: args.batch_volume };
+    let items = manifest::select(
+        manifest::load(&args.manifest)?,
+        &args.splits,
+        &excluded(&args)?,
+    );
+    let sizes = BatchSizes {
+        image2d: args.batch_2d,
+        video: args.batch_video,
+        volume: args.batch_volume,
+    };
     let groups = loader::groups(&items, sizes);
     if groups.is_empty() {
-        return Err(format!("{}: no training items (after --split and --exclude-modality)", args.manifest.display()));
+        return Err(format!(
+            "{}: no training items (after --split and --exclude-modality)",
+            args.manifest.display()
+        ));
     }
     let total = match (args.steps, args.epochs) {
         (Some(s), _) => s,
-        (None, Some(e)) => (e * groups.iter().map(|g| g.items.len().div_ceil(g.batch) as f64).sum::<f64>()).ceil() as i64,
+        (None, Some(e)) => (e * groups
+            .iter()
+            .map(|g| g.items.len().div_ceil(g.batch) as f64)
+            .sum::<f64>())
+        .ceil() as i64,
         (None, None) => return Err("give --steps or --epochs".into()),
     }
     .max(1);
@@ -217,21 +263,52 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         start = checkpoint::load(from, &trainee, &mut opt)?.step;
         eprintln!("resuming at step {start} of {total}");
     }
-    let end = args.stop_after.map(|n| (start + n).min(total)).unwrap_or(total);
+    let end = args
+        .stop_after
+        .map(|n| (start + n).min(total))
+        .unwrap_or(total);
     eprintln!(
         "pretraining {} {} on {} items in {} groups ({}), steps {start}..{end} of {total}, device {device:?}",
         args.method, args.preset, items.len(), groups.len(),
         groups.iter().map(|g| format!("{} x{}", g.name(), g.items.len())).collect::<Vec<_>>().join(", ")
     );
-    let schedule = loader::Schedule::new(&groups, args.group_sampling == "proportional", args.group_floor);
-    eprintln!("share of steps per group: {}", groups.iter().zip(schedule.shares()).map(|(g, p)| format!("{} {:.3}", g.name(), p)).collect::<Vec<_>>().join(", "));
+    let schedule = loader::Schedule::new(
+        &groups,
+        args.group_sampling == "proportional",
+        args.group_floor,
+    );
+    eprintln!(
+        "share of steps per group: {}",
+        groups
+            .iter()
+            .zip(schedule.shares())
+            .map(|(g, p)| format!("{} {:.3}", g.name(), p))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let momentum = (momentum_start(&args, total), args.teacher_momentum_end);
-    let crops = augment::LocalCrops { views: 0, scale: (args.local_crop_min, args.local_crop_max) };
-    let options = LoaderOptions { seed: args.seed, workers: args.workers, queue: 4, strict: args.strict, input: config.input.clone() };
+    let crops = augment::LocalCrops {
+        views: 0,
+        scale: (args.local_crop_min, args.local_crop_max),
+    };
+    let options = LoaderOptions {
+        seed: args.seed,
+        workers: args.workers,
+        queue: 4,
+        strict: args.strict,
+        input: config.input.clone(),
+    };
     let mut loader = Loader::start(groups, schedule, start, end, options);
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join("metrics.jsonl")).map_err(|e| e.to_string())?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.out.join("metrics.jsonl"))
+        .map_err(|e| e.to_string())?;
     let bar = ProgressBar::new((end - start) as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
+            .expect("template"),
+    );
     let settings = serde_json::to_value(&args).expect("args serialise");
     let started = Instant::now();
     let mut samples = 0usize;
@@ -243,10 +320,16 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         let x = batch.tensor.to_device(device);
         let lr = optim::learning_rate(step, total, warmup, args.lr, 0.01);
         optim::zero_grad(trainee.trainable());
-        let views = if x.size()[2] > config.input.slices_2d { args.local_views_3d } else { args.local_views_2d };
+        let views = if x.size()[2] > config.input.slices_2d {
+            args.local_views_3d
+        } else {
+            args.local_views_2d
+        };
         let local = augment::LocalCrops { views, ..crops };
         // bf16 autocast on CUDA (the paper's precision); f32 on the CPU.
-        let out = m3ret_core::torch_ext::bf16_autocast(device.is_cuda(), || trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64)));
+        let out = m3ret_core::torch_ext::bf16_autocast(device.is_cuda(), || {
+            trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64))
+        });
         out.loss.backward();
         let grad_norm = optim::clip_grad_norm(trainee.trainable(), args.clip);
         opt.step(trainee.trainable(), lr);
@@ -266,7 +349,13 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {rate:.1} samples/s"));
         bar.inc(1);
         if (step + 1) % args.checkpoint_every == 0 || step + 1 == end {
-            let state = State { step: step + 1, total_steps: total, seed: args.seed, optimizer_steps: opt.steps, settings: settings.clone() };
+            let state = State {
+                step: step + 1,
+                total_steps: total,
+                seed: args.seed,
+                optimizer_steps: opt.steps,
+                settings: settings.clone(),
+            };
             checkpoint::save(&args.out, &config, &trainee, &opt, &state)?;
         }
     }
@@ -281,12 +370,28 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
 /// At the end of the run: the loss curve, and the exported model once all steps are done.
 fn finish(args: &PretrainArgs, end: i64, total: i64) -> Result<(), String> {
     let text = std::fs::read_to_string(args.out.join("metrics.jsonl")).unwrap_or_default();
-    let losses: Vec<f64> = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v["loss"].as_f64()).collect();
+    let losses: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect();
     crate::plot::loss_curve(&losses, &args.out.join("loss.png"))?;
     if end == total {
         let out = args.out.join("model.safetensors");
-        crate::export::export(&args.out, &out, m3ret_core::model::WeightDtype::F32, &args.export_branch)?;
-        eprintln!("wrote {} ({} {}, {} steps, {} encoder)", out.display(), args.method, args.preset, total, args.export_branch);
+        crate::export::export(
+            &args.out,
+            &out,
+            m3ret_core::model::WeightDtype::F32,
+            &args.export_branch,
+        )?;
+        eprintln!(
+            "wrote {} ({} {}, {} steps, {} encoder)",
+            out.display(),
+            args.method,
+            args.preset,
+            total,
+            args.export_branch
+        );
     }
     Ok(())
 }

@@ -8,8 +8,16 @@ use m3ret_core::model::{Method, ModelConfig};
 use tch::{nn, Device, Tensor};
 
 pub enum Trainee {
-    Mae { vs: nn::VarStore, model: Mae },
-    SimDino { student_vs: nn::VarStore, student: Branch, teacher_vs: nn::VarStore, teacher: Branch },
+    Mae {
+        vs: nn::VarStore,
+        model: Mae,
+    },
+    SimDino {
+        student_vs: nn::VarStore,
+        student: Branch,
+        teacher_vs: nn::VarStore,
+        teacher: Branch,
+    },
 }
 
 /// A step's loss and the numbers worth logging beside it.
@@ -23,7 +31,11 @@ impl Trainee {
         match config.method {
             Method::Mae => {
                 let vs = nn::VarStore::new(device);
-                let model = Mae::new(vs.root(), &config.encoder, config.decoder.as_ref().expect("MAE config has a decoder"));
+                let model = Mae::new(
+                    vs.root(),
+                    &config.encoder,
+                    config.decoder.as_ref().expect("MAE config has a decoder"),
+                );
                 Trainee::Mae { vs, model }
             }
             Method::Simdino => {
@@ -35,7 +47,12 @@ impl Trainee {
                 // The teacher starts as a copy of the student and is never trained directly.
                 teacher_vs.copy(&student_vs).expect("same architecture");
                 teacher_vs.freeze();
-                Trainee::SimDino { student_vs, student, teacher_vs, teacher }
+                Trainee::SimDino {
+                    student_vs,
+                    student,
+                    teacher_vs,
+                    teacher,
+                }
             }
         }
     }
@@ -48,20 +65,43 @@ impl Trainee {
         }
     }
 
-    pub fn loss(&self, batch: &Tensor, config: &ModelConfig, local: augment::LocalCrops, seed: u64) -> StepLoss {
+    pub fn loss(
+        &self,
+        batch: &Tensor,
+        config: &ModelConfig,
+        local: augment::LocalCrops,
+        seed: u64,
+    ) -> StepLoss {
         match self {
             Trainee::Mae { model, .. } => {
                 let out = model.forward(batch);
-                StepLoss { loss: out.loss, parts: vec![] }
+                StepLoss {
+                    loss: out.loss,
+                    parts: vec![],
+                }
             }
-            Trainee::SimDino { student, teacher, .. } => {
+            Trainee::SimDino {
+                student, teacher, ..
+            } => {
                 let v = augment::views(batch, local, config.encoder.patch[1], seed);
-                let zs: Vec<Tensor> = v.global.iter().chain(v.local.iter()).map(|x| student.project(x)).collect();
-                let zt: Vec<Tensor> = tch::no_grad(|| v.global.iter().map(|x| teacher.project(x)).collect());
+                let zs: Vec<Tensor> = v
+                    .global
+                    .iter()
+                    .chain(v.local.iter())
+                    .map(|x| student.project(x))
+                    .collect();
+                let zt: Vec<Tensor> =
+                    tch::no_grad(|| v.global.iter().map(|x| teacher.project(x)).collect());
                 let eps = config.head.as_ref().map(|h| h.eps).unwrap_or(0.5);
                 let out = simdino::simdino_loss(&zs, &zt, eps);
-                let parts = vec![("alignment", out.alignment.double_value(&[])), ("coding_rate", out.coding_rate.double_value(&[]))];
-                StepLoss { loss: out.loss, parts }
+                let parts = vec![
+                    ("alignment", out.alignment.double_value(&[])),
+                    ("coding_rate", out.coding_rate.double_value(&[])),
+                ];
+                StepLoss {
+                    loss: out.loss,
+                    parts,
+                }
             }
         }
     }
@@ -69,8 +109,17 @@ impl Trainee {
     /// After the optimiser step: the SimDINO teacher follows the student, with a
     /// momentum on a cosine schedule from `momentum.0` to `momentum.1`.
     pub fn after_step(&self, step: i64, total: i64, momentum: (f64, f64)) {
-        if let Trainee::SimDino { student_vs, teacher_vs, .. } = self {
-            simdino::ema_update(teacher_vs, student_vs, simdino::teacher_momentum(step, total, momentum.0, momentum.1));
+        if let Trainee::SimDino {
+            student_vs,
+            teacher_vs,
+            ..
+        } = self
+        {
+            simdino::ema_update(
+                teacher_vs,
+                student_vs,
+                simdino::teacher_momentum(step, total, momentum.0, momentum.1),
+            );
         }
     }
 
@@ -78,11 +127,20 @@ impl Trainee {
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         match self {
             Trainee::Mae { vs, .. } => vs.variables().into_iter().collect(),
-            Trainee::SimDino { student_vs, teacher_vs, .. } => student_vs
+            Trainee::SimDino {
+                student_vs,
+                teacher_vs,
+                ..
+            } => student_vs
                 .variables()
                 .into_iter()
                 .map(|(n, t)| (format!("student.{n}"), t))
-                .chain(teacher_vs.variables().into_iter().map(|(n, t)| (format!("teacher.{n}"), t)))
+                .chain(
+                    teacher_vs
+                        .variables()
+                        .into_iter()
+                        .map(|(n, t)| (format!("teacher.{n}"), t)),
+                )
                 .collect(),
         }
     }
@@ -90,7 +148,13 @@ impl Trainee {
     pub fn load(&self, file: &m3ret_core::model::ModelFile) -> Result<(), String> {
         let r = match self {
             Trainee::Mae { vs, .. } => file.load_into(vs, ""),
-            Trainee::SimDino { student_vs, teacher_vs, .. } => file.load_into(student_vs, "student.").and_then(|_| file.load_into(teacher_vs, "teacher.")),
+            Trainee::SimDino {
+                student_vs,
+                teacher_vs,
+                ..
+            } => file
+                .load_into(student_vs, "student.")
+                .and_then(|_| file.load_into(teacher_vs, "teacher.")),
         };
         r.map_err(|e| e.to_string())
     }

@@ -18,13 +18,24 @@ fn manifest(dir: &Path) -> PathBuf {
     let mut rows = vec!["path,modality,region,cls,kind,split".to_string()];
     let shared = repo().join("../shared/data");
     if shared.join("manifest.csv").exists() {
-        for (folder, modality, region) in [("xray/chest_covid19", "xray", "chest"), ("xray/chest_pneumonia-pediatric", "xray", "chest"), ("endoscopy/capsule-gi_normal", "endoscopy", "abdomen"), ("endoscopy/capsule-gi_bleeding", "endoscopy", "abdomen")] {
-            let mut files: Vec<_> = std::fs::read_dir(shared.join(folder)).unwrap().map(|e| e.unwrap().path()).collect();
+        for (folder, modality, region) in [
+            ("xray/chest_covid19", "xray", "chest"),
+            ("xray/chest_pneumonia-pediatric", "xray", "chest"),
+            ("endoscopy/capsule-gi_normal", "endoscopy", "abdomen"),
+            ("endoscopy/capsule-gi_bleeding", "endoscopy", "abdomen"),
+        ] {
+            let mut files: Vec<_> = std::fs::read_dir(shared.join(folder))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
             files.sort();
             let cls = folder.split('/').nth(1).unwrap();
             for (i, f) in files.iter().take(8).enumerate() {
                 let split = if i < 6 { "train" } else { "test" };
-                rows.push(format!("{},{modality},{region},{cls},image2d,{split}", f.display()));
+                rows.push(format!(
+                    "{},{modality},{region},{cls},image2d,{split}",
+                    f.display()
+                ));
             }
         }
     } else {
@@ -32,9 +43,18 @@ fn manifest(dir: &Path) -> PathBuf {
         let f = repo().join("fixtures");
         for i in 0..4 {
             let split = if i < 3 { "train" } else { "test" };
-            rows.push(format!("{},xray,chest,chest_a,image2d,{split}", f.join("pmnist_train_0000.png").display()));
-            rows.push(format!("{},xray,chest,chest_b,image2d,{split}", f.join("covidrepo_0637.jpg").display()));
-            rows.push(format!("{},endoscopy,abdomen,gi,image2d,{split}", f.join("wce_img1310.jpg").display()));
+            rows.push(format!(
+                "{},xray,chest,chest_a,image2d,{split}",
+                f.join("pmnist_train_0000.png").display()
+            ));
+            rows.push(format!(
+                "{},xray,chest,chest_b,image2d,{split}",
+                f.join("covidrepo_0637.jpg").display()
+            ));
+            rows.push(format!(
+                "{},endoscopy,abdomen,gi,image2d,{split}",
+                f.join("wce_img1310.jpg").display()
+            ));
         }
     }
     let path = dir.join("manifest.csv");
@@ -45,9 +65,31 @@ fn manifest(dir: &Path) -> PathBuf {
 /// Fast settings: tiny preset cut to 2 blocks, 64 x 64 inputs, small batches.
 fn pretrain_args(method: &str, manifest: &Path, out: &Path, steps: u32) -> Vec<String> {
     [
-        "pretrain", "--method", method, "--preset", "tiny", "--depth", "2", "--image-size", "64", "--manifest",
-        manifest.to_str().unwrap(), "--out", out.to_str().unwrap(), "--steps", &steps.to_string(), "--batch-2d", "8",
-        "--device", "cpu", "--local-views-2d", "2", "--workers", "2", "--seed", "7",
+        "pretrain",
+        "--method",
+        method,
+        "--preset",
+        "tiny",
+        "--depth",
+        "2",
+        "--image-size",
+        "64",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        &steps.to_string(),
+        "--batch-2d",
+        "8",
+        "--device",
+        "cpu",
+        "--local-views-2d",
+        "2",
+        "--workers",
+        "2",
+        "--seed",
+        "7",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -56,7 +98,11 @@ fn pretrain_args(method: &str, manifest: &Path, out: &Path, steps: u32) -> Vec<S
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "m3ret-train failed:\n{text}");
     text
 }
@@ -67,7 +113,15 @@ fn losses(out: &Path) -> std::collections::BTreeMap<i64, (String, f64)> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|v| (v["step"].as_i64().unwrap(), (v["group"].as_str().unwrap().to_string(), v["loss"].as_f64().unwrap())))
+        .map(|v| {
+            (
+                v["step"].as_i64().unwrap(),
+                (
+                    v["group"].as_str().unwrap().to_string(),
+                    v["loss"].as_f64().unwrap(),
+                ),
+            )
+        })
         .collect()
 }
 
@@ -77,33 +131,80 @@ fn mae_pretraining_loss_falls_and_exports_a_loadable_model() {
     let m = manifest(dir.path());
     let out = dir.path().join("mae");
     let mut args = pretrain_args("mae", &m, &out, 40);
-    args.extend(["--lr".into(), "2e-3".into(), "--checkpoint-every".into(), "20".into()]);
+    args.extend([
+        "--lr".into(),
+        "2e-3".into(),
+        "--checkpoint-every".into(),
+        "20".into(),
+    ]);
     run(bin().args(&args));
     let l = losses(&out);
     assert_eq!(l.len(), 40);
     // Groups alternate (endoscopy/2d, xray/2d): compare each group's first and last losses.
     for group in ["endoscopy/2d", "xray/2d"] {
-        let g: Vec<f64> = l.values().filter(|(n, _)| n == group).map(|(_, v)| *v).collect();
-        let (first, last) = (g[..3].iter().sum::<f64>() / 3.0, g[g.len() - 3..].iter().sum::<f64>() / 3.0);
+        let g: Vec<f64> = l
+            .values()
+            .filter(|(n, _)| n == group)
+            .map(|(_, v)| *v)
+            .collect();
+        let (first, last) = (
+            g[..3].iter().sum::<f64>() / 3.0,
+            g[g.len() - 3..].iter().sum::<f64>() / 3.0,
+        );
         eprintln!("{group}: MAE loss {first:.4} -> {last:.4}");
-        assert!(last < 0.7 * first, "{group}: MAE loss {first:.4} -> {last:.4}");
+        assert!(
+            last < 0.7 * first,
+            "{group}: MAE loss {first:.4} -> {last:.4}"
+        );
     }
     assert!(out.join("loss.png").exists());
     // The exported model embeds exactly as the checkpoint's encoder does.
-    let f32_model = m3ret_core::model::Embedder::from_bytes(&std::fs::read(out.join("model.safetensors")).unwrap(), tch::Device::Cpu).unwrap();
-    let checkpoint = m3ret_core::model::ModelFile::from_path(&out.join("checkpoint/model.safetensors")).unwrap();
-    let from_checkpoint = m3ret_core::model::Embedder::from_file(&checkpoint, tch::Device::Cpu).unwrap();
+    let f32_model = m3ret_core::model::Embedder::from_bytes(
+        &std::fs::read(out.join("model.safetensors")).unwrap(),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let checkpoint =
+        m3ret_core::model::ModelFile::from_path(&out.join("checkpoint/model.safetensors")).unwrap();
+    let from_checkpoint =
+        m3ret_core::model::Embedder::from_file(&checkpoint, tch::Device::Cpu).unwrap();
     let probe = tch::Tensor::rand([2, 3, 4, 64, 64], (tch::Kind::Float, tch::Device::Cpu));
-    assert!(f32_model.embed_batch(&probe).unwrap().equal(&from_checkpoint.embed_batch(&probe).unwrap()), "export changed the encoder");
+    assert!(
+        f32_model
+            .embed_batch(&probe)
+            .unwrap()
+            .equal(&from_checkpoint.embed_batch(&probe).unwrap()),
+        "export changed the encoder"
+    );
     // An f16 export loads and embeds alike.
     let half = dir.path().join("half.safetensors");
-    run(bin().args(["export", "--checkpoint", out.to_str().unwrap(), "--out", half.to_str().unwrap(), "--dtype", "f16"]));
-    let f16_model = m3ret_core::model::Embedder::from_bytes(&std::fs::read(&half).unwrap(), tch::Device::Cpu).unwrap();
+    run(bin().args([
+        "export",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--out",
+        half.to_str().unwrap(),
+        "--dtype",
+        "f16",
+    ]));
+    let f16_model =
+        m3ret_core::model::Embedder::from_bytes(&std::fs::read(&half).unwrap(), tch::Device::Cpu)
+            .unwrap();
     let x = tch::Tensor::rand([1, 3, 4, 64, 64], (tch::Kind::Float, tch::Device::Cpu));
-    let (a, b) = (f32_model.embed_batch(&x).unwrap(), f16_model.embed_batch(&x).unwrap());
+    let (a, b) = (
+        f32_model.embed_batch(&x).unwrap(),
+        f16_model.embed_batch(&x).unwrap(),
+    );
     let cos = (&a * &b).sum(tch::Kind::Float).double_value(&[]);
     assert!(cos > 0.999, "f32 vs f16 export cosine {cos}");
-    assert!(std::fs::metadata(&half).unwrap().len() < std::fs::metadata(out.join("model.safetensors")).unwrap().len() * 6 / 10);
+    assert!(
+        std::fs::metadata(&half).unwrap().len()
+            < std::fs::metadata(out.join("model.safetensors"))
+                .unwrap()
+                .len()
+                * 6
+                / 10
+    );
 }
 
 #[test]
@@ -119,11 +220,18 @@ fn simdino_resumes_after_a_kill_as_if_never_stopped() {
     let killed = dir.path().join("killed");
     let mut args = pretrain_args("simdino", &m, &killed, 24);
     args.extend(["--checkpoint-every".into(), "2".into()]);
-    let mut child = bin().args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = bin()
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let state = killed.join("checkpoint/state.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        let step = std::fs::read_to_string(&state).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v["step"].as_i64());
+        let step = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["step"].as_i64());
         if step.is_some_and(|s| s >= 4) || std::time::Instant::now() > deadline {
             break;
         }
@@ -131,17 +239,43 @@ fn simdino_resumes_after_a_kill_as_if_never_stopped() {
     }
     child.kill().unwrap();
     let _ = child.wait();
-    let resumed_from: i64 = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&state).unwrap()).unwrap()["step"].as_i64().unwrap();
-    assert!((4..24).contains(&resumed_from), "killed too late: checkpoint at {resumed_from}");
-    let text = run(bin().args(["pretrain", "--method", "simdino", "--manifest", m.to_str().unwrap(), "--out", killed.to_str().unwrap(), "--resume", killed.to_str().unwrap(), "--device", "cpu"]));
-    assert!(text.contains(&format!("resuming at step {resumed_from} of 24")), "{text}");
-    let final_state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let resumed_from: i64 =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&state).unwrap())
+            .unwrap()["step"]
+            .as_i64()
+            .unwrap();
+    assert!(
+        (4..24).contains(&resumed_from),
+        "killed too late: checkpoint at {resumed_from}"
+    );
+    let text = run(bin().args([
+        "pretrain",
+        "--method",
+        "simdino",
+        "--manifest",
+        m.to_str().unwrap(),
+        "--out",
+        killed.to_str().unwrap(),
+        "--resume",
+        killed.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]));
+    assert!(
+        text.contains(&format!("resuming at step {resumed_from} of 24")),
+        "{text}"
+    );
+    let final_state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(final_state["step"], 24);
     let (a, b) = (losses(&straight), losses(&killed));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for step in resumed_from + 1..=24 {
         let (x, y) = (a[&step].1, b[&step].1);
-        assert!((x - y).abs() < 1e-4 * (1.0 + x.abs()), "step {step}: {x} vs {y} after resuming");
+        assert!(
+            (x - y).abs() < 1e-4 * (1.0 + x.abs()),
+            "step {step}: {x} vs {y} after resuming"
+        );
     }
 }
 
@@ -152,11 +286,27 @@ fn eval_reports_model_and_baselines() {
     let out = dir.path().join("run");
     run(bin().args(pretrain_args("simdino", &m, &out, 4)));
     let eval = dir.path().join("eval");
-    let text = run(bin().args(["eval", "--model", out.join("model.safetensors").to_str().unwrap(), "--manifest", m.to_str().unwrap(), "--out", eval.to_str().unwrap(), "--device", "cpu"]));
+    let text = run(bin().args([
+        "eval",
+        "--model",
+        out.join("model.safetensors").to_str().unwrap(),
+        "--manifest",
+        m.to_str().unwrap(),
+        "--out",
+        eval.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]));
     assert!(text.contains("| xray | "), "{text}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(eval.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval.join("report.json")).unwrap()).unwrap();
     let results = report["results"].as_array().unwrap();
-    let task = |name: &str| results.iter().find(|r| r["task"] == name).unwrap_or_else(|| panic!("no task {name}: {report}"));
+    let task = |name: &str| {
+        results
+            .iter()
+            .find(|r| r["task"] == name)
+            .unwrap_or_else(|| panic!("no task {name}: {report}"))
+    };
     for name in ["xray", "endoscopy"] {
         for method in ["m3ret", "raw_pixels", "random_init"] {
             let m = &task(name)[method];
@@ -170,7 +320,15 @@ fn eval_reports_model_and_baselines() {
     assert!(results.iter().all(|r| r["kind"] == "in-modality"));
     assert!(eval.join("montage.png").exists() && eval.join("report.md").exists());
     // The linear probe runs on the same manifest's splits.
-    let probe = run(bin().args(["probe", "--model", out.join("model.safetensors").to_str().unwrap(), "--manifest", m.to_str().unwrap(), "--device", "cpu"]));
+    let probe = run(bin().args([
+        "probe",
+        "--model",
+        out.join("model.safetensors").to_str().unwrap(),
+        "--manifest",
+        m.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]));
     assert!(probe.contains("| xray | 2 |"), "{probe}");
 }
 
@@ -183,12 +341,55 @@ fn bad_input_is_a_clear_error() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let missing = dir.path().join("missing.csv");
-    let err = fail(&["pretrain", "--method", "mae", "--manifest", missing.to_str().unwrap(), "--out", "/tmp/x", "--steps", "1", "--device", "cpu"]);
-    assert!(err.contains("missing.csv") && err.contains("No such file"), "{err}");
+    let err = fail(&[
+        "pretrain",
+        "--method",
+        "mae",
+        "--manifest",
+        missing.to_str().unwrap(),
+        "--out",
+        "/tmp/x",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("missing.csv") && err.contains("No such file"),
+        "{err}"
+    );
     let m = manifest(dir.path());
-    let err = fail(&["pretrain", "--method", "mae", "--manifest", m.to_str().unwrap(), "--out", "/tmp/x", "--steps", "1", "--exclude-modality", "xray", "--exclude-modality", "endoscopy", "--device", "cpu"]);
+    let err = fail(&[
+        "pretrain",
+        "--method",
+        "mae",
+        "--manifest",
+        m.to_str().unwrap(),
+        "--out",
+        "/tmp/x",
+        "--steps",
+        "1",
+        "--exclude-modality",
+        "xray",
+        "--exclude-modality",
+        "endoscopy",
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("no training items"), "{err}");
-    let err = fail(&["pretrain", "--method", "mae", "--manifest", m.to_str().unwrap(), "--out", "/tmp/x", "--steps", "1", "--exclude-modality", "pet"]);
+    let err = fail(&[
+        "pretrain",
+        "--method",
+        "mae",
+        "--manifest",
+        m.to_str().unwrap(),
+        "--out",
+        "/tmp/x",
+        "--steps",
+        "1",
+        "--exclude-modality",
+        "pet",
+    ]);
     assert!(err.contains("unknown modality \"pet\""), "{err}");
     // A row that cannot be decoded: skipped with a warning, or fatal with --strict.
     let garbage = dir.path().join("garbage.png");
@@ -200,9 +401,18 @@ fn bad_input_is_a_clear_error() {
     let at = args.iter().position(|a| a == "--batch-2d").unwrap();
     args[at + 1] = "2".into();
     let text = run(bin().args(&args));
-    assert!(text.contains("warning: skipping") && text.contains("garbage.png") && text.contains("could not be decoded and were skipped"), "{text}");
+    assert!(
+        text.contains("warning: skipping")
+            && text.contains("garbage.png")
+            && text.contains("could not be decoded and were skipped"),
+        "{text}"
+    );
     args.push("--strict".into());
     let strict = bin().args(&args).output().unwrap();
     assert!(!strict.status.success());
-    assert!(String::from_utf8_lossy(&strict.stderr).contains("garbage.png: unrecognised format"), "{}", String::from_utf8_lossy(&strict.stderr));
+    assert!(
+        String::from_utf8_lossy(&strict.stderr).contains("garbage.png: unrecognised format"),
+        "{}",
+        String::from_utf8_lossy(&strict.stderr)
+    );
 }

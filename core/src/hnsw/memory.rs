@@ -5,8 +5,8 @@
 //! elements at once (as hnswlib does); a search may see an element whose links are
 //! not written yet, which only costs a little recall, never correctness.
 
-use crate::vector::prefetch::prefetch_vector;
 use super::{descend, search_layer, select_neighbors, Candidate, Graph, Metric, Params};
+use crate::vector::prefetch::prefetch_vector;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
@@ -29,11 +29,29 @@ pub struct MemoryGraph {
 
 impl MemoryGraph {
     /// A graph of `levels.len()` elements with no links yet.
-    pub fn new(metric: Metric, params: Params, dims: usize, vectors: Vec<f32>, levels: Vec<u8>) -> Self {
+    pub fn new(
+        metric: Metric,
+        params: Params,
+        dims: usize,
+        vectors: Vec<f32>,
+        levels: Vec<u8>,
+    ) -> Self {
         assert_eq!(vectors.len(), dims * levels.len(), "one vector per level");
-        let links = levels.iter().map(|&l| RwLock::new(vec![Vec::new(); l as usize + 1])).collect();
+        let links = levels
+            .iter()
+            .map(|&l| RwLock::new(vec![Vec::new(); l as usize + 1]))
+            .collect();
         let in_links = levels.iter().map(|_| AtomicU32::new(0)).collect();
-        MemoryGraph { metric, params, dims, vectors, levels, links, in_links, entry: Mutex::new(None) }
+        MemoryGraph {
+            metric,
+            params,
+            dims,
+            vectors,
+            levels,
+            links,
+            in_links,
+            entry: Mutex::new(None),
+        }
     }
 
     /// Bytes one element takes in memory at `level`, for a build's memory budget.
@@ -68,7 +86,12 @@ impl MemoryGraph {
     /// Inserts every element with `threads` worker threads. The calling thread does
     /// no graph work: every `tick` it calls `progress(elements done)`, and stops the
     /// workers when that returns false (the build was cancelled). True when complete.
-    pub fn build(&self, threads: usize, tick: Duration, mut progress: impl FnMut(usize) -> bool) -> bool {
+    pub fn build(
+        &self,
+        threads: usize,
+        tick: Duration,
+        mut progress: impl FnMut(usize) -> bool,
+    ) -> bool {
         if self.is_empty() {
             return true;
         }
@@ -118,8 +141,15 @@ impl MemoryGraph {
             }
         };
         let query = self.vector(i);
-        let mut view = View { graph: self, query, visited };
-        let start = Candidate { distance: self.metric.graph_distance(query, self.vector(entry)), id: entry };
+        let mut view = View {
+            graph: self,
+            query,
+            visited,
+        };
+        let start = Candidate {
+            distance: self.metric.graph_distance(query, self.vector(entry)),
+            id: entry,
+        };
         let mut entries = vec![descend(&mut view, start, top, level)];
         for l in (0..=level.min(top)).rev() {
             // Each layer is searched afresh: an element seen on the layer above
@@ -128,7 +158,9 @@ impl MemoryGraph {
             entries.iter().for_each(|e| _ = view.visited.insert(e.id));
             let found = search_layer(&mut view, &entries, self.params.ef_construction, l);
             let candidates: Vec<_> = found.iter().copied().filter(|c| c.id != i).collect();
-            let chosen = select_neighbors(&candidates, self.params.max_neighbors(l), |a, b| self.distance(a, b));
+            let chosen = select_neighbors(&candidates, self.params.max_neighbors(l), |a, b| {
+                self.distance(a, b)
+            });
             self.set_links(i, l, &chosen);
             for c in &chosen {
                 self.link_back(c.id, i, c.distance, l);
@@ -160,7 +192,10 @@ impl MemoryGraph {
         let mut candidates = chosen.to_vec();
         for &id in list.iter() {
             if !chosen.iter().any(|c| c.id == id) {
-                candidates.push(Candidate { distance: self.distance(i, id), id });
+                candidates.push(Candidate {
+                    distance: self.distance(i, id),
+                    id,
+                });
             }
         }
         if candidates.len() > max {
@@ -186,12 +221,21 @@ impl MemoryGraph {
             }
             return;
         }
-        let mut candidates: Vec<_> = list.iter().map(|&id| Candidate { distance: self.distance(to, id), id }).collect();
+        let mut candidates: Vec<_> = list
+            .iter()
+            .map(|&id| Candidate {
+                distance: self.distance(to, id),
+                id,
+            })
+            .collect();
         candidates.push(Candidate { distance, id: new });
         candidates.sort();
         // Full lists stay full (select_neighbors keeps pruned links): exactly one
         // candidate is left out.
-        let mut kept: Vec<u32> = select_neighbors(&candidates, max, |a, b| self.distance(a, b)).iter().map(|c| c.id).collect();
+        let mut kept: Vec<u32> = select_neighbors(&candidates, max, |a, b| self.distance(a, b))
+            .iter()
+            .map(|c| c.id)
+            .collect();
         if level == 0 {
             self.spare_last_in_link(&mut kept, &candidates, new);
         }
@@ -202,11 +246,21 @@ impl MemoryGraph {
     /// stays and the farthest kept link whose target has another one goes instead
     /// (or `new`, which [`Self::find_home`] places if no list takes it).
     fn spare_last_in_link(&self, kept: &mut [u32], candidates: &[Candidate<u32>], new: u32) {
-        let Some(left_out) = candidates.iter().map(|c| c.id).find(|id| !kept.contains(id)) else { return };
+        let Some(left_out) = candidates
+            .iter()
+            .map(|c| c.id)
+            .find(|id| !kept.contains(id))
+        else {
+            return;
+        };
         if left_out == new || self.has_other_in_link(left_out) {
             return;
         }
-        let victim = candidates.iter().rev().map(|c| c.id).find(|&id| kept.contains(&id) && (id == new || self.has_other_in_link(id)));
+        let victim = candidates
+            .iter()
+            .rev()
+            .map(|c| c.id)
+            .find(|&id| kept.contains(&id) && (id == new || self.has_other_in_link(id)));
         if let Some(victim) = victim {
             let slot = kept.iter().position(|&id| id == victim).unwrap();
             kept[slot] = left_out;
@@ -228,9 +282,21 @@ impl MemoryGraph {
             if updated.len() < max {
                 updated.push(i);
             } else {
-                let mut by_distance: Vec<_> = updated.iter().map(|&id| Candidate { distance: self.distance(c.id, id), id }).collect();
+                let mut by_distance: Vec<_> = updated
+                    .iter()
+                    .map(|&id| Candidate {
+                        distance: self.distance(c.id, id),
+                        id,
+                    })
+                    .collect();
                 by_distance.sort();
-                let Some(victim) = by_distance.iter().rev().find(|v| self.has_other_in_link(v.id)) else { continue };
+                let Some(victim) = by_distance
+                    .iter()
+                    .rev()
+                    .find(|v| self.has_other_in_link(v.id))
+                else {
+                    continue;
+                };
                 let slot = updated.iter().position(|&id| id == victim.id).unwrap();
                 updated[slot] = i;
             }
@@ -266,7 +332,9 @@ impl MemoryGraph {
         if let Some((entry, _)) = self.entry() {
             self.mark_reachable(entry, &mut reached);
         }
-        (0..self.len() as u32).filter(|&i| !reached[i as usize]).collect()
+        (0..self.len() as u32)
+            .filter(|&i| !reached[i as usize])
+            .collect()
     }
 
     fn mark_reachable(&self, from: u32, reached: &mut [bool]) {
@@ -306,7 +374,11 @@ impl MemoryGraph {
             }
             // A search from the entry finds only reachable elements: homes that
             // make `o` reachable too.
-            let near = self.search(self.vector(o), self.params.ef_construction, self.params.ef_construction);
+            let near = self.search(
+                self.vector(o),
+                self.params.ef_construction,
+                self.params.ef_construction,
+            );
             if self.find_home(o, &near) {
                 linked += 1;
                 self.mark_reachable(o, &mut reached);
@@ -321,10 +393,19 @@ impl MemoryGraph {
 
     /// The `k` nearest elements to `query` (prepared for the metric), nearest first.
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<Candidate<u32>> {
-        let Some((entry, top)) = self.entry() else { return Vec::new() };
+        let Some((entry, top)) = self.entry() else {
+            return Vec::new();
+        };
         let mut visited = Visited::new(self.len());
-        let mut view = View { graph: self, query, visited: &mut visited };
-        let start = Candidate { distance: self.metric.graph_distance(query, self.vector(entry)), id: entry };
+        let mut view = View {
+            graph: self,
+            query,
+            visited: &mut visited,
+        };
+        let start = Candidate {
+            distance: self.metric.graph_distance(query, self.vector(entry)),
+            id: entry,
+        };
         let nearest = descend(&mut view, start, top, 0);
         view.visited.clear();
         view.visited.insert(nearest.id);
@@ -345,7 +426,11 @@ impl Graph for View<'_> {
     type Id = u32;
 
     fn distance(&mut self, id: u32) -> Option<f32> {
-        Some(self.graph.metric.graph_distance(self.query, self.graph.vector(id)))
+        Some(
+            self.graph
+                .metric
+                .graph_distance(self.query, self.graph.vector(id)),
+        )
     }
 
     fn neighbors(&mut self, id: u32, level: usize, out: &mut Vec<u32>) {
@@ -364,7 +449,8 @@ impl Graph for View<'_> {
     }
 
     fn prefetch(&mut self, ids: &[u32]) {
-        ids.iter().for_each(|&id| prefetch_vector(self.graph.vector(id)));
+        ids.iter()
+            .for_each(|&id| prefetch_vector(self.graph.vector(id)));
     }
 }
 
@@ -377,7 +463,10 @@ struct Visited {
 
 impl Visited {
     fn new(n: usize) -> Self {
-        Visited { stamps: vec![0; n], epoch: 1 }
+        Visited {
+            stamps: vec![0; n],
+            epoch: 1,
+        }
     }
 
     fn clear(&mut self) {

@@ -55,7 +55,12 @@ pub const DESCENT_BEAM: usize = 8;
 /// The start of the search on `level`: from `entry` on layer `top` down, each
 /// layer above `level` is searched with [`DESCENT_BEAM`] candidates, and the
 /// nearest found leads on to the next.
-pub fn descend<G: Graph>(graph: &mut G, entry: Candidate<G::Id>, top: usize, level: usize) -> Candidate<G::Id> {
+pub fn descend<G: Graph>(
+    graph: &mut G,
+    entry: Candidate<G::Id>,
+    top: usize,
+    level: usize,
+) -> Candidate<G::Id> {
     let mut nearest = entry;
     for l in (level + 1..=top).rev() {
         graph.forget_visited();
@@ -67,7 +72,12 @@ pub fn descend<G: Graph>(graph: &mut G, entry: Candidate<G::Id>, top: usize, lev
 
 /// The `ef` nearest elements found on `level` from `entries`, nearest first.
 /// `entries` must already be marked visited.
-pub fn search_layer<G: Graph>(graph: &mut G, entries: &[Candidate<G::Id>], ef: usize, level: usize) -> Vec<Candidate<G::Id>> {
+pub fn search_layer<G: Graph>(
+    graph: &mut G,
+    entries: &[Candidate<G::Id>],
+    ef: usize,
+    level: usize,
+) -> Vec<Candidate<G::Id>> {
     search_layer_bounded(graph, entries, ef, level, usize::MAX).0
 }
 
@@ -81,7 +91,8 @@ pub fn search_layer_bounded<G: Graph>(
     max_visited: usize,
 ) -> (Vec<Candidate<G::Id>>, usize) {
     // Nearest unexpanded element on top of `frontier`; farthest result on top of `results`.
-    let mut frontier: BinaryHeap<Reverse<Candidate<G::Id>>> = entries.iter().copied().map(Reverse).collect();
+    let mut frontier: BinaryHeap<Reverse<Candidate<G::Id>>> =
+        entries.iter().copied().map(Reverse).collect();
     let mut results: BinaryHeap<Candidate<G::Id>> = entries.iter().copied().collect();
     let mut visited = entries.len();
     let mut links = Vec::new();
@@ -95,9 +106,12 @@ pub fn search_layer_bounded<G: Graph>(
         links.retain(|&id| graph.visit(id));
         graph.prefetch(&links);
         for &id in &links {
-            let Some(distance) = graph.distance(id) else { continue };
+            let Some(distance) = graph.distance(id) else {
+                continue;
+            };
             visited += 1;
-            if results.len() < ef || distance < results.peek().map_or(f32::INFINITY, |c| c.distance) {
+            if results.len() < ef || distance < results.peek().map_or(f32::INFINITY, |c| c.distance)
+            {
                 frontier.push(Reverse(Candidate { distance, id }));
                 results.push(Candidate { distance, id });
                 if results.len() > ef {

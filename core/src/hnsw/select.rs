@@ -12,7 +12,11 @@ use super::Candidate;
 /// few in-links it gets back are soon replaced: on 20,000 near-duplicate rows 11%
 /// of the elements could no longer be reached. `between(a, b)` is the distance
 /// between two candidates.
-pub fn select_neighbors<Id: Copy + PartialEq>(candidates: &[Candidate<Id>], m: usize, between: impl FnMut(Id, Id) -> f32) -> Vec<Candidate<Id>> {
+pub fn select_neighbors<Id: Copy + PartialEq>(
+    candidates: &[Candidate<Id>],
+    m: usize,
+    between: impl FnMut(Id, Id) -> f32,
+) -> Vec<Candidate<Id>> {
     if candidates.len() <= m {
         return candidates.to_vec();
     }
@@ -23,7 +27,12 @@ pub fn select_neighbors<Id: Copy + PartialEq>(candidates: &[Candidate<Id>], m: u
 
 /// Adds to `kept` (links an element keeps in any case) those of `candidates`
 /// (sorted nearest first) that the heuristic accepts next to them, up to `m` in all.
-pub fn extend_neighbors<Id: Copy>(mut kept: Vec<Candidate<Id>>, candidates: &[Candidate<Id>], m: usize, mut between: impl FnMut(Id, Id) -> f32) -> Vec<Candidate<Id>> {
+pub fn extend_neighbors<Id: Copy>(
+    mut kept: Vec<Candidate<Id>>,
+    candidates: &[Candidate<Id>],
+    m: usize,
+    mut between: impl FnMut(Id, Id) -> f32,
+) -> Vec<Candidate<Id>> {
     for &c in candidates {
         if kept.len() == m {
             break;
@@ -37,7 +46,11 @@ pub fn extend_neighbors<Id: Copy>(mut kept: Vec<Candidate<Id>>, candidates: &[Ca
 
 /// Fills `links` up to `max` with the nearest of `candidates` (sorted nearest first)
 /// not in it yet: the paper's keepPrunedConnections, for lists that must stay full.
-pub fn fill_nearest<Id: Copy + PartialEq>(links: &mut Vec<Candidate<Id>>, candidates: &[Candidate<Id>], max: usize) {
+pub fn fill_nearest<Id: Copy + PartialEq>(
+    links: &mut Vec<Candidate<Id>>,
+    candidates: &[Candidate<Id>],
+    max: usize,
+) {
     for c in candidates {
         if links.len() >= max {
             break;

@@ -20,7 +20,10 @@ pub fn declared_size(frame: &[u8]) -> Option<Declared> {
     if frame.starts_with(&[0xFF, 0xD8]) {
         jpeg_sof(frame)
     } else {
-        let at = frame.windows(4).take(4096).position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?;
+        let at = frame
+            .windows(4)
+            .take(4096)
+            .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?;
         j2k_siz(&frame[at + 2..])
     }
 }
@@ -30,7 +33,12 @@ fn be16(b: &[u8], at: usize) -> Option<u64> {
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u64> {
-    Some(u32::from_be_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, *b.get(at + 3)?]) as u64)
+    Some(u32::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+        *b.get(at + 2)?,
+        *b.get(at + 3)?,
+    ]) as u64)
 }
 
 /// Walks JPEG markers to the first start-of-frame.
@@ -51,7 +59,12 @@ fn jpeg_sof(b: &[u8]) -> Option<Declared> {
             let height = be16(b, i + 5)?;
             let width = be16(b, i + 7)?;
             let components = *b.get(i + 9)? as u64;
-            return Some(Declared { width, height, components, tiles: 1 });
+            return Some(Declared {
+                width,
+                height,
+                components,
+                tiles: 1,
+            });
         }
         i += 2 + len;
     }
@@ -65,10 +78,20 @@ fn j2k_siz(b: &[u8]) -> Option<Declared> {
     let (xt, yt, xto, yto) = (be32(b, 22)?, be32(b, 26)?, be32(b, 30)?, be32(b, 34)?);
     let components = be16(b, 38)?;
     if x <= xo || y <= yo || xt == 0 || yt == 0 || xto > xo || yto > yo {
-        return Some(Declared { width: 0, height: 0, components, tiles: 0 });
+        return Some(Declared {
+            width: 0,
+            height: 0,
+            components,
+            tiles: 0,
+        });
     }
     let tiles = (x - xto).div_ceil(xt) * (y - yto).div_ceil(yt);
-    Some(Declared { width: x - xo, height: y - yo, components, tiles })
+    Some(Declared {
+        width: x - xo,
+        height: y - yo,
+        components,
+        tiles,
+    })
 }
 
 #[cfg(test)]
@@ -78,14 +101,32 @@ mod tests {
     #[test]
     fn reads_jpeg_sof_and_j2k_siz() {
         // SOI, APP0 (length 4), SOF0: precision 8, 3 x 5, 1 component
-        let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 0, 0, 0xFF, 0xC0, 0, 11, 8, 0, 3, 0, 5, 1, 1, 0x11, 0];
-        assert_eq!(declared_size(&jpeg), Some(Declared { width: 5, height: 3, components: 1, tiles: 1 }));
+        let jpeg = [
+            0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 0, 0, 0xFF, 0xC0, 0, 11, 8, 0, 3, 0, 5, 1, 1, 0x11, 0,
+        ];
+        assert_eq!(
+            declared_size(&jpeg),
+            Some(Declared {
+                width: 5,
+                height: 3,
+                components: 1,
+                tiles: 1
+            })
+        );
         let mut j2k = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0];
         for v in [512u32, 256, 0, 0, 128, 128, 0, 0] {
             j2k.extend_from_slice(&v.to_be_bytes());
         }
         j2k.extend_from_slice(&1u16.to_be_bytes());
-        assert_eq!(declared_size(&j2k), Some(Declared { width: 512, height: 256, components: 1, tiles: 8 }));
+        assert_eq!(
+            declared_size(&j2k),
+            Some(Declared {
+                width: 512,
+                height: 256,
+                components: 1,
+                tiles: 8
+            })
+        );
         assert_eq!(declared_size(b"not a codestream"), None);
     }
 }

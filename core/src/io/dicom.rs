@@ -7,7 +7,10 @@ use crate::modality::Modality;
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use dicom_pixeldata::{ConvertOptions, DecodedPixelData, ModalityLutOption, PhotometricInterpretation, PixelDecoder, VoiLutOption};
+use dicom_pixeldata::{
+    ConvertOptions, DecodedPixelData, ModalityLutOption, PhotometricInterpretation, PixelDecoder,
+    VoiLutOption,
+};
 
 fn invalid(reason: impl Into<String>) -> IoError {
     IoError::invalid(Format::Dicom, reason)
@@ -21,7 +24,11 @@ fn reason(e: impl std::fmt::Display) -> String {
 /// Parses the object (meta group and data set), with or without the 128-byte preamble.
 pub fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, IoError> {
     super::dicom_scan::check_lengths(bytes)?;
-    let preamble = if bytes.starts_with(b"DICM") { ReadPreamble::Never } else { ReadPreamble::Always };
+    let preamble = if bytes.starts_with(b"DICM") {
+        ReadPreamble::Never
+    } else {
+        ReadPreamble::Always
+    };
     // dicom-object reads the magic itself after an optional preamble.
     OpenFileOptions::new()
         .read_preamble(preamble)
@@ -52,15 +59,24 @@ fn string(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<String> {
     } else {
         element.to_str().ok()?.into_owned()
     };
-    Some(text.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string())
+    Some(
+        text.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .to_string(),
+    )
 }
 
 fn floats(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<Vec<f64>> {
-    obj.element_opt(tag).ok().flatten().and_then(|e| e.to_multi_float64().ok())
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_float64().ok())
 }
 
 fn int(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<i64> {
-    obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<i64>().ok())
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<i64>().ok())
 }
 
 pub fn attributes(obj: &DefaultDicomObject) -> Result<Attributes, IoError> {
@@ -75,15 +91,23 @@ pub fn attributes(obj: &DefaultDicomObject) -> Result<Attributes, IoError> {
     Ok(Attributes {
         rows: dim(tags::ROWS, "Rows")?,
         cols: dim(tags::COLUMNS, "Columns")?,
-        frames: int(obj, tags::NUMBER_OF_FRAMES).filter(|v| *v > 0).unwrap_or(1) as usize,
-        samples_per_pixel: int(obj, tags::SAMPLES_PER_PIXEL).filter(|v| *v > 0).unwrap_or(1) as usize,
+        frames: int(obj, tags::NUMBER_OF_FRAMES)
+            .filter(|v| *v > 0)
+            .unwrap_or(1) as usize,
+        samples_per_pixel: int(obj, tags::SAMPLES_PER_PIXEL)
+            .filter(|v| *v > 0)
+            .unwrap_or(1) as usize,
         modality: modality_code.as_deref().and_then(Modality::from_dicom_code),
         modality_code,
-        pixel_spacing: floats(obj, tags::PIXEL_SPACING).filter(|v| v.len() == 2).map(|v| [v[0], v[1]]),
+        pixel_spacing: floats(obj, tags::PIXEL_SPACING)
+            .filter(|v| v.len() == 2)
+            .map(|v| [v[0], v[1]]),
         slice_thickness: floats(obj, tags::SPACING_BETWEEN_SLICES)
             .or_else(|| floats(obj, tags::SLICE_THICKNESS))
             .and_then(|v| v.first().copied()),
-        image_position: floats(obj, tags::IMAGE_POSITION_PATIENT).filter(|v| v.len() == 3).map(|v| [v[0], v[1], v[2]]),
+        image_position: floats(obj, tags::IMAGE_POSITION_PATIENT)
+            .filter(|v| v.len() == 3)
+            .map(|v| [v[0], v[1], v[2]]),
         image_orientation: floats(obj, tags::IMAGE_ORIENTATION_PATIENT)
             .filter(|v| v.len() == 6)
             .map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]),
@@ -101,12 +125,19 @@ pub fn read_object(obj: &DefaultDicomObject, limits: &Limits) -> Result<Volume, 
     let a = attributes(obj)?;
     check_bits(obj)?;
     if a.samples_per_pixel != 1 && a.samples_per_pixel != 3 {
-        return Err(IoError::unsupported(Format::Dicom, format!("{} samples per pixel", a.samples_per_pixel)));
+        return Err(IoError::unsupported(
+            Format::Dicom,
+            format!("{} samples per pixel", a.samples_per_pixel),
+        ));
     }
     // Checked before decoding: the decoders allocate what the headers claim.
-    limits.check_geometry(a.frames, a.rows, a.cols, a.samples_per_pixel).map_err(IoError::TooLarge)?;
+    limits
+        .check_geometry(a.frames, a.rows, a.cols, a.samples_per_pixel)
+        .map_err(IoError::TooLarge)?;
     check_compressed_frames(obj, &a)?;
-    let decoded = obj.decode_pixel_data().map_err(|e| invalid(format!("pixel data: {}", reason(e))))?;
+    let decoded = obj
+        .decode_pixel_data()
+        .map_err(|e| invalid(format!("pixel data: {}", reason(e))))?;
     check_pixel_length(&decoded, &a)?;
     let pi = decoded.photometric_interpretation().clone();
     let (data, channels, values) = if decoded.samples_per_pixel() == 3 {
@@ -116,7 +147,12 @@ pub fn read_object(obj: &DefaultDicomObject, limits: &Limits) -> Result<Volume, 
     } else {
         grey_samples(&decoded)?
     };
-    let window = decoded.window().ok().flatten().and_then(|w| w.first()).map(|w| (w.center, w.width));
+    let window = decoded
+        .window()
+        .ok()
+        .flatten()
+        .and_then(|w| w.first())
+        .map(|w| (w.center, w.width));
     let slice = a.slice_thickness.unwrap_or(1.0);
     Ok(Volume {
         data,
@@ -140,7 +176,12 @@ fn check_bits(obj: &DefaultDicomObject) -> Result<(), IoError> {
     let allocated = int(obj, tags::BITS_ALLOCATED).ok_or_else(|| invalid("no Bits Allocated"))?;
     let stored = int(obj, tags::BITS_STORED).unwrap_or(allocated);
     let high = int(obj, tags::HIGH_BIT).unwrap_or(stored - 1);
-    if ![1, 8, 16, 32, 64].contains(&allocated) || stored < 1 || stored > allocated || high < stored - 1 || high >= allocated {
+    if ![1, 8, 16, 32, 64].contains(&allocated)
+        || stored < 1
+        || stored > allocated
+        || high < stored - 1
+        || high >= allocated
+    {
         return Err(invalid(format!("Bits Allocated {allocated}, Bits Stored {stored}, High Bit {high} do not describe a sample")));
     }
     Ok(())
@@ -153,11 +194,16 @@ fn check_compressed_frames(obj: &DefaultDicomObject, a: &Attributes) -> Result<(
     };
     let native = matches!(
         obj.meta().transfer_syntax().trim_end_matches('\0'),
-        "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" | "1.2.840.10008.1.2.1.99"
+        "1.2.840.10008.1.2"
+            | "1.2.840.10008.1.2.1"
+            | "1.2.840.10008.1.2.2"
+            | "1.2.840.10008.1.2.1.99"
     );
     let whole;
     let fragments: Vec<&[u8]> = match element.value() {
-        dicom_core::DicomValue::PixelSequence(sequence) => sequence.fragments().iter().map(|f| f.as_slice()).collect(),
+        dicom_core::DicomValue::PixelSequence(sequence) => {
+            sequence.fragments().iter().map(|f| f.as_slice()).collect()
+        }
         // A compressed transfer syntax with unencapsulated data: the decoder reads it whole.
         dicom_core::DicomValue::Primitive(p) if !native => {
             whole = p.to_bytes();
@@ -166,11 +212,20 @@ fn check_compressed_frames(obj: &DefaultDicomObject, a: &Attributes) -> Result<(
         _ => return Ok(()), // native pixel data: its length is checked after decoding
     };
     if fragments.len() > a.frames.max(1) * 64 + 64 {
-        return Err(invalid(format!("{} pixel data fragments for {} frames", fragments.len(), a.frames)));
+        return Err(invalid(format!(
+            "{} pixel data fragments for {} frames",
+            fragments.len(),
+            a.frames
+        )));
     }
     for fragment in fragments {
-        let Some(d) = super::codestream::declared_size(fragment) else { continue };
-        if (d.width, d.height) != (a.cols as u64, a.rows as u64) || d.components > 4 || d.tiles > 65_536 {
+        let Some(d) = super::codestream::declared_size(fragment) else {
+            continue;
+        };
+        if (d.width, d.height) != (a.cols as u64, a.rows as u64)
+            || d.components > 4
+            || d.tiles > 65_536
+        {
             return Err(invalid(format!(
                 "a compressed frame declares {} x {} pixels, {} components and {} tiles, but Rows x Columns are {} x {}",
                 d.width, d.height, d.components, d.tiles, a.rows, a.cols
@@ -195,23 +250,41 @@ fn check_pixel_length(decoded: &DecodedPixelData<'_>, a: &Attributes) -> Result<
 
 /// Grey samples with the Modality LUT applied, frame by frame.
 fn grey_samples(decoded: &DecodedPixelData<'_>) -> Result<(Vec<f32>, usize, Values), IoError> {
-    let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::Default).with_voi_lut(VoiLutOption::Identity);
+    let options = ConvertOptions::new()
+        .with_modality_lut(ModalityLutOption::Default)
+        .with_voi_lut(VoiLutOption::Identity);
     let frames = decoded.number_of_frames();
-    let mut data = Vec::with_capacity(frames as usize * decoded.rows() as usize * decoded.columns() as usize);
+    let mut data =
+        Vec::with_capacity(frames as usize * decoded.rows() as usize * decoded.columns() as usize);
     for f in 0..frames {
-        let frame: Vec<f32> = decoded.to_vec_frame_with_options(f, &options).map_err(|e| invalid(reason(e)))?;
+        let frame: Vec<f32> = decoded
+            .to_vec_frame_with_options(f, &options)
+            .map_err(|e| invalid(reason(e)))?;
         data.extend_from_slice(&frame);
     }
-    let identity = decoded.rescale().map(|r| r.iter().all(|r| r.slope == 1.0 && r.intercept == 0.0)).unwrap_or(true);
-    let values = if decoded.bits_allocated() <= 8 && identity { Values::EightBit } else { Values::Rescaled };
+    let identity = decoded
+        .rescale()
+        .map(|r| r.iter().all(|r| r.slope == 1.0 && r.intercept == 0.0))
+        .unwrap_or(true);
+    let values = if decoded.bits_allocated() <= 8 && identity {
+        Values::EightBit
+    } else {
+        Values::Rescaled
+    };
     Ok((data, 1, values))
 }
 
 /// 8-bit colour samples as interleaved RGB, whatever the planar configuration and
 /// whether the codec already converted YBR to RGB.
-fn color_samples(decoded: &DecodedPixelData<'_>, pi: &PhotometricInterpretation) -> Result<Vec<f32>, IoError> {
+fn color_samples(
+    decoded: &DecodedPixelData<'_>,
+    pi: &PhotometricInterpretation,
+) -> Result<Vec<f32>, IoError> {
     if decoded.bits_allocated() != 8 {
-        return Err(IoError::unsupported(Format::Dicom, format!("{}-bit colour", decoded.bits_allocated())));
+        return Err(IoError::unsupported(
+            Format::Dicom,
+            format!("{}-bit colour", decoded.bits_allocated()),
+        ));
     }
     let pixels = decoded.rows() as usize * decoded.columns() as usize;
     let frames = decoded.number_of_frames() as usize;
@@ -220,7 +293,12 @@ fn color_samples(decoded: &DecodedPixelData<'_>, pi: &PhotometricInterpretation)
     let ybr = match pi {
         PhotometricInterpretation::Rgb => false,
         PhotometricInterpretation::YbrFull => true,
-        other => return Err(IoError::unsupported(Format::Dicom, format!("uncompressed {other} colour"))),
+        other => {
+            return Err(IoError::unsupported(
+                Format::Dicom,
+                format!("uncompressed {other} colour"),
+            ))
+        }
     };
     let mut out = Vec::with_capacity(raw.len());
     for f in 0..frames {
@@ -244,14 +322,34 @@ fn color_samples(decoded: &DecodedPixelData<'_>, pi: &PhotometricInterpretation)
 
 /// PALETTE COLOR: stored values index the Red/Green/Blue Palette Color LUTs,
 /// given whole or segmented (PS3.3 C.7.9.2).
-fn palette_samples(obj: &DefaultDicomObject, decoded: &DecodedPixelData<'_>) -> Result<Vec<f32>, IoError> {
-    let red = palette_lut(obj, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA, tags::SEGMENTED_RED_PALETTE_COLOR_LOOKUP_TABLE_DATA)?;
-    let green = palette_lut(obj, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA, tags::SEGMENTED_GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA)?;
-    let blue = palette_lut(obj, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA, tags::SEGMENTED_BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA)?;
+fn palette_samples(
+    obj: &DefaultDicomObject,
+    decoded: &DecodedPixelData<'_>,
+) -> Result<Vec<f32>, IoError> {
+    let red = palette_lut(
+        obj,
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::SEGMENTED_RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+    )?;
+    let green = palette_lut(
+        obj,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::SEGMENTED_GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+    )?;
+    let blue = palette_lut(
+        obj,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::SEGMENTED_BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+    )?;
     let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
     let mut out = Vec::new();
     for f in 0..decoded.number_of_frames() {
-        let indices: Vec<f32> = decoded.to_vec_frame_with_options(f, &options).map_err(|e| invalid(reason(e)))?;
+        let indices: Vec<f32> = decoded
+            .to_vec_frame_with_options(f, &options)
+            .map_err(|e| invalid(reason(e)))?;
         for v in indices {
             out.extend_from_slice(&[red.lookup(v), green.lookup(v), blue.lookup(v)]);
         }
@@ -272,23 +370,54 @@ impl PaletteLut {
     }
 }
 
-fn palette_lut(obj: &DefaultDicomObject, descriptor: dicom_object::Tag, data: dicom_object::Tag, segmented: dicom_object::Tag) -> Result<PaletteLut, IoError> {
-    let d = floats(obj, descriptor).filter(|d| d.len() == 3).ok_or_else(|| invalid("palette colour without a LUT descriptor"))?;
-    let (entries, first, bits) = (if d[0] == 0.0 { 65536 } else { d[0] as usize }, d[1] as i64, d[2] as u32);
-    let bytes = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_bytes().ok()).map(|b| b.into_owned());
-    let words = |b: Vec<u8>| b.chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect::<Vec<u16>>();
+fn palette_lut(
+    obj: &DefaultDicomObject,
+    descriptor: dicom_object::Tag,
+    data: dicom_object::Tag,
+    segmented: dicom_object::Tag,
+) -> Result<PaletteLut, IoError> {
+    let d = floats(obj, descriptor)
+        .filter(|d| d.len() == 3)
+        .ok_or_else(|| invalid("palette colour without a LUT descriptor"))?;
+    let (entries, first, bits) = (
+        if d[0] == 0.0 { 65536 } else { d[0] as usize },
+        d[1] as i64,
+        d[2] as u32,
+    );
+    let bytes = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_bytes().ok())
+            .map(|b| b.into_owned())
+    };
+    let words = |b: Vec<u8>| {
+        b.chunks_exact(2)
+            .map(|w| u16::from_le_bytes([w[0], w[1]]))
+            .collect::<Vec<u16>>()
+    };
     let values: Vec<u16> = if let Some(b) = bytes(data) {
-        if bits <= 8 && b.len() < 2 * entries { b.into_iter().map(u16::from).collect() } else { words(b) }
+        if bits <= 8 && b.len() < 2 * entries {
+            b.into_iter().map(u16::from).collect()
+        } else {
+            words(b)
+        }
     } else if let Some(b) = bytes(segmented) {
         expand_segments(&words(b), entries)?
     } else {
         return Err(invalid("palette colour without LUT data"));
     };
     if values.len() < entries.min(2) {
-        return Err(invalid(format!("palette LUT has {} of {entries} entries", values.len())));
+        return Err(invalid(format!(
+            "palette LUT has {} of {entries} entries",
+            values.len()
+        )));
     }
     let scale = if bits > 8 { 1.0 / 257.0 } else { 1.0 };
-    Ok(PaletteLut { table: values.iter().map(|&v| v as f32 * scale).collect(), first })
+    Ok(PaletteLut {
+        table: values.iter().map(|&v| v as f32 * scale).collect(),
+        first,
+    })
 }
 
 /// Expands segmented LUT data: opcode 0 (discrete values), 1 (linear ramp to a value);
@@ -303,17 +432,33 @@ fn expand_segments(words: &[u16], entries: usize) -> Result<Vec<u16>, IoError> {
         }
         match op {
             0 => {
-                let seg = words.get(i + 2..i + 2 + len).ok_or_else(|| invalid("truncated segmented palette LUT"))?;
+                let seg = words
+                    .get(i + 2..i + 2 + len)
+                    .ok_or_else(|| invalid("truncated segmented palette LUT"))?;
                 out.extend_from_slice(seg);
                 i += 2 + len;
             }
             1 => {
-                let end = *words.get(i + 2).ok_or_else(|| invalid("truncated segmented palette LUT"))? as f64;
-                let start = *out.last().ok_or_else(|| invalid("linear palette segment with no previous value"))? as f64;
-                out.extend((1..=len).map(|k| (start + (end - start) * k as f64 / len as f64).round() as u16));
+                let end = *words
+                    .get(i + 2)
+                    .ok_or_else(|| invalid("truncated segmented palette LUT"))?
+                    as f64;
+                let start = *out
+                    .last()
+                    .ok_or_else(|| invalid("linear palette segment with no previous value"))?
+                    as f64;
+                out.extend(
+                    (1..=len)
+                        .map(|k| (start + (end - start) * k as f64 / len as f64).round() as u16),
+                );
                 i += 3;
             }
-            other => return Err(IoError::unsupported(Format::Dicom, format!("segmented palette LUT opcode {other}"))),
+            other => {
+                return Err(IoError::unsupported(
+                    Format::Dicom,
+                    format!("segmented palette LUT opcode {other}"),
+                ))
+            }
         }
     }
     Ok(out)

@@ -33,7 +33,10 @@ struct Scanner<'a> {
 pub fn check_lengths(bytes: &[u8]) -> Result<(), IoError> {
     let start = if bytes.starts_with(b"DICM") { 4 } else { 132 };
     let s = Scanner { b: bytes };
-    let meta = Encoding { explicit: true, big_endian: false };
+    let meta = Encoding {
+        explicit: true,
+        big_endian: false,
+    };
     // The file meta group is explicit VR little endian; it names the data set's encoding.
     let mut pos = start;
     let mut transfer_syntax = String::new();
@@ -41,20 +44,37 @@ pub fn check_lengths(bytes: &[u8]) -> Result<(), IoError> {
         let (tag, len, value_at) = s.header(pos, meta)?;
         let len = len as usize;
         if len as u32 == UNDEFINED || value_at + len > bytes.len() {
-            return Err(invalid(format!("file meta element ({:04X},{:04X}) claims {len} bytes", tag.0, tag.1)));
+            return Err(invalid(format!(
+                "file meta element ({:04X},{:04X}) claims {len} bytes",
+                tag.0, tag.1
+            )));
         }
         if tag == (0x0002, 0x0010) {
-            transfer_syntax = String::from_utf8_lossy(&bytes[value_at..value_at + len]).trim_end_matches(['\0', ' ']).to_string();
+            transfer_syntax = String::from_utf8_lossy(&bytes[value_at..value_at + len])
+                .trim_end_matches(['\0', ' '])
+                .to_string();
         }
         pos = value_at + len;
     }
     let encoding = match transfer_syntax.as_str() {
-        "1.2.840.10008.1.2" => Encoding { explicit: false, big_endian: false },
-        "1.2.840.10008.1.2.2" => Encoding { explicit: true, big_endian: true },
+        "1.2.840.10008.1.2" => Encoding {
+            explicit: false,
+            big_endian: false,
+        },
+        "1.2.840.10008.1.2.2" => Encoding {
+            explicit: true,
+            big_endian: true,
+        },
         "1.2.840.10008.1.2.1.99" => {
-            return Err(IoError::unsupported(Format::Dicom, "deflated transfer syntax (1.2.840.10008.1.2.1.99)"))
+            return Err(IoError::unsupported(
+                Format::Dicom,
+                "deflated transfer syntax (1.2.840.10008.1.2.1.99)",
+            ))
         }
-        _ => Encoding { explicit: true, big_endian: false },
+        _ => Encoding {
+            explicit: true,
+            big_endian: false,
+        },
     };
     s.dataset(pos, bytes.len(), encoding, 0, None)?;
     Ok(())
@@ -62,14 +82,28 @@ pub fn check_lengths(bytes: &[u8]) -> Result<(), IoError> {
 
 impl Scanner<'_> {
     fn u16(&self, at: usize, big: bool) -> Result<u16, IoError> {
-        let b = self.b.get(at..at + 2).ok_or_else(|| invalid(format!("truncated at byte {at}")))?;
-        Ok(if big { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) })
+        let b = self
+            .b
+            .get(at..at + 2)
+            .ok_or_else(|| invalid(format!("truncated at byte {at}")))?;
+        Ok(if big {
+            u16::from_be_bytes([b[0], b[1]])
+        } else {
+            u16::from_le_bytes([b[0], b[1]])
+        })
     }
 
     fn u32(&self, at: usize, big: bool) -> Result<u32, IoError> {
-        let b = self.b.get(at..at + 4).ok_or_else(|| invalid(format!("truncated at byte {at}")))?;
+        let b = self
+            .b
+            .get(at..at + 4)
+            .ok_or_else(|| invalid(format!("truncated at byte {at}")))?;
         let a = [b[0], b[1], b[2], b[3]];
-        Ok(if big { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) })
+        Ok(if big {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        })
     }
 
     /// (tag, length, value offset) of the element header at `at`.
@@ -79,8 +113,26 @@ impl Scanner<'_> {
         if tag.0 == 0xFFFE || !e.explicit {
             return Ok((tag, self.u32(at + 4, e.big_endian)?, at + 8));
         }
-        let vr = self.b.get(at + 4..at + 6).ok_or_else(|| invalid(format!("truncated at byte {at}")))?;
-        let long = matches!(vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV");
+        let vr = self
+            .b
+            .get(at + 4..at + 6)
+            .ok_or_else(|| invalid(format!("truncated at byte {at}")))?;
+        let long = matches!(
+            vr,
+            b"OB"
+                | b"OD"
+                | b"OF"
+                | b"OL"
+                | b"OV"
+                | b"OW"
+                | b"SQ"
+                | b"SV"
+                | b"UC"
+                | b"UN"
+                | b"UR"
+                | b"UT"
+                | b"UV"
+        );
         if long {
             Ok((tag, self.u32(at + 8, e.big_endian)?, at + 12))
         } else {
@@ -89,12 +141,20 @@ impl Scanner<'_> {
     }
 
     fn is_sequence_value(&self, at: usize, e: Encoding) -> bool {
-        self.u16(at, e.big_endian).ok() == Some(ITEM.0) && self.u16(at + 2, e.big_endian).ok() == Some(ITEM.1)
+        self.u16(at, e.big_endian).ok() == Some(ITEM.0)
+            && self.u16(at + 2, e.big_endian).ok() == Some(ITEM.1)
     }
 
     /// Walks elements in `[pos, end)`; stops early at `stop` (a delimiter tag). Returns
     /// the position after the last element (after the delimiter when one ended it).
-    fn dataset(&self, mut pos: usize, end: usize, e: Encoding, depth: usize, stop: Option<(u16, u16)>) -> Result<usize, IoError> {
+    fn dataset(
+        &self,
+        mut pos: usize,
+        end: usize,
+        e: Encoding,
+        depth: usize,
+        stop: Option<(u16, u16)>,
+    ) -> Result<usize, IoError> {
         if depth > MAX_DEPTH {
             return Err(invalid(format!("sequences nested deeper than {MAX_DEPTH}")));
         }
@@ -104,7 +164,10 @@ impl Scanner<'_> {
                 return Ok(value_at);
             }
             if tag == ITEM_END || tag == SEQUENCE_END {
-                return Err(invalid(format!("unexpected delimiter ({:04X},{:04X}) at byte {pos}", tag.0, tag.1)));
+                return Err(invalid(format!(
+                    "unexpected delimiter ({:04X},{:04X}) at byte {pos}",
+                    tag.0, tag.1
+                )));
             }
             if len == UNDEFINED {
                 let nested = if tag == PIXEL_DATA { None } else { Some(e) };
@@ -115,11 +178,20 @@ impl Scanner<'_> {
             if len > end.saturating_sub(value_at) {
                 return Err(invalid(format!(
                     "element ({:04X},{:04X}) at byte {pos} claims {len} bytes, only {} remain",
-                    tag.0, tag.1, end.saturating_sub(value_at)
+                    tag.0,
+                    tag.1,
+                    end.saturating_sub(value_at)
                 )));
             }
             if len >= 8 && self.is_sequence_value(value_at, e) {
-                self.sequence(value_at, value_at + len, Some(e), e, depth + 1, Some(value_at + len))?;
+                self.sequence(
+                    value_at,
+                    value_at + len,
+                    Some(e),
+                    e,
+                    depth + 1,
+                    Some(value_at + len),
+                )?;
             }
             pos = value_at + len;
         }
@@ -129,7 +201,15 @@ impl Scanner<'_> {
     /// Walks the items of a sequence starting at `pos`: as data sets when `nested` is
     /// an encoding, as raw fragments (encapsulated pixel data) when it is None. Ends at
     /// the sequence delimiter, or at `bound` for a defined-length sequence.
-    fn sequence(&self, mut pos: usize, end: usize, nested: Option<Encoding>, e: Encoding, depth: usize, bound: Option<usize>) -> Result<usize, IoError> {
+    fn sequence(
+        &self,
+        mut pos: usize,
+        end: usize,
+        nested: Option<Encoding>,
+        e: Encoding,
+        depth: usize,
+        bound: Option<usize>,
+    ) -> Result<usize, IoError> {
         if depth > MAX_DEPTH {
             return Err(invalid(format!("sequences nested deeper than {MAX_DEPTH}")));
         }
@@ -137,20 +217,35 @@ impl Scanner<'_> {
             if bound == Some(pos) {
                 return Ok(pos);
             }
-            let tag = (self.u16(pos, e.big_endian)?, self.u16(pos + 2, e.big_endian)?);
+            let tag = (
+                self.u16(pos, e.big_endian)?,
+                self.u16(pos + 2, e.big_endian)?,
+            );
             let len = self.u32(pos + 4, e.big_endian)?;
             let value_at = pos + 8;
             if tag == SEQUENCE_END {
                 return Ok(value_at);
             }
             if tag != ITEM {
-                return Err(invalid(format!("expected an item at byte {pos}, found ({:04X},{:04X})", tag.0, tag.1)));
+                return Err(invalid(format!(
+                    "expected an item at byte {pos}, found ({:04X},{:04X})",
+                    tag.0, tag.1
+                )));
             }
             pos = match (len, nested) {
-                (UNDEFINED, Some(inner)) => self.dataset(value_at, end, inner, depth + 1, Some(ITEM_END))?,
-                (UNDEFINED, None) => return Err(invalid(format!("pixel data fragment of undefined length at byte {pos}"))),
+                (UNDEFINED, Some(inner)) => {
+                    self.dataset(value_at, end, inner, depth + 1, Some(ITEM_END))?
+                }
+                (UNDEFINED, None) => {
+                    return Err(invalid(format!(
+                        "pixel data fragment of undefined length at byte {pos}"
+                    )))
+                }
                 (len, _) if len as usize > end.saturating_sub(value_at) => {
-                    return Err(invalid(format!("item at byte {pos} claims {len} bytes, only {} remain", end.saturating_sub(value_at))))
+                    return Err(invalid(format!(
+                        "item at byte {pos} claims {len} bytes, only {} remain",
+                        end.saturating_sub(value_at)
+                    )))
                 }
                 (len, Some(inner)) => {
                     self.dataset(value_at, value_at + len as usize, inner, depth + 1, None)?;

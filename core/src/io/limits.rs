@@ -31,15 +31,29 @@ impl Default for Limits {
 
 impl Limits {
     /// Checks a claimed geometry; `Err` says which limit it breaks.
-    pub fn check_geometry(&self, frames: usize, rows: usize, cols: usize, channels: usize) -> Result<(), String> {
+    pub fn check_geometry(
+        &self,
+        frames: usize,
+        rows: usize,
+        cols: usize,
+        channels: usize,
+    ) -> Result<(), String> {
         if rows == 0 || cols == 0 || frames == 0 || channels == 0 {
-            return Err(format!("empty image: {frames} frames of {rows} x {cols} x {channels}"));
+            return Err(format!(
+                "empty image: {frames} frames of {rows} x {cols} x {channels}"
+            ));
         }
         if rows > self.max_side || cols > self.max_side {
-            return Err(format!("{rows} x {cols} pixels exceeds the limit of {} per side", self.max_side));
+            return Err(format!(
+                "{rows} x {cols} pixels exceeds the limit of {} per side",
+                self.max_side
+            ));
         }
         if frames > self.max_frames {
-            return Err(format!("{frames} frames or slices exceeds the limit of {}", self.max_frames));
+            return Err(format!(
+                "{frames} frames or slices exceeds the limit of {}",
+                self.max_frames
+            ));
         }
         let samples = frames
             .checked_mul(rows)

@@ -100,18 +100,30 @@ pub enum IoError {
     #[error("input is too large: {0}")]
     TooLarge(String),
     #[error("invalid {format}: {reason}")]
-    Invalid { format: &'static str, reason: String },
+    Invalid {
+        format: &'static str,
+        reason: String,
+    },
     #[error("unsupported {format}: {reason}")]
-    Unsupported { format: &'static str, reason: String },
+    Unsupported {
+        format: &'static str,
+        reason: String,
+    },
 }
 
 impl IoError {
     pub fn invalid(format: Format, reason: impl Into<String>) -> IoError {
-        IoError::Invalid { format: format.name(), reason: reason.into() }
+        IoError::Invalid {
+            format: format.name(),
+            reason: reason.into(),
+        }
     }
 
     pub fn unsupported(format: Format, reason: impl Into<String>) -> IoError {
-        IoError::Unsupported { format: format.name(), reason: reason.into() }
+        IoError::Unsupported {
+            format: format.name(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -146,7 +158,10 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
 pub fn guard<T>(reader: impl FnOnce() -> Result<T, IoError>) -> Result<T, IoError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(reader)).unwrap_or_else(|payload| {
         let text = crate::panic_text(payload.as_ref()).unwrap_or("unknown failure");
-        Err(IoError::Invalid { format: "input", reason: format!("the decoder failed: {text}") })
+        Err(IoError::Invalid {
+            format: "input",
+            reason: format!("the decoder failed: {text}"),
+        })
     })
 }
 
@@ -155,7 +170,11 @@ fn read_unguarded(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
         return Err(IoError::Empty);
     }
     if bytes.len() > limits.max_input_bytes {
-        return Err(IoError::TooLarge(format!("{} bytes exceeds the limit of {}", bytes.len(), limits.max_input_bytes)));
+        return Err(IoError::TooLarge(format!(
+            "{} bytes exceeds the limit of {}",
+            bytes.len(),
+            limits.max_input_bytes
+        )));
     }
     if nifti::is_gzip(bytes) {
         return nifti::read_gzip(bytes, limits);

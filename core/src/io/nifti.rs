@@ -18,7 +18,12 @@ pub fn is_gzip(bytes: &[u8]) -> bool {
 
 /// NIfTI-1 or NIfTI-2 from the header size field (either byte order) and magic.
 pub fn sniff(bytes: &[u8]) -> Option<Format> {
-    let size = |b: &[u8]| (i32::from_le_bytes(b[0..4].try_into().unwrap()), i32::from_be_bytes(b[0..4].try_into().unwrap()));
+    let size = |b: &[u8]| {
+        (
+            i32::from_le_bytes(b[0..4].try_into().unwrap()),
+            i32::from_be_bytes(b[0..4].try_into().unwrap()),
+        )
+    };
     if bytes.len() >= NIFTI1_HEADER {
         let (le, be) = size(bytes);
         if (le == 348 || be == 348) && matches!(&bytes[344..348], b"n+1\0" | b"ni1\0") {
@@ -41,13 +46,21 @@ pub fn read_gzip(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
     flate2::read::MultiGzDecoder::new(bytes)
         .take(cap + 1)
         .read_to_end(&mut inflated)
-        .map_err(|e| IoError::Invalid { format: "gzip", reason: e.to_string() })?;
+        .map_err(|e| IoError::Invalid {
+            format: "gzip",
+            reason: e.to_string(),
+        })?;
     if inflated.len() as u64 > cap {
-        return Err(IoError::TooLarge(format!("gzip stream inflates past the limit of {cap} bytes")));
+        return Err(IoError::TooLarge(format!(
+            "gzip stream inflates past the limit of {cap} bytes"
+        )));
     }
     match sniff(&inflated) {
         Some(Format::Nifti1 | Format::Nifti2) => read(&inflated, limits),
-        _ => Err(IoError::Unsupported { format: "gzip", reason: "only gzip-compressed NIfTI is accepted".into() }),
+        _ => Err(IoError::Unsupported {
+            format: "gzip",
+            reason: "only gzip-compressed NIfTI is accepted".into(),
+        }),
     }
 }
 
@@ -100,41 +113,52 @@ impl Fields<'_> {
 }
 
 pub fn parse_header(bytes: &[u8]) -> Result<Header, IoError> {
-    let format = sniff(bytes).ok_or_else(|| IoError::invalid(Format::Nifti1, "not a NIfTI header"))?;
+    let format =
+        sniff(bytes).ok_or_else(|| IoError::invalid(Format::Nifti1, "not a NIfTI header"))?;
     let big = match format {
         Format::Nifti1 => i32::from_le_bytes(bytes[0..4].try_into().unwrap()) != 348,
         _ => i32::from_le_bytes(bytes[0..4].try_into().unwrap()) != 540,
     };
     let f = Fields { b: bytes, big };
     let bad = |reason: String| IoError::invalid(format, reason);
-    let (raw_dims, datatype, pixdim, vox_offset, slope, inter, qcode, scode, quatern, srow): (Vec<i64>, _, [f64; 8], f64, _, _, _, _, _, _) =
-        if format == Format::Nifti1 {
-            (
-                (0..8).map(|i| f.i16(40 + 2 * i) as i64).collect(),
-                f.i16(70),
-                std::array::from_fn(|i| f.f32(76 + 4 * i)),
-                f.f32(108),
-                f.f32(112),
-                f.f32(116),
-                f.i16(252) as i32,
-                f.i16(254) as i32,
-                [f.f32(256), f.f32(260), f.f32(264)],
-                std::array::from_fn(|r| std::array::from_fn(|c| f.f32(280 + 16 * r + 4 * c))),
-            )
-        } else {
-            (
-                (0..8).map(|i| f.i64(16 + 8 * i)).collect(),
-                f.i16(12),
-                std::array::from_fn(|i| f.f64(104 + 8 * i)),
-                f.i64(168) as f64,
-                f.f64(176),
-                f.f64(184),
-                f.i32(344),
-                f.i32(348),
-                [f.f64(352), f.f64(360), f.f64(368)],
-                std::array::from_fn(|r| std::array::from_fn(|c| f.f64(400 + 32 * r + 8 * c))),
-            )
-        };
+    let (raw_dims, datatype, pixdim, vox_offset, slope, inter, qcode, scode, quatern, srow): (
+        Vec<i64>,
+        _,
+        [f64; 8],
+        f64,
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+    ) = if format == Format::Nifti1 {
+        (
+            (0..8).map(|i| f.i16(40 + 2 * i) as i64).collect(),
+            f.i16(70),
+            std::array::from_fn(|i| f.f32(76 + 4 * i)),
+            f.f32(108),
+            f.f32(112),
+            f.f32(116),
+            f.i16(252) as i32,
+            f.i16(254) as i32,
+            [f.f32(256), f.f32(260), f.f32(264)],
+            std::array::from_fn(|r| std::array::from_fn(|c| f.f32(280 + 16 * r + 4 * c))),
+        )
+    } else {
+        (
+            (0..8).map(|i| f.i64(16 + 8 * i)).collect(),
+            f.i16(12),
+            std::array::from_fn(|i| f.f64(104 + 8 * i)),
+            f.i64(168) as f64,
+            f.f64(176),
+            f.f64(184),
+            f.i32(344),
+            f.i32(348),
+            [f.f64(352), f.f64(360), f.f64(368)],
+            std::array::from_fn(|r| std::array::from_fn(|c| f.f64(400 + 32 * r + 8 * c))),
+        )
+    };
     let ndim = raw_dims[0];
     if !(1..=7).contains(&ndim) {
         return Err(bad(format!("dim[0] = {ndim}: must be 1 to 7")));
@@ -179,25 +203,53 @@ fn bytes_per_voxel(datatype: i16) -> Option<usize> {
 pub fn read(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
     let h = parse_header(bytes)?;
     let format = h.format;
-    let bpv = bytes_per_voxel(h.datatype)
-        .ok_or_else(|| IoError::unsupported(format, format!("datatype {} (m3ret reads integer and float scalars)", h.datatype)))?;
-    let (nx, ny, nz) = (h.dims[0], *h.dims.get(1).unwrap_or(&1), *h.dims.get(2).unwrap_or(&1));
+    let bpv = bytes_per_voxel(h.datatype).ok_or_else(|| {
+        IoError::unsupported(
+            format,
+            format!(
+                "datatype {} (m3ret reads integer and float scalars)",
+                h.datatype
+            ),
+        )
+    })?;
+    let (nx, ny, nz) = (
+        h.dims[0],
+        *h.dims.get(1).unwrap_or(&1),
+        *h.dims.get(2).unwrap_or(&1),
+    );
     let axis = superior_inferior_axis(&h);
     let (row_axis, col_axis) = in_plane_axes(axis);
     let dims = [nx, ny, nz];
-    limits.check_geometry(dims[axis], dims[row_axis], dims[col_axis], 1).map_err(IoError::TooLarge)?;
+    limits
+        .check_geometry(dims[axis], dims[row_axis], dims[col_axis], 1)
+        .map_err(IoError::TooLarge)?;
     let voxels = nx * ny * nz; // the first volume only; bounded by the check above
-    let start = h.vox_offset.max(if format == Format::Nifti1 { NIFTI1_HEADER } else { NIFTI2_HEADER });
+    let start = h.vox_offset.max(if format == Format::Nifti1 {
+        NIFTI1_HEADER
+    } else {
+        NIFTI2_HEADER
+    });
     let needed = voxels * bpv;
     if bytes.len() < start || bytes.len() - start < needed {
         return Err(IoError::invalid(
             format,
-            format!("{} voxel bytes after offset {start}, {needed} needed for {nx} x {ny} x {nz}", bytes.len().saturating_sub(start)),
+            format!(
+                "{} voxel bytes after offset {start}, {needed} needed for {nx} x {ny} x {nz}",
+                bytes.len().saturating_sub(start)
+            ),
         ));
     }
     let raw = &bytes[start..start + needed];
-    let slope = if h.scl_slope.is_finite() && h.scl_slope != 0.0 { h.scl_slope } else { 1.0 };
-    let inter = if h.scl_inter.is_finite() { h.scl_inter } else { 0.0 };
+    let slope = if h.scl_slope.is_finite() && h.scl_slope != 0.0 {
+        h.scl_slope
+    } else {
+        1.0
+    };
+    let inter = if h.scl_inter.is_finite() {
+        h.scl_inter
+    } else {
+        0.0
+    };
     let values = decode_voxels(raw, h.datatype, h.big_endian, slope, inter);
     let (data, frames, rows, cols) = reslice(values, dims, axis);
     let pd = |i: usize| h.pixdim[i + 1].abs();
@@ -223,15 +275,25 @@ fn decode_voxels(raw: &[u8], datatype: i16, big: bool, slope: f64, inter: f64) -
             raw.chunks_exact($n)
                 .map(|c| {
                     let a: [u8; $n] = c.try_into().unwrap();
-                    let v = if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) };
+                    let v = if big {
+                        <$t>::from_be_bytes(a)
+                    } else {
+                        <$t>::from_le_bytes(a)
+                    };
                     (v as f64 * slope + inter) as f32
                 })
                 .collect()
         };
     }
     match datatype {
-        2 => raw.iter().map(|&v| (v as f64 * slope + inter) as f32).collect(),
-        256 => raw.iter().map(|&v| (v as i8 as f64 * slope + inter) as f32).collect(),
+        2 => raw
+            .iter()
+            .map(|&v| (v as f64 * slope + inter) as f32)
+            .collect(),
+        256 => raw
+            .iter()
+            .map(|&v| (v as i8 as f64 * slope + inter) as f32)
+            .collect(),
         4 => conv!(i16, 2),
         512 => conv!(u16, 2),
         8 => conv!(i32, 4),
@@ -251,7 +313,11 @@ pub fn superior_inferior_axis(h: &Header) -> usize {
     let score = |axis: usize| {
         let col = [m[0][axis], m[1][axis], m[2][axis]];
         let norm = (col[0] * col[0] + col[1] * col[1] + col[2] * col[2]).sqrt();
-        if norm > 0.0 { (col[2] / norm).abs() } else { 0.0 }
+        if norm > 0.0 {
+            (col[2] / norm).abs()
+        } else {
+            0.0
+        }
     };
     let mut best = 2;
     for axis in [2, 1, 0] {
@@ -273,9 +339,21 @@ fn direction_matrix(h: &Header) -> [[f64; 3]; 3] {
         let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
         let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
         let r = [
-            [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-            [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-            [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+            [
+                a * a + b * b - c * c - d * d,
+                2.0 * (b * c - a * d),
+                2.0 * (b * d + a * c),
+            ],
+            [
+                2.0 * (b * c + a * d),
+                a * a + c * c - b * b - d * d,
+                2.0 * (c * d - a * b),
+            ],
+            [
+                2.0 * (b * d - a * c),
+                2.0 * (c * d + a * b),
+                a * a + d * d - c * c - b * b,
+            ],
         ];
         return std::array::from_fn(|row| [r[row][0], r[row][1], r[row][2] * qfac]);
     }
@@ -293,7 +371,11 @@ fn in_plane_axes(slice_axis: usize) -> (usize, usize) {
 }
 
 /// Reorders voxels stored i-fastest into `[slice][row][col]` along `slice_axis`.
-fn reslice(values: Vec<f32>, dims: [usize; 3], slice_axis: usize) -> (Vec<f32>, usize, usize, usize) {
+fn reslice(
+    values: Vec<f32>,
+    dims: [usize; 3],
+    slice_axis: usize,
+) -> (Vec<f32>, usize, usize, usize) {
     let (row_axis, col_axis) = in_plane_axes(slice_axis);
     let (frames, rows, cols) = (dims[slice_axis], dims[row_axis], dims[col_axis]);
     if slice_axis == 2 {
@@ -304,7 +386,9 @@ fn reslice(values: Vec<f32>, dims: [usize; 3], slice_axis: usize) -> (Vec<f32>, 
     for s in 0..frames {
         for r in 0..rows {
             for c in 0..cols {
-                out.push(values[s * strides[slice_axis] + r * strides[row_axis] + c * strides[col_axis]]);
+                out.push(
+                    values[s * strides[slice_axis] + r * strides[row_axis] + c * strides[col_axis]],
+                );
             }
         }
     }

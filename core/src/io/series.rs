@@ -19,7 +19,11 @@ pub fn read(buffers: &[&[u8]], limits: &Limits) -> Result<Volume, IoError> {
         return Err(invalid("no slices given"));
     }
     if buffers.len() > limits.max_frames {
-        return Err(IoError::TooLarge(format!("{} slices exceeds the limit of {}", buffers.len(), limits.max_frames)));
+        return Err(IoError::TooLarge(format!(
+            "{} slices exceeds the limit of {}",
+            buffers.len(),
+            limits.max_frames
+        )));
     }
     let mut slices = Vec::with_capacity(buffers.len());
     for (i, bytes) in buffers.iter().enumerate() {
@@ -28,11 +32,22 @@ pub fn read(buffers: &[&[u8]], limits: &Limits) -> Result<Volume, IoError> {
         let attrs = dicom::attributes(&obj).map_err(at)?;
         if i == 0 {
             // The whole series' size, before decoding any of it.
-            limits.check_geometry(buffers.len(), attrs.rows, attrs.cols, attrs.samples_per_pixel).map_err(IoError::TooLarge)?;
+            limits
+                .check_geometry(
+                    buffers.len(),
+                    attrs.rows,
+                    attrs.cols,
+                    attrs.samples_per_pixel,
+                )
+                .map_err(IoError::TooLarge)?;
         }
         let volume = dicom::read_object(&obj, limits).map_err(at)?;
         if volume.frames != 1 {
-            return Err(invalid(format!("slice {} has {} frames: a series is one frame per file", i + 1, volume.frames)));
+            return Err(invalid(format!(
+                "slice {} has {} frames: a series is one frame per file",
+                i + 1,
+                volume.frames
+            )));
         }
         slices.push(Slice { attrs, volume });
     }
@@ -44,15 +59,26 @@ pub fn read(buffers: &[&[u8]], limits: &Limits) -> Result<Volume, IoError> {
 fn check_consistent(slices: &[Slice]) -> Result<(), IoError> {
     let first = &slices[0];
     for (i, s) in slices.iter().enumerate().skip(1) {
-        if (s.volume.rows, s.volume.cols, s.volume.channels) != (first.volume.rows, first.volume.cols, first.volume.channels) {
+        if (s.volume.rows, s.volume.cols, s.volume.channels)
+            != (first.volume.rows, first.volume.cols, first.volume.channels)
+        {
             return Err(invalid(format!(
                 "slice {} is {} x {} x {}, slice 1 is {} x {} x {}",
-                i + 1, s.volume.rows, s.volume.cols, s.volume.channels, first.volume.rows, first.volume.cols, first.volume.channels
+                i + 1,
+                s.volume.rows,
+                s.volume.cols,
+                s.volume.channels,
+                first.volume.rows,
+                first.volume.cols,
+                first.volume.channels
             )));
         }
         if let (Some(a), Some(b)) = (first.attrs.image_orientation, s.attrs.image_orientation) {
             if a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-3) {
-                return Err(invalid(format!("slice {} has orientation {b:?}, slice 1 has {a:?}", i + 1)));
+                return Err(invalid(format!(
+                    "slice {} has orientation {b:?}, slice 1 has {a:?}",
+                    i + 1
+                )));
             }
         }
     }
@@ -63,7 +89,11 @@ fn check_consistent(slices: &[Slice]) -> Result<(), IoError> {
 fn sort_slices(slices: &mut [Slice]) -> Option<Vec<f64>> {
     let normal = slices[0].attrs.image_orientation.map(|o| {
         let (r, c) = ([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
-        [r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0]]
+        [
+            r[1] * c[2] - r[2] * c[1],
+            r[2] * c[0] - r[0] * c[2],
+            r[0] * c[1] - r[1] * c[0],
+        ]
     });
     let position = |s: &Slice| -> Option<f64> {
         let p = s.attrs.image_position?;
@@ -97,7 +127,9 @@ fn assemble(slices: Vec<Slice>, positions: Option<Vec<f64>>) -> Volume {
         values: first.values,
         format: Format::DicomSeries,
         modality: first.modality,
-        spacing: first.spacing.map(|s| [slice_spacing.unwrap_or(s[0]), s[1], s[2]]),
+        spacing: first
+            .spacing
+            .map(|s| [slice_spacing.unwrap_or(s[0]), s[1], s[2]]),
         window: first.window,
         inverted: first.inverted,
         is_video: false,

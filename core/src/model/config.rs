@@ -97,7 +97,12 @@ pub struct InputSpec {
 
 impl Default for InputSpec {
     fn default() -> Self {
-        InputSpec { image_size: 256, slices_2d: 4, frames_video: 16, slices_volume: 64 }
+        InputSpec {
+            image_size: 256,
+            slices_2d: 4,
+            frames_video: 16,
+            slices_volume: 64,
+        }
     }
 }
 
@@ -128,14 +133,35 @@ impl ModelConfig {
     /// [CLS]+mean pooling.
     pub fn new(method: Method, preset: Preset) -> ModelConfig {
         let (width, depth, heads) = preset.dims();
-        let encoder = EncoderConfig { width, depth, heads, mlp_ratio: 4.0, patch: [4, 16, 16], cls_token: method == Method::Simdino };
+        let encoder = EncoderConfig {
+            width,
+            depth,
+            heads,
+            mlp_ratio: 4.0,
+            patch: [4, 16, 16],
+            cls_token: method == Method::Simdino,
+        };
         let (pooling, decoder, head) = match method {
             Method::Mae => (
                 Pooling::Avg,
-                Some(DecoderConfig { width: 512, depth: 8, heads: 16, mask_ratio: 0.75, norm_pix_loss: false }),
+                Some(DecoderConfig {
+                    width: 512,
+                    depth: 8,
+                    heads: 16,
+                    mask_ratio: 0.75,
+                    norm_pix_loss: false,
+                }),
                 None,
             ),
-            Method::Simdino => (Pooling::ClsAvg, None, Some(HeadConfig { hidden: 2048, out: 256, eps: 0.5 })),
+            Method::Simdino => (
+                Pooling::ClsAvg,
+                None,
+                Some(HeadConfig {
+                    hidden: 2048,
+                    out: 256,
+                    eps: 0.5,
+                }),
+            ),
         };
         ModelConfig {
             format: FORMAT.to_string(),
@@ -166,31 +192,58 @@ impl ModelConfig {
             return Err(format!("format is \"{}\", not \"{FORMAT}\"", self.format));
         }
         if self.format_version > FORMAT_VERSION {
-            return Err(format!("format version {} is newer than this m3ret reads ({FORMAT_VERSION})", self.format_version));
+            return Err(format!(
+                "format version {} is newer than this m3ret reads ({FORMAT_VERSION})",
+                self.format_version
+            ));
         }
-        if !(1..=8192).contains(&e.width) || !(1..=64).contains(&e.depth) || e.heads < 1 || e.width % e.heads != 0 {
-            return Err(format!("encoder width {} / depth {} / heads {} is not a valid ViT", e.width, e.depth, e.heads));
+        if !(1..=8192).contains(&e.width)
+            || !(1..=64).contains(&e.depth)
+            || e.heads < 1
+            || e.width % e.heads != 0
+        {
+            return Err(format!(
+                "encoder width {} / depth {} / heads {} is not a valid ViT",
+                e.width, e.depth, e.heads
+            ));
         }
         if e.width % 2 != 0 || e.width < 6 {
-            return Err(format!("encoder width {} must be even (and at least 6) for the 3-axis sin-cos positions", e.width));
+            return Err(format!(
+                "encoder width {} must be even (and at least 6) for the 3-axis sin-cos positions",
+                e.width
+            ));
         }
         if e.patch.iter().any(|p| *p < 1 || *p > 256) {
             return Err(format!("patch size {:?} out of range", e.patch));
         }
         let i = &self.input;
-        for (what, s) in [("2D", i.slices_2d), ("video", i.frames_video), ("volume", i.slices_volume)] {
+        for (what, s) in [
+            ("2D", i.slices_2d),
+            ("video", i.frames_video),
+            ("volume", i.slices_volume),
+        ] {
             if s % e.patch[0] != 0 {
-                return Err(format!("{what} slices {s} are not a multiple of the slice patch {}", e.patch[0]));
+                return Err(format!(
+                    "{what} slices {s} are not a multiple of the slice patch {}",
+                    e.patch[0]
+                ));
             }
         }
         if i.image_size % e.patch[1] != 0 || i.image_size % e.patch[2] != 0 {
-            return Err(format!("image size {} is not a multiple of the patch size {:?}", i.image_size, e.patch));
+            return Err(format!(
+                "image size {} is not a multiple of the patch size {:?}",
+                i.image_size, e.patch
+            ));
         }
         if matches!(self.pooling, Pooling::Cls | Pooling::ClsAvg) && !e.cls_token {
             return Err("pooling uses [CLS] but the encoder has no [CLS] token".to_string());
         }
         if let Some(d) = &self.decoder {
-            if d.heads < 1 || d.width % d.heads != 0 || d.width % 2 != 0 || !(0.0..1.0).contains(&d.mask_ratio) {
+            if d.heads < 1
+                || d.width % d.heads != 0
+                || d.width % 2 != 0
+                || !(0.0..1.0).contains(&d.mask_ratio)
+            {
                 return Err(format!("decoder {d:?} is not valid"));
             }
         }

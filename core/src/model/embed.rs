@@ -23,7 +23,11 @@ pub fn parse_device(name: &str) -> Result<Device, ModelError> {
     let count = crate::runtime::cuda_device_count;
     match name.trim() {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if count() > 0 { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" => Ok(if count() > 0 {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         "cuda" => cuda(0, name, count()),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => cuda(i, name, count()),
@@ -66,7 +70,11 @@ impl Embedder {
     pub fn random_init(config: &ModelConfig, device: Device) -> Embedder {
         let vs = nn::VarStore::new(Device::Cpu);
         let encoder = Encoder::new(vs.root(), &config.encoder);
-        let mut embedder = Embedder { config: config.clone(), vs, encoder };
+        let mut embedder = Embedder {
+            config: config.clone(),
+            vs,
+            encoder,
+        };
         embedder.place_on(device);
         embedder
     }
@@ -87,25 +95,37 @@ impl Embedder {
 
     /// As [`Embedder::embed_batch`], calling `between_blocks` between transformer blocks
     /// (where a caller may abort by panicking, e.g. PostgreSQL's query cancellation).
-    pub fn embed_batch_with(&self, batch: &Tensor, between_blocks: &mut dyn FnMut()) -> Result<Tensor, ModelError> {
+    pub fn embed_batch_with(
+        &self,
+        batch: &Tensor,
+        between_blocks: &mut dyn FnMut(),
+    ) -> Result<Tensor, ModelError> {
         self.check_input(batch)?;
         let device = self.device();
-        let kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
+        let kind = if device.is_cuda() {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        };
         let run = || {
             tch::no_grad(|| {
                 let x = batch.to_device(device).to_kind(kind);
-                let out = self.encoder.encode_tokens_with(&self.encoder.tokens(&x), between_blocks);
-                l2_normalize(&pool(&out, self.config.pooling).to_kind(Kind::Float)).to_device(Device::Cpu)
+                let out = self
+                    .encoder
+                    .encode_tokens_with(&self.encoder.tokens(&x), between_blocks);
+                l2_normalize(&pool(&out, self.config.pooling).to_kind(Kind::Float))
+                    .to_device(Device::Cpu)
             })
         };
         // A C++ exception inside libtorch (e.g. out of memory) surfaces as a panic with a
         // text payload in tch's non-fallible API: report it as an error. Any other panic
         // (the caller's own, from `between_blocks`) goes on unwinding.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
-            .map_err(|p| match torch_panic_text(&p) {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|p| {
+            match torch_panic_text(&p) {
                 Some(text) => ModelError::Torch(text),
                 None => std::panic::resume_unwind(p),
-            })
+            }
+        })
     }
 
     /// Embeds canonical tensors `[3, S, H, W]` of any mix of shapes, batching those
@@ -115,7 +135,12 @@ impl Embedder {
     }
 
     /// As [`Embedder::embed`], calling `between_blocks` as [`Embedder::embed_batch_with`] does.
-    pub fn embed_with(&self, inputs: &[Tensor], max_batch: usize, between_blocks: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn embed_with(
+        &self,
+        inputs: &[Tensor],
+        max_batch: usize,
+        between_blocks: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let mut groups: Vec<(Vec<i64>, Vec<usize>)> = Vec::new();
         for (i, t) in inputs.iter().enumerate() {
             let shape = t.size();
@@ -127,7 +152,13 @@ impl Embedder {
         let mut out = vec![Vec::new(); inputs.len()];
         for (_, members) in groups {
             for chunk in members.chunks(max_batch.max(1)) {
-                let batch = Tensor::stack(&chunk.iter().map(|&i| inputs[i].shallow_clone()).collect::<Vec<_>>(), 0);
+                let batch = Tensor::stack(
+                    &chunk
+                        .iter()
+                        .map(|&i| inputs[i].shallow_clone())
+                        .collect::<Vec<_>>(),
+                    0,
+                );
                 let emb = self.embed_batch_with(&batch, between_blocks)?;
                 for (row, &i) in chunk.iter().enumerate() {
                     out[i] = Vec::<f32>::try_from(emb.get(row as i64)).map_err(torch_error)?;
@@ -140,8 +171,15 @@ impl Embedder {
     fn check_input(&self, batch: &Tensor) -> Result<(), ModelError> {
         let size = batch.size();
         let [ps, ph, pw] = self.config.encoder.patch;
-        let ok = size.len() == 5 && size[1] == 3 && size[0] > 0 && size[2] % ps == 0 && size[3] % ph == 0 && size[4] % pw == 0
-            && size[2] > 0 && size[3] > 0 && size[4] > 0;
+        let ok = size.len() == 5
+            && size[1] == 3
+            && size[0] > 0
+            && size[2] % ps == 0
+            && size[3] % ph == 0
+            && size[4] % pw == 0
+            && size[2] > 0
+            && size[3] > 0
+            && size[4] > 0;
         if ok {
             Ok(())
         } else {
@@ -157,6 +195,9 @@ impl Embedder {
 fn torch_panic_text(p: &Box<dyn std::any::Any + Send>) -> Option<String> {
     let text = crate::panic_text(p.as_ref())?;
     let first = text.lines().next().unwrap_or("libtorch failed");
-    let inner = first.split_once("Torch(\"").map(|(_, rest)| rest.trim_end_matches("\")")).unwrap_or(first);
+    let inner = first
+        .split_once("Torch(\"")
+        .map(|(_, rest)| rest.trim_end_matches("\")"))
+        .unwrap_or(first);
     Some(inner.to_string())
 }

@@ -47,13 +47,22 @@ impl WeightDtype {
 }
 
 /// Serialises `tensors` (name -> tensor) with `config` into safetensors bytes.
-pub fn to_bytes(config: &ModelConfig, tensors: &[(String, Tensor)], dtype: WeightDtype) -> Result<Vec<u8>, ModelError> {
+pub fn to_bytes(
+    config: &ModelConfig,
+    tensors: &[(String, Tensor)],
+    dtype: WeightDtype,
+) -> Result<Vec<u8>, ModelError> {
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let t = t.detach().to_device(tch::Device::Cpu).to_kind(dtype.kind()).contiguous();
+        let t = t
+            .detach()
+            .to_device(tch::Device::Cpu)
+            .to_kind(dtype.kind())
+            .contiguous();
         let numel = t.numel();
         let mut bytes = vec![0u8; numel * dtype.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut bytes, numel).map_err(|e| ModelError::Torch(e.to_string()))?;
+        t.f_copy_data_u8(&mut bytes, numel)
+            .map_err(|e| ModelError::Torch(e.to_string()))?;
         let shape = t.size().iter().map(|d| *d as usize).collect();
         data.push((name.clone(), shape, bytes));
     }
@@ -66,10 +75,16 @@ pub fn to_bytes(config: &ModelConfig, tensors: &[(String, Tensor)], dtype: Weigh
         .map_err(|e| ModelError::Io(e.to_string()))?;
     let config_json = serde_json::to_string(config).expect("config serialises");
     let metadata = HashMap::from([(CONFIG_KEY.to_string(), config_json)]);
-    safetensors::tensor::serialize(views, &Some(metadata)).map_err(|e| ModelError::Io(e.to_string()))
+    safetensors::tensor::serialize(views, &Some(metadata))
+        .map_err(|e| ModelError::Io(e.to_string()))
 }
 
-pub fn save(path: &std::path::Path, config: &ModelConfig, tensors: &[(String, Tensor)], dtype: WeightDtype) -> Result<(), ModelError> {
+pub fn save(
+    path: &std::path::Path,
+    config: &ModelConfig,
+    tensors: &[(String, Tensor)],
+    dtype: WeightDtype,
+) -> Result<(), ModelError> {
     let bytes = to_bytes(config, tensors, dtype)?;
     std::fs::write(path, bytes).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))
 }
@@ -77,7 +92,10 @@ pub fn save(path: &std::path::Path, config: &ModelConfig, tensors: &[(String, Te
 /// The SHA-256 of a model file's bytes, in hex: the identity of a model version.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A parsed model file: its config and its tensors as f32 on the CPU.
@@ -89,15 +107,19 @@ pub struct ModelFile {
 impl ModelFile {
     /// Parses and checks a model file held in memory.
     pub fn from_bytes(bytes: &[u8]) -> Result<ModelFile, ModelError> {
-        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| ModelError::NotSafetensors(e.to_string()))?;
-        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::NotSafetensors(e.to_string()))?;
+        let (_, metadata) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| ModelError::NotSafetensors(e.to_string()))?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| ModelError::NotSafetensors(e.to_string()))?;
         let config_json = metadata
             .metadata()
             .as_ref()
             .and_then(|m| m.get(CONFIG_KEY))
-            .ok_or_else(|| ModelError::NotM3ret(format!("its safetensors metadata has no \"{CONFIG_KEY}\"")))?;
-        let config: ModelConfig =
-            serde_json::from_str(config_json).map_err(|e| ModelError::NotM3ret(format!("its config does not parse: {e}")))?;
+            .ok_or_else(|| {
+                ModelError::NotM3ret(format!("its safetensors metadata has no \"{CONFIG_KEY}\""))
+            })?;
+        let config: ModelConfig = serde_json::from_str(config_json)
+            .map_err(|e| ModelError::NotM3ret(format!("its config does not parse: {e}")))?;
         config.validate().map_err(ModelError::BadConfig)?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
@@ -107,7 +129,8 @@ impl ModelFile {
     }
 
     pub fn from_path(path: &std::path::Path) -> Result<ModelFile, ModelError> {
-        let bytes = std::fs::read(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
         Self::from_bytes(&bytes)
     }
 
@@ -118,9 +141,16 @@ impl ModelFile {
         let vars = vs.variables();
         for (name, mut var) in vars.iter().map(|(n, v)| (n.clone(), v.shallow_clone())) {
             let key = format!("{prefix}{name}");
-            let t = self.tensors.get(&key).ok_or_else(|| ModelError::MissingTensor(key.clone()))?;
+            let t = self
+                .tensors
+                .get(&key)
+                .ok_or_else(|| ModelError::MissingTensor(key.clone()))?;
             if t.size() != var.size() {
-                return Err(ModelError::ShapeMismatch { name: key, expected: var.size(), found: t.size() });
+                return Err(ModelError::ShapeMismatch {
+                    name: key,
+                    expected: var.size(),
+                    found: t.size(),
+                });
             }
             tch::no_grad(|| var.copy_(t));
         }
@@ -140,7 +170,11 @@ fn view_to_tensor(view: &TensorView<'_>) -> Result<Tensor, ModelError> {
         Dtype::F32 => Kind::Float,
         Dtype::F16 => Kind::Half,
         Dtype::BF16 => Kind::BFloat16,
-        other => return Err(ModelError::NotM3ret(format!("it holds a {other:?} tensor; m3ret stores f32, f16 or bf16"))),
+        other => {
+            return Err(ModelError::NotM3ret(format!(
+                "it holds a {other:?} tensor; m3ret stores f32, f16 or bf16"
+            )))
+        }
     };
     let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
     Tensor::f_from_data_size(view.data(), &shape, kind)

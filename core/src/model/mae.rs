@@ -30,11 +30,18 @@ pub fn random_masking(batch: i64, n: i64, mask_ratio: f64, device: tch::Device) 
     let ids_restore = ids_shuffle.argsort(1, false);
     let ids_keep = ids_shuffle.narrow(1, 0, keep);
     let shuffled_mask = Tensor::cat(
-        &[Tensor::zeros([batch, keep], (Kind::Float, device)), Tensor::ones([batch, n - keep], (Kind::Float, device))],
+        &[
+            Tensor::zeros([batch, keep], (Kind::Float, device)),
+            Tensor::ones([batch, n - keep], (Kind::Float, device)),
+        ],
         1,
     );
     let mask = shuffled_mask.gather(1, &ids_restore, false);
-    Masking { ids_keep, ids_restore, mask }
+    Masking {
+        ids_keep,
+        ids_restore,
+        mask,
+    }
 }
 
 /// Gathers `[B, N, C]` tokens at `[B, K]` indices into `[B, K, C]`.
@@ -74,8 +81,17 @@ impl Decoder {
         Decoder {
             config: config.clone(),
             embed: linear(&vs / "embed", encoder.width, w),
-            mask_token: vs.var("mask_token", &[1, 1, w], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
-            blocks: (0..config.depth).map(|i| Block::new(&vs / "blocks" / i, w, config.heads, 4.0)).collect(),
+            mask_token: vs.var(
+                "mask_token",
+                &[1, 1, w],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            ),
+            blocks: (0..config.depth)
+                .map(|i| Block::new(&vs / "blocks" / i, w, config.heads, 4.0))
+                .collect(),
             norm: layer_norm(&vs / "norm", w),
             pred: linear(&vs / "pred", w, patch_pixels),
         }
@@ -86,10 +102,15 @@ impl Decoder {
         let x = self.embed.forward(visible);
         let (b, k, w) = x.size3().expect("[B, K, W]");
         let n = masking.ids_restore.size()[1];
-        let masked = self.mask_token.to_kind(x.kind()).expand([b, n - k, w], false);
+        let masked = self
+            .mask_token
+            .to_kind(x.kind())
+            .expand([b, n - k, w], false);
         let shuffled = Tensor::cat(&[x, masked], 1);
         let mut x = gather_tokens(&shuffled, &masking.ids_restore);
-        x = x + sincos_3d(w, grid, visible.device()).to_kind(visible.kind()).unsqueeze(0);
+        x = x + sincos_3d(w, grid, visible.device())
+            .to_kind(visible.kind())
+            .unsqueeze(0);
         for block in &self.blocks {
             x = block.forward(&x);
         }
@@ -112,23 +133,44 @@ pub struct MaeOutput {
 
 impl Mae {
     pub fn new(vs: nn::Path, encoder: &EncoderConfig, decoder: &DecoderConfig) -> Self {
-        Mae { encoder: Encoder::new(&vs / "encoder", encoder), decoder: Decoder::new(&vs / "decoder", decoder, encoder) }
+        Mae {
+            encoder: Encoder::new(&vs / "encoder", encoder),
+            decoder: Decoder::new(&vs / "decoder", decoder, encoder),
+        }
     }
 
     pub fn forward(&self, input: &Tensor) -> MaeOutput {
         let tokens = self.encoder.tokens(input);
         let (b, n, _) = tokens.size3().expect("[B, N, C]");
         let masking = random_masking(b, n, self.decoder.config.mask_ratio, input.device());
-        let visible = self.encoder.encode_tokens(&gather_tokens(&tokens, &masking.ids_keep)).patches;
-        let pred = self.decoder.forward(&visible, &masking, self.encoder.grid(input));
-        let loss = reconstruction_loss(&pred, &patchify(input, self.encoder.config.patch), &masking.mask, self.decoder.config.norm_pix_loss);
-        MaeOutput { loss, mask: masking.mask }
+        let visible = self
+            .encoder
+            .encode_tokens(&gather_tokens(&tokens, &masking.ids_keep))
+            .patches;
+        let pred = self
+            .decoder
+            .forward(&visible, &masking, self.encoder.grid(input));
+        let loss = reconstruction_loss(
+            &pred,
+            &patchify(input, self.encoder.config.patch),
+            &masking.mask,
+            self.decoder.config.norm_pix_loss,
+        );
+        MaeOutput {
+            loss,
+            mask: masking.mask,
+        }
     }
 }
 
 /// Mean squared error per patch, averaged over the masked patches only.
 /// With `norm_pix`, each target patch is normalised by its own mean and variance.
-pub fn reconstruction_loss(pred: &Tensor, target: &Tensor, mask: &Tensor, norm_pix: bool) -> Tensor {
+pub fn reconstruction_loss(
+    pred: &Tensor,
+    target: &Tensor,
+    mask: &Tensor,
+    norm_pix: bool,
+) -> Tensor {
     let target = if norm_pix {
         let mean = target.mean_dim(-1, true, Kind::Float);
         let var = target.var_dim(-1, true, true);
@@ -136,6 +178,8 @@ pub fn reconstruction_loss(pred: &Tensor, target: &Tensor, mask: &Tensor, norm_p
     } else {
         target.shallow_clone()
     };
-    let per_patch = (pred.to_kind(Kind::Float) - target).square().mean_dim(-1, false, Kind::Float);
+    let per_patch = (pred.to_kind(Kind::Float) - target)
+        .square()
+        .mean_dim(-1, false, Kind::Float);
     (per_patch * mask).sum(Kind::Float) / mask.sum(Kind::Float)
 }

@@ -31,7 +31,11 @@ pub enum ModelError {
     #[error("model file lacks tensor \"{0}\"")]
     MissingTensor(String),
     #[error("tensor \"{name}\" has shape {found:?}, the config expects {expected:?}")]
-    ShapeMismatch { name: String, expected: Vec<i64>, found: Vec<i64> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
     #[error("model file has tensor \"{0}\", which this architecture does not have")]
     UnexpectedTensor(String),
     #[error("invalid input: {0}")]

@@ -10,15 +10,24 @@ use tch::{Device, Kind, Tensor};
 /// (the order `Conv3d` output flattens to). `width` must be even: the slice and row
 /// axes get `2 * floor(width / 6)` dimensions each, the column axis the rest.
 pub fn sincos_3d(width: i64, grid: [i64; 3], device: Device) -> Tensor {
-    assert!(width % 2 == 0 && width >= 6, "width {width} must be even and at least 6");
+    assert!(
+        width % 2 == 0 && width >= 6,
+        "width {width} must be even and at least 6"
+    );
     let (ds, dh) = (2 * (width / 6), 2 * (width / 6));
     let dw = width - ds - dh;
     let [gs, gh, gw] = grid;
     let n = gs * gh * gw;
     // Broadcast each axis' table over the other two axes, then flatten the grid.
-    let es = axis_embedding(ds, gs, device).view([gs, 1, 1, ds]).expand([gs, gh, gw, ds], false);
-    let eh = axis_embedding(dh, gh, device).view([1, gh, 1, dh]).expand([gs, gh, gw, dh], false);
-    let ew = axis_embedding(dw, gw, device).view([1, 1, gw, dw]).expand([gs, gh, gw, dw], false);
+    let es = axis_embedding(ds, gs, device)
+        .view([gs, 1, 1, ds])
+        .expand([gs, gh, gw, ds], false);
+    let eh = axis_embedding(dh, gh, device)
+        .view([1, gh, 1, dh])
+        .expand([gs, gh, gw, dh], false);
+    let ew = axis_embedding(dw, gw, device)
+        .view([1, 1, gw, dw])
+        .expand([gs, gh, gw, dw], false);
     Tensor::cat(&[es, eh, ew], -1).reshape([n, width])
 }
 
@@ -43,7 +52,9 @@ mod tests {
         // Every position gets its own code.
         let d = pe.unsqueeze(0) - pe.unsqueeze(1);
         let dist = d.square().sum_dim_intlist(-1, false, Kind::Float);
-        let off_diag_min = (dist + Tensor::eye(24, (Kind::Float, Device::Cpu)) * 1e9).min().double_value(&[]);
+        let off_diag_min = (dist + Tensor::eye(24, (Kind::Float, Device::Cpu)) * 1e9)
+            .min()
+            .double_value(&[]);
         assert!(off_diag_min > 1e-3, "{off_diag_min}");
         // Position (0,0,0) is sin(0)=0 / cos(0)=1 on every axis.
         let first: Vec<f32> = Vec::try_from(pe.get(0)).unwrap();

@@ -46,12 +46,19 @@ pub struct Branch {
 
 impl Branch {
     pub fn new(vs: nn::Path, encoder: &EncoderConfig, head: &HeadConfig) -> Self {
-        Branch { encoder: Encoder::new(&vs / "encoder", encoder), head: Head::new(&vs / "head", encoder.width, head) }
+        Branch {
+            encoder: Encoder::new(&vs / "encoder", encoder),
+            head: Head::new(&vs / "head", encoder.width, head),
+        }
     }
 
     /// The head's output for the [CLS] token of each view: `[B, out]`.
     pub fn project(&self, view: &Tensor) -> Tensor {
-        let cls = self.encoder.forward(view).cls.expect("SimDINO encoders have [CLS]");
+        let cls = self
+            .encoder
+            .forward(view)
+            .cls
+            .expect("SimDINO encoders have [CLS]");
         self.head.forward(&cls)
     }
 }
@@ -79,17 +86,29 @@ pub fn simdino_loss(student: &[Tensor], teacher: &[Tensor], eps: f64) -> SimDino
             if s == t {
                 continue;
             }
-            alignment = alignment + (zs - zt).square().sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float) * 0.5;
+            alignment = alignment
+                + (zs - zt)
+                    .square()
+                    .sum_dim_intlist(-1, false, Kind::Float)
+                    .mean(Kind::Float)
+                    * 0.5;
             terms += 1;
         }
     }
     let alignment = alignment / terms.max(1) as f64;
     let (m, d) = student[0].size2().expect("[B, d]");
-    let rates: Vec<Tensor> = student[..teacher.len()].iter().map(|z| coding_rate(z, eps)).collect();
+    let rates: Vec<Tensor> = student[..teacher.len()]
+        .iter()
+        .map(|z| coding_rate(z, eps))
+        .collect();
     let coding_rate = Tensor::stack(&rates, 0).mean(Kind::Float);
     let gamma = (d + m) as f64 / (d * m) as f64;
     let loss = &alignment - &coding_rate * gamma;
-    SimDinoLoss { loss, alignment, coding_rate }
+    SimDinoLoss {
+        loss,
+        alignment,
+        coding_rate,
+    }
 }
 
 /// R(Z) = 1/2 logdet(I + d / (m eps^2) Z^T Z), through a Cholesky factor:
@@ -99,7 +118,10 @@ pub fn coding_rate(z: &Tensor, eps: f64) -> Tensor {
     let z = z.to_kind(Kind::Float);
     let scale = d as f64 / (m as f64 * eps * eps);
     let a = Tensor::eye(d, (Kind::Float, z.device())) + z.transpose(0, 1).matmul(&z) * scale;
-    a.linalg_cholesky(false).diagonal(0, 0, 1).log().sum(Kind::Float)
+    a.linalg_cholesky(false)
+        .diagonal(0, 0, 1)
+        .log()
+        .sum(Kind::Float)
 }
 
 /// The teacher momentum at `step` of `total`: cosine from `start` (DINO: 0.996) up
@@ -114,7 +136,9 @@ pub fn ema_update(teacher: &nn::VarStore, student: &nn::VarStore, momentum: f64)
     tch::no_grad(|| {
         let student_vars = student.variables();
         for (name, mut t) in teacher.variables() {
-            let s = student_vars.get(&name).unwrap_or_else(|| panic!("student has no {name}"));
+            let s = student_vars
+                .get(&name)
+                .unwrap_or_else(|| panic!("student has no {name}"));
             t.copy_(&(&t * momentum + s * (1.0 - momentum)));
         }
     });

@@ -13,13 +13,23 @@ use tch::{Kind, Tensor};
 pub const LN_EPS: f64 = 1e-6;
 
 pub fn layer_norm(vs: nn::Path, width: i64) -> nn::LayerNorm {
-    nn::layer_norm(vs, vec![width], nn::LayerNormConfig { eps: LN_EPS, ..Default::default() })
+    nn::layer_norm(
+        vs,
+        vec![width],
+        nn::LayerNormConfig {
+            eps: LN_EPS,
+            ..Default::default()
+        },
+    )
 }
 
 /// Linear layer initialised as the reference ViTs do (normal, std 0.02; zero bias).
 pub fn linear(vs: nn::Path, i: i64, o: i64) -> nn::Linear {
     let config = nn::LinearConfig {
-        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
         bs_init: Some(nn::Init::Const(0.0)),
         bias: true,
     };
@@ -36,14 +46,31 @@ struct Attention {
 
 impl Attention {
     fn new(vs: nn::Path, width: i64, heads: i64) -> Self {
-        Attention { qkv: linear(&vs / "qkv", width, 3 * width), proj: linear(&vs / "proj", width, width), heads }
+        Attention {
+            qkv: linear(&vs / "qkv", width, 3 * width),
+            proj: linear(&vs / "proj", width, width),
+            heads,
+        }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let (b, n, c) = x.size3().expect("[B, N, C]");
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, self.heads, c / self.heads]).permute([2, 0, 3, 1, 4]);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, n, 3, self.heads, c / self.heads])
+            .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
         self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
     }
 }
@@ -72,7 +99,9 @@ impl Block {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let x = x + self.attn.forward(&self.norm1.forward(x));
-        let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
+        let h = self
+            .fc2
+            .forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
         x + h
     }
 }
@@ -104,14 +133,34 @@ impl Encoder {
             dilation: [1, 1, 1],
             groups: 1,
             bias: true,
-            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
             bs_init: nn::Init::Const(0.0),
             padding_mode: nn::PaddingMode::Zeros,
         };
         let patch_embed = nn::conv(&vs / "patch_embed", 3, w, config.patch, conv_config);
-        let cls_token = config.cls_token.then(|| vs.var("cls_token", &[1, 1, w], nn::Init::Randn { mean: 0.0, stdev: 0.02 }));
-        let blocks = (0..config.depth).map(|i| Block::new(&vs / "blocks" / i, w, config.heads, config.mlp_ratio)).collect();
-        Encoder { config: config.clone(), patch_embed, cls_token, blocks, norm: layer_norm(&vs / "norm", w) }
+        let cls_token = config.cls_token.then(|| {
+            vs.var(
+                "cls_token",
+                &[1, 1, w],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            )
+        });
+        let blocks = (0..config.depth)
+            .map(|i| Block::new(&vs / "blocks" / i, w, config.heads, config.mlp_ratio))
+            .collect();
+        Encoder {
+            config: config.clone(),
+            patch_embed,
+            cls_token,
+            blocks,
+            norm: layer_norm(&vs / "norm", w),
+        }
     }
 
     /// The token grid (slices, rows, columns) of an input `[B, 3, S, H, W]`.
@@ -124,7 +173,11 @@ impl Encoder {
     /// Patch tokens with positions added: `[B, N, width]`.
     pub fn tokens(&self, input: &Tensor) -> Tensor {
         let grid = self.grid(input);
-        let x = self.patch_embed.forward(input).flatten(2, -1).transpose(1, 2);
+        let x = self
+            .patch_embed
+            .forward(input)
+            .flatten(2, -1)
+            .transpose(1, 2);
         let pos = sincos_3d(self.config.width, grid, input.device()).to_kind(x.kind());
         x + pos.unsqueeze(0)
     }
@@ -136,10 +189,21 @@ impl Encoder {
 
     /// As [`Encoder::encode_tokens`], calling `between_blocks` before each block: the
     /// extension checks for query cancellation there, between tensor operations.
-    pub fn encode_tokens_with(&self, tokens: &Tensor, between_blocks: &mut dyn FnMut()) -> EncoderOutput {
+    pub fn encode_tokens_with(
+        &self,
+        tokens: &Tensor,
+        between_blocks: &mut dyn FnMut(),
+    ) -> EncoderOutput {
         let b = tokens.size()[0];
         let mut x = match &self.cls_token {
-            Some(cls) => Tensor::cat(&[cls.expand([b, 1, self.config.width], false).to_kind(tokens.kind()), tokens.shallow_clone()], 1),
+            Some(cls) => Tensor::cat(
+                &[
+                    cls.expand([b, 1, self.config.width], false)
+                        .to_kind(tokens.kind()),
+                    tokens.shallow_clone(),
+                ],
+                1,
+            ),
             None => tokens.shallow_clone(),
         };
         for block in &self.blocks {
@@ -148,8 +212,14 @@ impl Encoder {
         }
         let x = self.norm.forward(&x);
         match self.cls_token {
-            Some(_) => EncoderOutput { cls: Some(x.select(1, 0)), patches: x.narrow(1, 1, x.size()[1] - 1) },
-            None => EncoderOutput { cls: None, patches: x },
+            Some(_) => EncoderOutput {
+                cls: Some(x.select(1, 0)),
+                patches: x.narrow(1, 1, x.size()[1] - 1),
+            },
+            None => EncoderOutput {
+                cls: None,
+                patches: x,
+            },
         }
     }
 
@@ -163,7 +233,13 @@ impl Encoder {
 pub fn pool(output: &EncoderOutput, pooling: super::config::Pooling) -> Tensor {
     use super::config::Pooling;
     let avg = || output.patches.mean_dim(1, false, Kind::Float);
-    let cls = || output.cls.as_ref().expect("pooling needs [CLS]").to_kind(Kind::Float);
+    let cls = || {
+        output
+            .cls
+            .as_ref()
+            .expect("pooling needs [CLS]")
+            .to_kind(Kind::Float)
+    };
     match pooling {
         Pooling::Avg => avg(),
         Pooling::Cls => cls(),

@@ -48,10 +48,16 @@ pub fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
 macro_rules! dispatch {
     ($kernel:ident($a:expr, $b:expr)) => {{
         let (a, b) = ($a, $b);
-        assert_eq!(a.len(), b.len(), "distance between slices of different lengths");
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "distance between slices of different lengths"
+        );
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 // SAFETY: the CPU supports the features the variant was compiled for.
                 return unsafe { avx2::$kernel(a, b) };
             }
@@ -113,17 +119,27 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_and_norms_kernel(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
         let n = a.len() / super::LANES * super::LANES;
-        let (mut ab, mut aa, mut bb) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut ab, mut aa, mut bb) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
         let mut i = 0;
         while i < n {
             // SAFETY: i + 8 <= n <= len of both slices.
-            let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i))) };
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                )
+            };
             ab = _mm256_fmadd_ps(x, y, ab);
             aa = _mm256_fmadd_ps(x, x, aa);
             bb = _mm256_fmadd_ps(y, y, bb);
             i += super::LANES;
         }
-        let (mut sab, mut saa, mut sbb) = (horizontal_sum(ab), horizontal_sum(aa), horizontal_sum(bb));
+        let (mut sab, mut saa, mut sbb) =
+            (horizontal_sum(ab), horizontal_sum(aa), horizontal_sum(bb));
         for (x, y) in a[n..].iter().zip(&b[n..]) {
             sab = x.mul_add(*y, sab);
             saa = x.mul_add(*x, saa);
@@ -166,7 +182,11 @@ mod portable {
                 acc[l] += d * d;
             }
         }
-        acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum::<f32>()
+        acc.iter().sum::<f32>()
+            + ra.iter()
+                .zip(rb)
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f32>()
     }
 
     pub(super) fn dot_and_norms_kernel(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
@@ -217,7 +237,11 @@ mod tests {
         let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
         let aa: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
         let bb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum();
-        let l2: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+        let l2: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum();
         (dot, aa, bb, l2)
     }
 
@@ -228,8 +252,14 @@ mod tests {
             let (d, aa, bb, l2) = exact(&a, &b);
             assert!((dot(&a, &b) as f64 - d).abs() < 1e-4, "dot n={n}");
             assert!((l2_squared(&a, &b) as f64 - l2).abs() < 1e-3, "l2 n={n}");
-            assert!((l2_distance(&a, &b) - l2.sqrt()).abs() < 1e-4, "l2 dist n={n}");
-            assert!((negative_inner_product(&a, &b) + d).abs() < 1e-4, "ip n={n}");
+            assert!(
+                (l2_distance(&a, &b) - l2.sqrt()).abs() < 1e-4,
+                "l2 dist n={n}"
+            );
+            assert!(
+                (negative_inner_product(&a, &b) + d).abs() < 1e-4,
+                "ip n={n}"
+            );
             let cos = 1.0 - d / (aa * bb).sqrt();
             assert!((cosine_distance(&a, &b) - cos).abs() < 1e-5, "cos n={n}");
             assert!((portable::dot_kernel(&a, &b) as f64 - d).abs() < 1e-4);

@@ -26,7 +26,10 @@ pub fn check_dims(dims: usize) -> Result<(), VectorError> {
 pub fn check_finite(values: &[f32]) -> Result<(), VectorError> {
     match values.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(VectorError::NotFinite { index: i + 1, value: values[i].to_string() }),
+        Some(i) => Err(VectorError::NotFinite {
+            index: i + 1,
+            value: values[i].to_string(),
+        }),
     }
 }
 
@@ -69,7 +72,10 @@ mod tests {
     fn dimension_limits() {
         assert_eq!(check_dims(0), Err(VectorError::Empty));
         assert!(check_dims(MAX_DIMS).is_ok());
-        assert_eq!(check_dims(MAX_DIMS + 1), Err(VectorError::TooManyDims(MAX_DIMS + 1)));
+        assert_eq!(
+            check_dims(MAX_DIMS + 1),
+            Err(VectorError::TooManyDims(MAX_DIMS + 1))
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ pub fn prefetch(ptr: *const u8, bytes: usize) {
     for offset in (0..bytes).step_by(LINE) {
         // SAFETY: a prefetch does not access memory (no fault, whatever the
         // address), and SSE is part of the x86-64 baseline.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.wrapping_add(offset) as *const i8) };
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                ptr.wrapping_add(offset) as *const i8,
+            )
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (ptr, bytes);

@@ -23,11 +23,21 @@ impl Clustered {
     pub fn new(dims: usize, clusters: usize) -> Self {
         let mut rng = LevelRng::new(0x006d_3372_6574);
         let mut uniform = |scale: f32| (rng.next_unit() as f32 * 2.0 - 1.0) * scale;
-        let centres = (0..clusters).map(|_| (0..dims).map(|_| uniform(1.0)).collect()).collect();
-        let bases = (0..clusters)
-            .map(|_| (0..SPREAD_DIRECTIONS).map(|_| (0..dims).map(|_| uniform(0.15)).collect()).collect())
+        let centres = (0..clusters)
+            .map(|_| (0..dims).map(|_| uniform(1.0)).collect())
             .collect();
-        Clustered { dims, centres, bases }
+        let bases = (0..clusters)
+            .map(|_| {
+                (0..SPREAD_DIRECTIONS)
+                    .map(|_| (0..dims).map(|_| uniform(0.15)).collect())
+                    .collect()
+            })
+            .collect();
+        Clustered {
+            dims,
+            centres,
+            bases,
+        }
     }
 
     /// `n` members, member i in cluster i mod clusters.
@@ -39,7 +49,13 @@ impl Clustered {
                 let c = i % self.centres.len();
                 let z: Vec<f32> = (0..SPREAD_DIRECTIONS).map(|_| uniform(1.0)).collect();
                 (0..self.dims)
-                    .map(|d| self.centres[c][d] + (0..SPREAD_DIRECTIONS).map(|k| z[k] * self.bases[c][k][d]).sum::<f32>() + uniform(0.01))
+                    .map(|d| {
+                        self.centres[c][d]
+                            + (0..SPREAD_DIRECTIONS)
+                                .map(|k| z[k] * self.bases[c][k][d])
+                                .sum::<f32>()
+                            + uniform(0.01)
+                    })
                     .collect()
             })
             .collect()
@@ -53,5 +69,11 @@ impl Clustered {
 /// HNSW graphs orphan elements.
 pub fn near_duplicates(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = LevelRng::new(seed);
-    (0..n).map(|i| (0..dims).map(|_| (i % 50) as f32 * 0.1 + rng.next_unit() as f32 - 0.5).collect()).collect()
+    (0..n)
+        .map(|i| {
+            (0..dims)
+                .map(|_| (i % 50) as f32 * 0.1 + rng.next_unit() as f32 - 0.5)
+                .collect()
+        })
+        .collect()
 }

@@ -29,11 +29,18 @@ pub fn parse(literal: &str) -> Result<Vec<f32>, VectorError> {
         if token.is_empty() {
             return Err(malformed(&format!("element {} is empty", i + 1)));
         }
-        let value: f32 = token
-            .parse()
-            .map_err(|_| malformed(&format!("element {} (\"{}\") is not a number", i + 1, abbreviate(token))))?;
+        let value: f32 = token.parse().map_err(|_| {
+            malformed(&format!(
+                "element {} (\"{}\") is not a number",
+                i + 1,
+                abbreviate(token)
+            ))
+        })?;
         if !value.is_finite() {
-            return Err(VectorError::NotFinite { index: i + 1, value: abbreviate(token) });
+            return Err(VectorError::NotFinite {
+                index: i + 1,
+                value: abbreviate(token),
+            });
         }
         values.push(value);
     }
@@ -96,7 +103,11 @@ mod tests {
     #[test]
     fn rejects_malformed_literals() {
         let msg = |s: &str| parse(s).unwrap_err().to_string();
-        assert!(msg("[1,,2]").contains("element 2 is empty"), "{}", msg("[1,,2]"));
+        assert!(
+            msg("[1,,2]").contains("element 2 is empty"),
+            "{}",
+            msg("[1,,2]")
+        );
         assert!(msg("[1,2").contains("must end with"));
         assert!(msg("abc").contains("must start with"));
         assert_eq!(parse("[]"), Err(VectorError::Empty));

@@ -17,7 +17,10 @@ pub fn shared_data() -> Option<PathBuf> {
 /// The first `n` files of a folder of the shared corpus, sorted by name.
 pub fn corpus_files(dir: &str, n: usize) -> Option<Vec<PathBuf>> {
     let root = shared_data()?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir)).ok()?.map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+        .ok()?
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files.truncate(n);
     Some(files)
@@ -25,5 +28,7 @@ pub fn corpus_files(dir: &str, n: usize) -> Option<Vec<PathBuf>> {
 
 /// The repository's committed fixtures (always present).
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name)
 }

@@ -32,7 +32,14 @@ fn embedding_to_real_array(e: EmbeddingRef<'_>, _typmod: i32, _explicit: bool) -
 fn from_elements(elements: impl ExactSizeIterator<Item = Option<f32>>, typmod: i32) -> Embedding {
     vector::check_dims(elements.len()).or_raise();
     let values: Vec<f32> = elements
-        .map(|v| v.unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "array must not contain nulls")))
+        .map(|v| {
+            v.unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                    "array must not contain nulls",
+                )
+            })
+        })
         .collect();
     vector::check_finite(&values).or_raise();
     check_typmod(values.len(), typmod);

@@ -48,12 +48,18 @@ impl<'a> EmbeddingRef<'a> {
             );
         }
         let first = unsafe { (ptr as *const u8).add(HEADER_BYTES) as *const f32 };
-        EmbeddingRef { values: unsafe { std::slice::from_raw_parts(first, dim) } }
+        EmbeddingRef {
+            values: unsafe { std::slice::from_raw_parts(first, dim) },
+        }
     }
 }
 
 impl FromDatum for EmbeddingRef<'_> {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
         if is_null {
             None
         } else {
@@ -113,7 +119,8 @@ macro_rules! sql_is_embedding {
         unsafe impl SqlTranslatable for $ty {
             const TYPE_IDENT: &'static str = "m3ret::embedding";
             const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
-            const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("embedding"));
+            const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> =
+                Ok(SqlMappingRef::literal("embedding"));
             const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
                 Ok(ReturnsRef::One(SqlMappingRef::literal("embedding")));
         }

@@ -14,7 +14,10 @@ use std::ffi::{CStr, CString};
 #[pg_extern(sql = false, immutable, strict, parallel_safe)]
 fn embedding_in(input: &CStr, _type_oid: pg_sys::Oid, typmod: i32) -> Embedding {
     let text = input.to_str().unwrap_or_else(|_| {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "embedding literal is not valid UTF-8")
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            "embedding literal is not valid UTF-8",
+        )
     });
     let values = vector::text::parse(text).or_raise();
     check_typmod(values.len(), typmod);
@@ -23,24 +26,38 @@ fn embedding_in(input: &CStr, _type_oid: pg_sys::Oid, typmod: i32) -> Embedding 
 
 #[pg_extern(sql = false, immutable, strict, parallel_safe)]
 fn embedding_out(embedding: EmbeddingRef<'_>) -> CString {
-    CString::new(vector::text::format(embedding.values())).expect("formatted numbers contain no NUL")
+    CString::new(vector::text::format(embedding.values()))
+        .expect("formatted numbers contain no NUL")
 }
 
 /// `embedding(n)`: exactly one modifier, 1..=16000.
 #[pg_extern(sql = false, immutable, strict, parallel_safe)]
 fn embedding_typmod_in(modifiers: Array<'_, &CStr>) -> i32 {
     if modifiers.len() != 1 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "invalid type modifier: embedding takes one, its number of dimensions");
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "invalid type modifier: embedding takes one, its number of dimensions",
+        );
     }
-    let text = modifiers.get(0).flatten().and_then(|c| c.to_str().ok()).unwrap_or("");
+    let text = modifiers
+        .get(0)
+        .flatten()
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or("");
     match text.trim().parse::<i64>() {
         Ok(n) if n >= 1 && n <= MAX_DIMS as i64 => n as i32,
-        Ok(n) if n < 1 => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "dimensions for type embedding must be at least 1"),
+        Ok(n) if n < 1 => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "dimensions for type embedding must be at least 1",
+        ),
         Ok(_) => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("dimensions for type embedding cannot exceed {MAX_DIMS}"),
         ),
-        Err(_) => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid type modifier \"{text}\" for type embedding")),
+        Err(_) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid type modifier \"{text}\" for type embedding"),
+        ),
     }
 }
 
@@ -101,7 +118,10 @@ impl<'a> MessageReader<'a> {
         }
         // SAFETY: cursor..cursor+n lies inside the buffer's len bytes, checked above.
         let bytes = unsafe {
-            std::slice::from_raw_parts((self.buf.data as *const u8).add(self.buf.cursor as usize), n)
+            std::slice::from_raw_parts(
+                (self.buf.data as *const u8).add(self.buf.cursor as usize),
+                n,
+            )
         };
         self.buf.cursor += n as i32;
         bytes

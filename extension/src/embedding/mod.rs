@@ -31,6 +31,9 @@ pub fn check_typmod(dims: usize, typmod: i32) {
 /// Checks that two operands have the same number of dimensions.
 pub fn check_same_dims(a: &[f32], b: &[f32]) {
     if a.len() != b.len() {
-        crate::error::raise_vector_error(m3ret_core::vector::VectorError::DimensionMismatch(a.len(), b.len()));
+        crate::error::raise_vector_error(m3ret_core::vector::VectorError::DimensionMismatch(
+            a.len(),
+            b.len(),
+        ));
     }
 }

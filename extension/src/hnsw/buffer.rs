@@ -29,7 +29,11 @@ impl Locked {
 
     /// Locks a buffer this backend pinned; the pin is released with the lock.
     pub fn lock_pinned(buffer: pg_sys::Buffer, lock: Lock) -> Locked {
-        let mode = if lock == Lock::Share { pg_sys::BUFFER_LOCK_SHARE } else { pg_sys::BUFFER_LOCK_EXCLUSIVE };
+        let mode = if lock == Lock::Share {
+            pg_sys::BUFFER_LOCK_SHARE
+        } else {
+            pg_sys::BUFFER_LOCK_EXCLUSIVE
+        };
         unsafe { pg_sys::LockBuffer(buffer, mode as i32) };
         Locked { buffer }
     }
@@ -38,7 +42,13 @@ impl Locked {
     pub fn extend(index: pg_sys::Relation) -> Locked {
         unsafe {
             pg_sys::LockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
-            let buffer = pg_sys::ReadBufferExtended(index, pg_sys::ForkNumber::MAIN_FORKNUM, pg_sys::InvalidBlockNumber, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
+            let buffer = pg_sys::ReadBufferExtended(
+                index,
+                pg_sys::ForkNumber::MAIN_FORKNUM,
+                pg_sys::InvalidBlockNumber,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                std::ptr::null_mut(),
+            );
             pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
             pg_sys::UnlockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
             Locked { buffer }
@@ -61,15 +71,35 @@ impl Drop for Locked {
 }
 
 fn pin(index: pg_sys::Relation, block: u32) -> pg_sys::Buffer {
-    unsafe { pg_sys::ReadBufferExtended(index, pg_sys::ForkNumber::MAIN_FORKNUM, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut()) }
+    unsafe {
+        pg_sys::ReadBufferExtended(
+            index,
+            pg_sys::ForkNumber::MAIN_FORKNUM,
+            block,
+            pg_sys::ReadBufferMode::RBM_NORMAL,
+            std::ptr::null_mut(),
+        )
+    }
 }
 
 /// Changes one locked page (or two: meta first) as one WAL record.
-pub fn change_pages<R>(index: pg_sys::Relation, pages: &[&Locked], new_page: bool, f: impl FnOnce(&[pg_sys::Page]) -> R) -> R {
+pub fn change_pages<R>(
+    index: pg_sys::Relation,
+    pages: &[&Locked],
+    new_page: bool,
+    f: impl FnOnce(&[pg_sys::Page]) -> R,
+) -> R {
     unsafe {
         let state = pg_sys::GenericXLogStart(index);
-        let flags = if new_page { pg_sys::GENERIC_XLOG_FULL_IMAGE as i32 } else { 0 };
-        let registered: Vec<pg_sys::Page> = pages.iter().map(|p| pg_sys::GenericXLogRegisterBuffer(state, p.buffer, flags)).collect();
+        let flags = if new_page {
+            pg_sys::GENERIC_XLOG_FULL_IMAGE as i32
+        } else {
+            0
+        };
+        let registered: Vec<pg_sys::Page> = pages
+            .iter()
+            .map(|p| pg_sys::GenericXLogRegisterBuffer(state, p.buffer, flags))
+            .collect();
         let result = f(&registered);
         pg_sys::GenericXLogFinish(state);
         result
@@ -79,7 +109,11 @@ pub fn change_pages<R>(index: pg_sys::Relation, pages: &[&Locked], new_page: boo
 /// Formats an empty page of ours.
 pub fn init_page(page: pg_sys::Page) {
     unsafe {
-        pg_sys::PageInit(page, pg_sys::BLCKSZ as usize, std::mem::size_of::<Special>());
+        pg_sys::PageInit(
+            page,
+            pg_sys::BLCKSZ as usize,
+            std::mem::size_of::<Special>(),
+        );
         let special = pg_sys::PageGetSpecialPointer(page) as *mut Special;
         (*special).flags = 0;
         (*special).page_id = page::PAGE_ID;
@@ -87,8 +121,13 @@ pub fn init_page(page: pg_sys::Page) {
 }
 
 pub fn corrupt(index: pg_sys::Relation, what: impl std::fmt::Display) -> ! {
-    let name = unsafe { std::ffi::CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()) }.to_string_lossy().into_owned();
-    raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, format!("m3ret_hnsw index \"{name}\" is corrupt: {what}"))
+    let name = unsafe { std::ffi::CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    raise(
+        PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+        format!("m3ret_hnsw index \"{name}\" is corrupt: {what}"),
+    )
 }
 
 /// The meta page's contents.
@@ -101,10 +140,25 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
     let meta = unsafe { *meta_of(locked.page()) };
     drop(locked);
     if meta.magic != page::MAGIC || meta.version != page::FORMAT_VERSION {
-        corrupt(index, format_args!("meta page has magic {:#x} version {}", meta.magic, meta.version));
+        corrupt(
+            index,
+            format_args!(
+                "meta page has magic {:#x} version {}",
+                meta.magic, meta.version
+            ),
+        );
     }
-    if !(2..=100).contains(&meta.m) || meta.dims as usize > m3ret_core::vector::MAX_DIMS || super::metric_from_code(meta.metric).is_none() {
-        corrupt(index, format_args!("meta page has m {}, {} dimensions, distance {}", meta.m, meta.dims, meta.metric));
+    if !(2..=100).contains(&meta.m)
+        || meta.dims as usize > m3ret_core::vector::MAX_DIMS
+        || super::metric_from_code(meta.metric).is_none()
+    {
+        corrupt(
+            index,
+            format_args!(
+                "meta page has m {}, {} dimensions, distance {}",
+                meta.m, meta.dims, meta.metric
+            ),
+        );
     }
     meta
 }
@@ -112,7 +166,9 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
 /// Writes `f`'s changes to the meta page.
 pub fn update_meta(index: pg_sys::Relation, f: impl FnOnce(&mut Meta)) {
     let locked = Locked::new(index, page::META_BLOCK, Lock::Exclusive);
-    change_pages(index, &[&locked], false, |pages| f(unsafe { &mut *meta_of(pages[0]) }));
+    change_pages(index, &[&locked], false, |pages| {
+        f(unsafe { &mut *meta_of(pages[0]) })
+    });
 }
 
 /// Number of item slots on a page.
@@ -136,7 +192,12 @@ pub fn item_bytes<'p>(page: pg_sys::Page, offset: u16) -> Option<&'p mut [u8]> {
 }
 
 /// The element at `offset` of `page`; ERROR if the tuple is malformed.
-pub fn element_on<'p>(index: pg_sys::Relation, page: pg_sys::Page, offset: u16, layout: Layout) -> Option<Element<'p>> {
+pub fn element_on<'p>(
+    index: pg_sys::Relation,
+    page: pg_sys::Page,
+    offset: u16,
+    layout: Layout,
+) -> Option<Element<'p>> {
     let bytes = item_bytes(page, offset)?;
     match Element::parse(bytes, layout) {
         Ok(e) => Some(e),
@@ -145,32 +206,74 @@ pub fn element_on<'p>(index: pg_sys::Relation, page: pg_sys::Page, offset: u16, 
 }
 
 /// Every element tuple on `page`, with its offset.
-pub fn elements_on<'p>(index: pg_sys::Relation, page: pg_sys::Page, layout: Layout) -> impl Iterator<Item = (u16, Element<'p>)> {
-    (1..=max_offset(page)).filter_map(move |offset| element_on(index, page, offset, layout).map(|e| (offset, e)))
+pub fn elements_on<'p>(
+    index: pg_sys::Relation,
+    page: pg_sys::Page,
+    layout: Layout,
+) -> impl Iterator<Item = (u16, Element<'p>)> {
+    (1..=max_offset(page))
+        .filter_map(move |offset| element_on(index, page, offset, layout).map(|e| (offset, e)))
 }
 
-pub fn element_mut_on<'p>(page: pg_sys::Page, offset: u16, layout: Layout) -> Option<ElementMut<'p>> {
+pub fn element_mut_on<'p>(
+    page: pg_sys::Page,
+    offset: u16,
+    layout: Layout,
+) -> Option<ElementMut<'p>> {
     item_bytes(page, offset).map(|bytes| ElementMut::new(bytes, layout))
 }
 
 /// Runs `f` on the element at `tid` under a share lock; None if there is none.
 /// `nblocks` is the caller's idea of the index size, refreshed when the index grew.
-pub fn with_element<R>(index: pg_sys::Relation, tid: Tid, layout: Layout, nblocks: &mut u32, f: impl FnOnce(&Element) -> R) -> Option<R> {
+pub fn with_element<R>(
+    index: pg_sys::Relation,
+    tid: Tid,
+    layout: Layout,
+    nblocks: &mut u32,
+    f: impl FnOnce(&Element) -> R,
+) -> Option<R> {
     if tid.block >= *nblocks {
         *nblocks = block_count(index);
     }
     if tid.block == page::META_BLOCK || tid.block >= *nblocks {
-        corrupt(index, format_args!("link to block {} of {}", tid.block, *nblocks));
+        corrupt(
+            index,
+            format_args!("link to block {} of {}", tid.block, *nblocks),
+        );
     }
-    read_element(index, Locked::new(index, tid.block, Lock::Share), tid.offset, layout, f)
+    read_element(
+        index,
+        Locked::new(index, tid.block, Lock::Share),
+        tid.offset,
+        layout,
+        f,
+    )
 }
 
 /// [`with_element`] through a pin taken by [`prefetch_elements`].
-pub fn with_prefetched_element<R>(index: pg_sys::Relation, buffer: pg_sys::Buffer, tid: Tid, layout: Layout, f: impl FnOnce(&Element) -> R) -> Option<R> {
-    read_element(index, Locked::lock_pinned(buffer, Lock::Share), tid.offset, layout, f)
+pub fn with_prefetched_element<R>(
+    index: pg_sys::Relation,
+    buffer: pg_sys::Buffer,
+    tid: Tid,
+    layout: Layout,
+    f: impl FnOnce(&Element) -> R,
+) -> Option<R> {
+    read_element(
+        index,
+        Locked::lock_pinned(buffer, Lock::Share),
+        tid.offset,
+        layout,
+        f,
+    )
 }
 
-fn read_element<R>(index: pg_sys::Relation, locked: Locked, offset: u16, layout: Layout, f: impl FnOnce(&Element) -> R) -> Option<R> {
+fn read_element<R>(
+    index: pg_sys::Relation,
+    locked: Locked,
+    offset: u16,
+    layout: Layout,
+    f: impl FnOnce(&Element) -> R,
+) -> Option<R> {
     let element = element_on(index, locked.page(), offset, layout)?;
     Some(f(&element))
 }
@@ -195,15 +298,26 @@ impl Prefetched {
 /// Line pointers are read under the pin alone, no lock: one that changes
 /// meanwhile only spoils the hint, and the addresses hinted stay inside the page.
 /// Tids outside `nblocks` are left to the ordinary read, which reports them.
-pub fn prefetch_elements(index: pg_sys::Relation, tids: &[Tid], nblocks: u32, prefetched: &mut Prefetched) {
+pub fn prefetch_elements(
+    index: pg_sys::Relation,
+    tids: &[Tid],
+    nblocks: u32,
+    prefetched: &mut Prefetched,
+) {
     // Every pin is normally taken over by its read; any left are released here.
     for (_, buffer) in prefetched.0.drain(..) {
         unsafe { pg_sys::ReleaseBuffer(buffer) };
     }
-    for &tid in tids.iter().filter(|t| t.block != page::META_BLOCK && t.block < nblocks) {
+    for &tid in tids
+        .iter()
+        .filter(|t| t.block != page::META_BLOCK && t.block < nblocks)
+    {
         let buffer = pin(index, tid.block);
         let page = unsafe { pg_sys::BufferGetPage(buffer) };
-        prefetch(unsafe { pg_sys::PageGetItemId(page, tid.offset) } as *const u8, std::mem::size_of::<pg_sys::ItemIdData>());
+        prefetch(
+            unsafe { pg_sys::PageGetItemId(page, tid.offset) } as *const u8,
+            std::mem::size_of::<pg_sys::ItemIdData>(),
+        );
         prefetched.0.push((tid, buffer));
     }
     for &(tid, buffer) in &prefetched.0 {

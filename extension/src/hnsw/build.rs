@@ -56,29 +56,69 @@ struct Build {
 }
 
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn ambuild(heap: pg_sys::Relation, index: pg_sys::Relation, info: *mut pg_sys::IndexInfo) -> *mut pg_sys::IndexBuildResult {
+pub unsafe extern "C-unwind" fn ambuild(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    info: *mut pg_sys::IndexInfo,
+) -> *mut pg_sys::IndexBuildResult {
     let metric = metric_of(index);
     let (m, ef_construction) = options::of(index);
     if ef_construction < 2 * m {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("ef_construction ({ef_construction}) must be at least 2 * m ({})", 2 * m));
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "ef_construction ({ef_construction}) must be at least 2 * m ({})",
+                2 * m
+            ),
+        );
     }
     let params = Params { m, ef_construction };
     let dims = declared_dims(index);
     if dims > 0 {
         check_fits(dims, params);
     }
-    write_meta(index, pg_sys::ForkNumber::MAIN_FORKNUM, metric, params, dims);
+    write_meta(
+        index,
+        pg_sys::ForkNumber::MAIN_FORKNUM,
+        metric,
+        params,
+        dims,
+    );
     let budget = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
-    let mut state = Build { index, metric, params, dims, vectors: Vec::new(), heap_tids: Vec::new(), levels: Vec::new(), budget, used: 0, on_disk: false, tuples: 0.0 };
+    let mut state = Build {
+        index,
+        metric,
+        params,
+        dims,
+        vectors: Vec::new(),
+        heap_tids: Vec::new(),
+        levels: Vec::new(),
+        budget,
+        used: 0,
+        on_disk: false,
+        tuples: 0.0,
+    };
     progress(PROGRESS_SUBPHASE, PHASE_LOAD);
     let heap_tuples = unsafe {
-        pg_sys::table_index_build_scan(heap, index, info, true, true, Some(collect), &mut state as *mut Build as *mut std::ffi::c_void, std::ptr::null_mut())
+        pg_sys::table_index_build_scan(
+            heap,
+            index,
+            info,
+            true,
+            true,
+            Some(collect),
+            &mut state as *mut Build as *mut std::ffi::c_void,
+            std::ptr::null_mut(),
+        )
     };
     if !state.on_disk {
         write_graph(&mut state);
     }
     log_all_pages(index, pg_sys::ForkNumber::MAIN_FORKNUM);
-    let result = unsafe { pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBuildResult>()) as *mut pg_sys::IndexBuildResult };
+    let result = unsafe {
+        pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBuildResult>())
+            as *mut pg_sys::IndexBuildResult
+    };
     unsafe {
         (*result).heap_tuples = heap_tuples;
         (*result).index_tuples = state.tuples;
@@ -90,7 +130,13 @@ pub unsafe extern "C-unwind" fn ambuild(heap: pg_sys::Relation, index: pg_sys::R
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
     let (m, ef_construction) = options::of(index);
-    write_meta(index, pg_sys::ForkNumber::INIT_FORKNUM, metric_of(index), Params { m, ef_construction }, declared_dims(index));
+    write_meta(
+        index,
+        pg_sys::ForkNumber::INIT_FORKNUM,
+        metric_of(index),
+        Params { m, ef_construction },
+        declared_dims(index),
+    );
     // Init forks are WAL-logged even though the table is not.
     unsafe { pg_sys::log_newpage_range(index, pg_sys::ForkNumber::INIT_FORKNUM, 0, 1, true) };
 }
@@ -105,17 +151,37 @@ fn declared_dims(index: pg_sys::Relation) -> usize {
 pub fn check_fits(dims: usize, params: Params) {
     let layout = Layout { dims, params };
     if layout.max_level().is_none() {
-        let most = (0..dims).rev().find(|&d| Layout { dims: d, params }.max_level().is_some()).unwrap_or(0);
+        let most = (0..dims)
+            .rev()
+            .find(|&d| Layout { dims: d, params }.max_level().is_some())
+            .unwrap_or(0);
         raise(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!("m3ret_hnsw indexes at most {most} dimensions with m = {}, not {dims}", params.m),
+            format!(
+                "m3ret_hnsw indexes at most {most} dimensions with m = {}, not {dims}",
+                params.m
+            ),
         );
     }
 }
 
 /// Block 0 of a fresh fork: the meta page of an empty index.
-fn write_meta(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type, metric: Metric, params: Params, dims: usize) {
-    let buffer = unsafe { pg_sys::ReadBufferExtended(index, fork, pg_sys::InvalidBlockNumber, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut()) };
+fn write_meta(
+    index: pg_sys::Relation,
+    fork: pg_sys::ForkNumber::Type,
+    metric: Metric,
+    params: Params,
+    dims: usize,
+) {
+    let buffer = unsafe {
+        pg_sys::ReadBufferExtended(
+            index,
+            fork,
+            pg_sys::InvalidBlockNumber,
+            pg_sys::ReadBufferMode::RBM_NORMAL,
+            std::ptr::null_mut(),
+        )
+    };
     let locked = Locked { buffer };
     unsafe { pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32) };
     assert_eq!(locked.block(), page::META_BLOCK, "a new index starts empty");
@@ -143,7 +209,8 @@ fn write_meta(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type, metric: M
 
 /// WAL-logs every page written so far (they were written without WAL).
 fn log_all_pages(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type) {
-    let permanent = unsafe { (*(*index).rd_rel).relpersistence } == pg_sys::RELPERSISTENCE_PERMANENT as std::ffi::c_char;
+    let permanent = unsafe { (*(*index).rd_rel).relpersistence }
+        == pg_sys::RELPERSISTENCE_PERMANENT as std::ffi::c_char;
     if permanent {
         unsafe { pg_sys::log_newpage_range(index, fork, 0, buffer::block_count(index), true) };
     }
@@ -174,7 +241,10 @@ unsafe extern "C-unwind" fn collect(
         insert_vector(index, heap, &vector);
         return;
     }
-    let layout = Layout { dims: state.dims, params: state.params };
+    let layout = Layout {
+        dims: state.dims,
+        params: state.params,
+    };
     let level = draw_level(&layout);
     state.used += MemoryGraph::bytes_per_element(state.dims, &state.params, level) + 6;
     if state.used > state.budget {
@@ -200,7 +270,13 @@ fn write_graph(state: &mut Build) {
     }
     progress(PROGRESS_SUBPHASE, PHASE_GRAPH);
     progress(PROGRESS_TUPLES_TOTAL, n as i64);
-    let graph = MemoryGraph::new(state.metric, state.params, state.dims, std::mem::take(&mut state.vectors), std::mem::take(&mut state.levels));
+    let graph = MemoryGraph::new(
+        state.metric,
+        state.params,
+        state.dims,
+        std::mem::take(&mut state.vectors),
+        std::mem::take(&mut state.levels),
+    );
     let threads = (unsafe { pg_sys::max_parallel_maintenance_workers } + 1).max(1) as usize;
     let complete = graph.build(threads, Duration::from_millis(50), |done| {
         progress(PROGRESS_TUPLES_DONE, done as i64);
@@ -208,7 +284,10 @@ fn write_graph(state: &mut Build) {
     });
     if !complete {
         pgrx::check_for_interrupts!();
-        raise(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, "m3ret_hnsw build cancelled");
+        raise(
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            "m3ret_hnsw build cancelled",
+        );
     }
     progress(PROGRESS_SUBPHASE, PHASE_WRITE);
     write_pages(state, &graph);
@@ -216,7 +295,10 @@ fn write_graph(state: &mut Build) {
 
 /// Lays the elements out page after page, then writes them with their links.
 fn write_pages(state: &Build, graph: &MemoryGraph) {
-    let layout = Layout { dims: state.dims, params: state.params };
+    let layout = Layout {
+        dims: state.dims,
+        params: state.params,
+    };
     let tids = assign_tids(graph, &layout);
     let mut first = 0;
     while first < tids.len() {
@@ -227,10 +309,27 @@ fn write_pages(state: &Build, graph: &MemoryGraph) {
         while first < tids.len() && tids[first].block == block {
             let i = first as u32;
             let level = graph.level(i);
-            let links: Vec<Vec<Tid>> = (0..=level).map(|l| graph.neighbors(i, l).iter().map(|&n| tids[n as usize]).collect()).collect();
-            let bytes = layout.encode(state.heap_tids[first], level, level, graph.vector(i), &links);
+            let links: Vec<Vec<Tid>> = (0..=level)
+                .map(|l| {
+                    graph
+                        .neighbors(i, l)
+                        .iter()
+                        .map(|&n| tids[n as usize])
+                        .collect()
+                })
+                .collect();
+            let bytes = layout.encode(
+                state.heap_tids[first],
+                level,
+                level,
+                graph.vector(i),
+                &links,
+            );
             let offset = add_item(state.index, locked.page(), &bytes);
-            assert_eq!(offset, tids[first].offset, "element offsets are assigned in order");
+            assert_eq!(
+                offset, tids[first].offset,
+                "element offsets are assigned in order"
+            );
             first += 1;
         }
         unsafe { pg_sys::MarkBufferDirty(locked.buffer) };

@@ -28,14 +28,22 @@ fn m3ret_hnsw_check(
     let (heap_oid, index) = unsafe {
         let heap_oid = pg_sys::IndexGetRelation(index_oid, false);
         if !pg_sys::pg_class_ownercheck(heap_oid, pg_sys::GetUserId()) {
-            raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "m3ret_hnsw_check: must be the owner of the table");
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "m3ret_hnsw_check: must be the owner of the table",
+            );
         }
         let heap = pg_sys::table_open(heap_oid, pg_sys::ShareLock as i32);
         let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as i32);
         let am = (*(*index).rd_rel).relam;
-        let name = std::ffi::CStr::from_ptr(pg_sys::get_am_name(am)).to_string_lossy().into_owned();
+        let name = std::ffi::CStr::from_ptr(pg_sys::get_am_name(am))
+            .to_string_lossy()
+            .into_owned();
         if name != "m3ret_hnsw" {
-            raise(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("m3ret_hnsw_check: the index uses {name}, not m3ret_hnsw"));
+            raise(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("m3ret_hnsw_check: the index uses {name}, not m3ret_hnsw"),
+            );
         }
         pg_sys::table_close(heap, pg_sys::NoLock as i32);
         (heap_oid, index)
@@ -43,7 +51,15 @@ fn m3ret_hnsw_check(
     let alive = live_heap_rows(heap_oid, index);
     let report = check(index, &alive);
     unsafe { pg_sys::index_close(index, pg_sys::NoLock as i32) };
-    TableIterator::once((report.elements, report.live, report.dead, report.freed, report.unreachable, report.entry_level, report.problems))
+    TableIterator::once((
+        report.elements,
+        report.live,
+        report.dead,
+        report.freed,
+        report.unreachable,
+        report.entry_level,
+        report.problems,
+    ))
 }
 
 #[derive(Default)]
@@ -81,7 +97,10 @@ fn check(index: pg_sys::Relation, alive: &TidMap<()>) -> Findings {
     let elements = read_all(index, layout, &mut f);
     let mut indexed: TidMap<u32> = TidMap::default();
     for (key, (heap, seen)) in &elements {
-        let tid = Tid { block: (key >> 16) as u32, offset: *key as u16 };
+        let tid = Tid {
+            block: (key >> 16) as u32,
+            offset: *key as u16,
+        };
         f.elements += 1;
         if seen.freed {
             f.freed += 1;
@@ -102,12 +121,19 @@ fn check(index: pg_sys::Relation, alive: &TidMap<()>) -> Findings {
     f.unreachable = count_unreachable(&meta, &elements);
     if f.unreachable > 0 {
         // No search can return these rows: as much a fault as a lost row.
-        f.problem(format!("{} elements cannot be reached from the entry point: no search returns them", f.unreachable));
+        f.problem(format!(
+            "{} elements cannot be reached from the entry point: no search returns them",
+            f.unreachable
+        ));
     }
     for heap in alive.keys() {
         match indexed.get(heap).copied().unwrap_or(0) {
             1 => {}
-            n => f.problem(format!("heap row ({},{}) is indexed {n} times", heap >> 16, heap & 0xFFFF)),
+            n => f.problem(format!(
+                "heap row ({},{}) is indexed {n} times",
+                heap >> 16,
+                heap & 0xFFFF
+            )),
         }
     }
     f
@@ -117,17 +143,30 @@ fn read_all(index: pg_sys::Relation, layout: Layout, f: &mut Findings) -> TidMap
     let mut elements = TidMap::default();
     for block in 1..buffer::block_count(index) {
         let locked = Locked::new(index, block, Lock::Share);
-        let special = unsafe { &*(pg_sys::PageGetSpecialPointer(locked.page()) as *const page::Special) };
+        let special =
+            unsafe { &*(pg_sys::PageGetSpecialPointer(locked.page()) as *const page::Special) };
         if special.page_id != page::PAGE_ID {
             f.problem(format!("block {block} is not an m3ret_hnsw page"));
             continue;
         }
         for offset in 1..=buffer::max_offset(locked.page()) {
-            let Some(bytes) = buffer::item_bytes(locked.page(), offset) else { continue };
+            let Some(bytes) = buffer::item_bytes(locked.page(), offset) else {
+                continue;
+            };
             match page::Element::parse(bytes, layout) {
                 Ok(e) => {
                     let links = (0..=e.level()).map(|l| e.neighbors(l).collect()).collect();
-                    elements.insert(Tid { block, offset }.key(), (e.heap_tid(), Seen { level: e.level(), freed: e.is_deleted(), links }));
+                    elements.insert(
+                        Tid { block, offset }.key(),
+                        (
+                            e.heap_tid(),
+                            Seen {
+                                level: e.level(),
+                                freed: e.is_deleted(),
+                                links,
+                            },
+                        ),
+                    );
                 }
                 Err(what) => f.problem(format!("block {block} item {offset}: {what}")),
             }
@@ -136,13 +175,25 @@ fn read_all(index: pg_sys::Relation, layout: Layout, f: &mut Findings) -> TidMap
     elements
 }
 
-fn check_links(f: &mut Findings, meta: &Meta, tid: Tid, seen: &Seen, elements: &TidMap<(Tid, Seen)>) {
+fn check_links(
+    f: &mut Findings,
+    meta: &Meta,
+    tid: Tid,
+    seen: &Seen,
+    elements: &TidMap<(Tid, Seen)>,
+) {
     if meta.entry_level < 0 || seen.level > meta.entry_level as usize {
-        f.problem(format!("element {tid:?} has level {} above the entry level {}", seen.level, meta.entry_level));
+        f.problem(format!(
+            "element {tid:?} has level {} above the entry level {}",
+            seen.level, meta.entry_level
+        ));
     }
     for (level, links) in seen.links.iter().enumerate() {
         if links.len() > meta.params().max_neighbors(level) {
-            f.problem(format!("element {tid:?} has {} links on level {level}", links.len()));
+            f.problem(format!(
+                "element {tid:?} has {} links on level {level}",
+                links.len()
+            ));
         }
         for (i, n) in links.iter().enumerate() {
             if *n == tid {
@@ -151,11 +202,16 @@ fn check_links(f: &mut Findings, meta: &Meta, tid: Tid, seen: &Seen, elements: &
                 f.problem(format!("element {tid:?} links twice to {n:?}"));
             }
             match elements.get(&n.key()) {
-                None => f.problem(format!("element {tid:?} links to {n:?}, which is no element")),
-                Some((_, target)) if target.freed => f.problem(format!("element {tid:?} links to freed element {n:?}")),
-                Some((_, target)) if target.level < level => {
-                    f.problem(format!("element {tid:?} links to {n:?} on level {level}, above its level {}", target.level))
+                None => f.problem(format!(
+                    "element {tid:?} links to {n:?}, which is no element"
+                )),
+                Some((_, target)) if target.freed => {
+                    f.problem(format!("element {tid:?} links to freed element {n:?}"))
                 }
+                Some((_, target)) if target.level < level => f.problem(format!(
+                    "element {tid:?} links to {n:?} on level {level}, above its level {}",
+                    target.level
+                )),
                 Some(_) => {}
             }
         }
@@ -163,7 +219,11 @@ fn check_links(f: &mut Findings, meta: &Meta, tid: Tid, seen: &Seen, elements: &
 }
 
 fn check_entry(f: &mut Findings, meta: &Meta, elements: &TidMap<(Tid, Seen)>) {
-    let live_top = elements.values().filter(|(_, s)| !s.freed).map(|(_, s)| s.level).max();
+    let live_top = elements
+        .values()
+        .filter(|(_, s)| !s.freed)
+        .map(|(_, s)| s.level)
+        .max();
     match (meta.entry(), live_top) {
         (None, None) => {}
         (None, Some(_)) => f.problem("the index has elements but no entry element".into()),
@@ -183,7 +243,9 @@ fn check_entry(f: &mut Findings, meta: &Meta, elements: &TidMap<(Tid, Seen)>) {
 /// HNSW graph has a few (their in-links lost to neighbour selection); each costs
 /// recall only for queries right next to it, and many mean the graph needs REINDEX.
 fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>) -> i64 {
-    let Some((entry, _)) = meta.entry() else { return 0 };
+    let Some((entry, _)) = meta.entry() else {
+        return 0;
+    };
     let mut reached = super::graph::TidSet::default();
     let mut stack = vec![entry];
     while let Some(tid) = stack.pop() {
@@ -194,7 +256,10 @@ fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>) -> i64 {
             stack.extend(seen.links.iter().flatten().copied());
         }
     }
-    elements.iter().filter(|(key, (_, s))| !s.freed && !reached.contains(key)).count() as i64
+    elements
+        .iter()
+        .filter(|(key, (_, s))| !s.freed && !reached.contains(key))
+        .count() as i64
 }
 
 /// The heap rows the index must hold: what a build would index now.
@@ -203,7 +268,16 @@ fn live_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<()> 
     unsafe {
         let heap = pg_sys::table_open(heap_oid, pg_sys::NoLock as i32);
         let info = pg_sys::BuildIndexInfo(index);
-        pg_sys::table_index_build_scan(heap, index, info, false, false, Some(collect_alive), &mut alive as *mut TidMap<()> as *mut std::ffi::c_void, std::ptr::null_mut());
+        pg_sys::table_index_build_scan(
+            heap,
+            index,
+            info,
+            false,
+            false,
+            Some(collect_alive),
+            &mut alive as *mut TidMap<()> as *mut std::ffi::c_void,
+            std::ptr::null_mut(),
+        );
         pg_sys::table_close(heap, pg_sys::NoLock as i32);
     }
     alive

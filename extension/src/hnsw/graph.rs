@@ -41,7 +41,15 @@ pub struct DiskGraph {
 impl DiskGraph {
     /// The graph seen from `query` (prepared for the index's distance).
     pub fn new(index: pg_sys::Relation, meta: &Meta, query: Vec<f32>) -> Self {
-        DiskGraph { index, layout: meta.layout(), metric: meta.metric(), query, nblocks: buffer::block_count(index), visited: TidSet::default(), prefetched: Default::default() }
+        DiskGraph {
+            index,
+            layout: meta.layout(),
+            metric: meta.metric(),
+            query,
+            nblocks: buffer::block_count(index),
+            visited: TidSet::default(),
+            prefetched: Default::default(),
+        }
     }
 
     /// Reads one element: `f` sees it under a share lock.
@@ -53,7 +61,15 @@ impl DiskGraph {
     /// `top`. None if the entry element cannot be read.
     pub fn descend(&mut self, entry: Tid, top: usize, level: usize) -> Option<Candidate<Tid>> {
         let distance = self.distance(entry)?;
-        Some(descend(self, Candidate { distance, id: entry }, top, level))
+        Some(descend(
+            self,
+            Candidate {
+                distance,
+                id: entry,
+            },
+            top,
+            level,
+        ))
     }
 }
 

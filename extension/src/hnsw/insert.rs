@@ -47,7 +47,11 @@ pub unsafe extern "C-unwind" fn aminsert(
     if meta.dims == 0 {
         set_dims(index, vector.len());
     }
-    insert_vector(index, Tid::from_item_pointer(unsafe { &*heap_tid }), &vector);
+    insert_vector(
+        index,
+        Tid::from_item_pointer(unsafe { &*heap_tid }),
+        &vector,
+    );
     false
 }
 
@@ -92,7 +96,13 @@ pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
     let mut nblocks = buffer::block_count(index);
     for (l, list) in links.iter().enumerate() {
         for c in list {
-            let link = Link { to: c.id, new: tid, new_vector: vector, distance: c.distance, level: l };
+            let link = Link {
+                to: c.id,
+                new: tid,
+                new_vector: vector,
+                distance: c.distance,
+                level: l,
+            };
             link_back(index, layout, metric, &link, &mut nblocks);
         }
     }
@@ -106,10 +116,19 @@ pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
 }
 
 /// The links a new element at `level` gets on each of its layers.
-fn find_links(index: pg_sys::Relation, meta: &Meta, vector: &[f32], level: usize, entry: Tid, top: usize) -> Vec<Vec<Candidate<Tid>>> {
+fn find_links(
+    index: pg_sys::Relation,
+    meta: &Meta,
+    vector: &[f32],
+    level: usize,
+    entry: Tid,
+    top: usize,
+) -> Vec<Vec<Candidate<Tid>>> {
     let (params, metric) = (meta.params(), meta.metric());
     let mut graph = DiskGraph::new(index, meta, vector.to_vec());
-    let Some(start) = graph.descend(entry, top, level) else { return Vec::new() };
+    let Some(start) = graph.descend(entry, top, level) else {
+        return Vec::new();
+    };
     let mut vectors: TidMap<Option<Vec<f32>>> = TidMap::default();
     let mut links = vec![Vec::new(); level.min(top) + 1];
     let mut entries = vec![start];
@@ -121,10 +140,18 @@ fn find_links(index: pg_sys::Relation, meta: &Meta, vector: &[f32], level: usize
         let live: Vec<Candidate<Tid>> = found
             .iter()
             .copied()
-            .filter(|c| vectors.entry(c.id.key()).or_insert_with(|| graph.read(c.id, live_vector).flatten()).is_some())
+            .filter(|c| {
+                vectors
+                    .entry(c.id.key())
+                    .or_insert_with(|| graph.read(c.id, live_vector).flatten())
+                    .is_some()
+            })
             .collect();
         let chosen = select_neighbors(&live, params.max_neighbors(l), |a, b| {
-            metric.graph_distance(vectors[&a.key()].as_deref().unwrap(), vectors[&b.key()].as_deref().unwrap())
+            metric.graph_distance(
+                vectors[&a.key()].as_deref().unwrap(),
+                vectors[&b.key()].as_deref().unwrap(),
+            )
         });
         links[l] = chosen;
         entries = found;
@@ -138,9 +165,19 @@ fn live_vector(e: &Element) -> Option<Vec<f32>> {
 
 /// Writes the element tuple: into a freed tuple large enough, else into free space
 /// from the insert page on, else on a new page. Returns where it went.
-fn place_element(index: pg_sys::Relation, meta: &Meta, heap: Tid, level: usize, vector: &[f32], links: &[Vec<Candidate<Tid>>]) -> Tid {
+fn place_element(
+    index: pg_sys::Relation,
+    meta: &Meta,
+    heap: Tid,
+    level: usize,
+    vector: &[f32],
+    links: &[Vec<Candidate<Tid>>],
+) -> Tid {
     let layout = meta.layout();
-    let link_tids: Vec<Vec<Tid>> = links.iter().map(|l| l.iter().map(|c| c.id).collect()).collect();
+    let link_tids: Vec<Vec<Tid>> = links
+        .iter()
+        .map(|l| l.iter().map(|c| c.id).collect())
+        .collect();
     let fresh = layout.encode(heap, level, level, vector, &link_tids);
     let nblocks = buffer::block_count(index);
     // The first page passed over that still has a freed tuple too small for this
@@ -151,19 +188,28 @@ fn place_element(index: pg_sys::Relation, meta: &Meta, heap: Tid, level: usize, 
         let (fits, freed) = reusable_slot(index, locked.page(), layout, level);
         if let Some(offset) = fits {
             change_pages(index, &[&locked], false, |pages| {
-                buffer::element_mut_on(pages[0], offset, layout).unwrap().write(heap, level, vector, &link_tids);
+                buffer::element_mut_on(pages[0], offset, layout)
+                    .unwrap()
+                    .write(heap, level, vector, &link_tids);
             });
             return placed(index, meta, Tid { block, offset }, skipped);
         }
         if unsafe { pg_sys::PageGetFreeSpace(locked.page()) } >= space_for(fresh.len()) {
-            let offset = change_pages(index, &[&locked], false, |pages| add_item(index, pages[0], &fresh));
+            let offset = change_pages(index, &[&locked], false, |pages| {
+                add_item(index, pages[0], &fresh)
+            });
             return placed(index, meta, Tid { block, offset }, skipped);
         }
         if !freed.is_empty() {
             // Freed tuples each too small, but together with the free space
             // enough: drop them (their line pointers stay unused) to make room.
-            let reclaimable: usize = freed.iter().map(|&(_, len)| unsafe { pg_sys::MAXALIGN(len) }).sum();
-            if unsafe { pg_sys::PageGetFreeSpace(locked.page()) } + reclaimable >= space_for(fresh.len()) {
+            let reclaimable: usize = freed
+                .iter()
+                .map(|&(_, len)| unsafe { pg_sys::MAXALIGN(len) })
+                .sum();
+            if unsafe { pg_sys::PageGetFreeSpace(locked.page()) } + reclaimable
+                >= space_for(fresh.len())
+            {
                 let offset = change_pages(index, &[&locked], false, |pages| {
                     for &(offset, _) in freed.iter().rev() {
                         if unsafe { pg_sys::PageGetFreeSpace(pages[0]) } >= space_for(fresh.len()) {
@@ -198,7 +244,12 @@ fn placed(index: pg_sys::Relation, meta: &Meta, tid: Tid, skipped: Option<u32>) 
 
 /// A freed element tuple on `page` with room for an element of `level`; else the
 /// freed tuples there (offset, length).
-fn reusable_slot(index: pg_sys::Relation, page: pg_sys::Page, layout: Layout, level: usize) -> (Option<u16>, Vec<(u16, usize)>) {
+fn reusable_slot(
+    index: pg_sys::Relation,
+    page: pg_sys::Page,
+    layout: Layout,
+    level: usize,
+) -> (Option<u16>, Vec<(u16, usize)>) {
     let mut freed = Vec::new();
     for (offset, e) in buffer::elements_on(index, page, layout).filter(|(_, e)| e.is_deleted()) {
         if e.capacity() >= level {
@@ -210,7 +261,15 @@ fn reusable_slot(index: pg_sys::Relation, page: pg_sys::Page, layout: Layout, le
 }
 
 pub fn add_item(index: pg_sys::Relation, page: pg_sys::Page, bytes: &[u8]) -> u16 {
-    let offset = unsafe { pg_sys::PageAddItemExtended(page, bytes.as_ptr() as pg_sys::Item, bytes.len(), pg_sys::InvalidOffsetNumber, 0) };
+    let offset = unsafe {
+        pg_sys::PageAddItemExtended(
+            page,
+            bytes.as_ptr() as pg_sys::Item,
+            bytes.len(),
+            pg_sys::InvalidOffsetNumber,
+            0,
+        )
+    };
     if offset == pg_sys::InvalidOffsetNumber {
         buffer::corrupt(index, "no room for an element on a page that had room");
     }
@@ -229,13 +288,26 @@ struct Link<'v> {
 
 /// Adds `link.new` to `link.to`'s links on its level; when the list is full, the
 /// selection heuristic decides what stays.
-fn link_back(index: pg_sys::Relation, layout: Layout, metric: Metric, link: &Link, nblocks: &mut u32) {
+fn link_back(
+    index: pg_sys::Relation,
+    layout: Layout,
+    metric: Metric,
+    link: &Link,
+    nblocks: &mut u32,
+) {
     let max = layout.params.max_neighbors(link.level);
     for _attempt in 0..3 {
         let read = buffer::with_element(index, link.to, layout, nblocks, |e| {
-            (!e.is_deleted() && e.level() >= link.level).then(|| (e.neighbors(link.level).collect::<Vec<_>>(), e.vector().to_vec()))
+            (!e.is_deleted() && e.level() >= link.level).then(|| {
+                (
+                    e.neighbors(link.level).collect::<Vec<_>>(),
+                    e.vector().to_vec(),
+                )
+            })
         });
-        let Some(Some((current, to_vector))) = read else { return };
+        let Some(Some((current, to_vector))) = read else {
+            return;
+        };
         if current.contains(&link.new) {
             return;
         }
@@ -251,10 +323,14 @@ fn link_back(index: pg_sys::Relation, layout: Layout, metric: Metric, link: &Lin
         };
         let locked = Locked::new(index, link.to.block, Lock::Exclusive);
         let unchanged = buffer::element_on(index, locked.page(), link.to.offset, layout)
-            .is_some_and(|e| !e.is_deleted() && e.neighbors(link.level).eq(current.iter().copied()));
+            .is_some_and(|e| {
+                !e.is_deleted() && e.neighbors(link.level).eq(current.iter().copied())
+            });
         if unchanged {
             change_pages(index, &[&locked], false, |pages| {
-                buffer::element_mut_on(pages[0], link.to.offset, layout).unwrap().set_neighbors(link.level, &updated)
+                buffer::element_mut_on(pages[0], link.to.offset, layout)
+                    .unwrap()
+                    .set_neighbors(link.level, &updated)
             });
             return;
         }
@@ -263,14 +339,28 @@ fn link_back(index: pg_sys::Relation, layout: Layout, metric: Metric, link: &Lin
 }
 
 /// The links a full list keeps once `link.new` competes for a place; None if it loses.
-fn reselect(index: pg_sys::Relation, layout: Layout, metric: Metric, to: &[f32], current: &[Tid], link: &Link, nblocks: &mut u32) -> Option<Vec<Tid>> {
+fn reselect(
+    index: pg_sys::Relation,
+    layout: Layout,
+    metric: Metric,
+    to: &[f32],
+    current: &[Tid],
+    link: &Link,
+    nblocks: &mut u32,
+) -> Option<Vec<Tid>> {
     let max = layout.params.max_neighbors(link.level);
     let mut vectors: TidMap<Vec<f32>> = TidMap::default();
     vectors.insert(link.new.key(), link.new_vector.to_vec());
-    let mut candidates = vec![Candidate { distance: link.distance, id: link.new }];
+    let mut candidates = vec![Candidate {
+        distance: link.distance,
+        id: link.new,
+    }];
     for &n in current {
         if let Some(Some(v)) = buffer::with_element(index, n, layout, nblocks, live_vector) {
-            candidates.push(Candidate { distance: metric.graph_distance(to, &v), id: n });
+            candidates.push(Candidate {
+                distance: metric.graph_distance(to, &v),
+                id: n,
+            });
             vectors.insert(n.key(), v);
         }
     }
@@ -278,7 +368,9 @@ fn reselect(index: pg_sys::Relation, layout: Layout, metric: Metric, to: &[f32],
     // select_neighbors gives the places the heuristic leaves empty to the nearest of
     // the rest: lists VACUUM refilled stay full, and a new element nearer than their
     // farthest link still gets in.
-    let chosen = select_neighbors(&candidates, max, |a, b| metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()]));
+    let chosen = select_neighbors(&candidates, max, |a, b| {
+        metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()])
+    });
     let kept: Vec<Tid> = chosen.into_iter().map(|c| c.id).collect();
     kept.contains(&link.new).then_some(kept)
 }

@@ -7,8 +7,8 @@
 //! seen from one query) and `options.rs` (`WITH (m, ef_construction)`). The graph
 //! algorithms themselves are `m3ret_core::hnsw`'s.
 
-mod build;
 mod buffer;
+mod build;
 mod check;
 mod cost;
 mod graph;
@@ -32,7 +32,8 @@ const UPDATE_LOCK_BLOCK: u32 = 0;
 /// The handler `CREATE ACCESS METHOD m3ret_hnsw` names.
 #[pg_extern(sql = false)]
 fn m3ret_hnsw_handler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRoutine> {
-    let mut am = unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
+    let mut am =
+        unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
     am.amstrategies = 0;
     am.amsupport = 1;
     am.amcanorderbyop = true;
@@ -89,7 +90,12 @@ fn metric_of(index: pg_sys::Relation) -> Metric {
     u8::try_from(code)
         .ok()
         .and_then(metric_from_code)
-        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("m3ret_hnsw: unknown distance {code} in the operator class")))
+        .unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("m3ret_hnsw: unknown distance {code} in the operator class"),
+            )
+        })
 }
 
 /// How the meta page stores an index's distance (fixed at CREATE INDEX: later
@@ -114,10 +120,14 @@ fn metric_from_code(code: u8) -> Option<Metric> {
 /// An `embedding` datum as the graph stores it; ERROR on a wrong dimension count
 /// (`dims` 0: any) or, under cosine, a zero vector.
 fn prepare_value(datum: pg_sys::Datum, metric: Metric, dims: usize) -> Vec<f32> {
-    let value = unsafe { EmbeddingRef::from_polymorphic_datum(datum, false, pg_sys::InvalidOid) }.expect("not null");
+    let value = unsafe { EmbeddingRef::from_polymorphic_datum(datum, false, pg_sys::InvalidOid) }
+        .expect("not null");
     let mut vector = value.values().to_vec();
     if dims != 0 && vector.len() != dims {
-        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, format!("expected {dims} dimensions, not {}", vector.len()));
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!("expected {dims} dimensions, not {}", vector.len()),
+        );
     }
     if let Err(e) = metric.prepare(&mut vector) {
         raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, e);

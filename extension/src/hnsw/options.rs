@@ -21,20 +21,56 @@ static KIND: OnceLock<pg_sys::relopt_kind::Type> = OnceLock::new();
 pub fn register() {
     let kind = *KIND.get_or_init(|| unsafe { pg_sys::add_reloption_kind() });
     unsafe {
-        pg_sys::add_int_reloption(kind, c"m".as_ptr(), c"Links per element on the upper layers (twice as many on layer 0)".as_ptr(), DEFAULT_M, 2, 100, pg_sys::AccessExclusiveLock as i32);
-        pg_sys::add_int_reloption(kind, c"ef_construction".as_ptr(), c"Candidates considered when linking an element".as_ptr(), DEFAULT_EF_CONSTRUCTION, 4, 1000, pg_sys::AccessExclusiveLock as i32);
+        pg_sys::add_int_reloption(
+            kind,
+            c"m".as_ptr(),
+            c"Links per element on the upper layers (twice as many on layer 0)".as_ptr(),
+            DEFAULT_M,
+            2,
+            100,
+            pg_sys::AccessExclusiveLock as i32,
+        );
+        pg_sys::add_int_reloption(
+            kind,
+            c"ef_construction".as_ptr(),
+            c"Candidates considered when linking an element".as_ptr(),
+            DEFAULT_EF_CONSTRUCTION,
+            4,
+            1000,
+            pg_sys::AccessExclusiveLock as i32,
+        );
     }
 }
 
 /// `amoptions`.
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn amoptions(reloptions: pg_sys::Datum, validate: bool) -> *mut pg_sys::bytea {
+pub unsafe extern "C-unwind" fn amoptions(
+    reloptions: pg_sys::Datum,
+    validate: bool,
+) -> *mut pg_sys::bytea {
     let table = [
-        pg_sys::relopt_parse_elt { optname: c"m".as_ptr(), opttype: pg_sys::relopt_type::RELOPT_TYPE_INT, offset: std::mem::offset_of!(Options, m) as i32 },
-        pg_sys::relopt_parse_elt { optname: c"ef_construction".as_ptr(), opttype: pg_sys::relopt_type::RELOPT_TYPE_INT, offset: std::mem::offset_of!(Options, ef_construction) as i32 },
+        pg_sys::relopt_parse_elt {
+            optname: c"m".as_ptr(),
+            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
+            offset: std::mem::offset_of!(Options, m) as i32,
+        },
+        pg_sys::relopt_parse_elt {
+            optname: c"ef_construction".as_ptr(),
+            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
+            offset: std::mem::offset_of!(Options, ef_construction) as i32,
+        },
     ];
     let kind = *KIND.get().expect("reloptions registered in _PG_init");
-    unsafe { pg_sys::build_reloptions(reloptions, validate, kind, std::mem::size_of::<Options>(), table.as_ptr(), table.len() as i32) as *mut pg_sys::bytea }
+    unsafe {
+        pg_sys::build_reloptions(
+            reloptions,
+            validate,
+            kind,
+            std::mem::size_of::<Options>(),
+            table.as_ptr(),
+            table.len() as i32,
+        ) as *mut pg_sys::bytea
+    }
 }
 
 /// `(m, ef_construction)` of an index, defaults when it was created without options.

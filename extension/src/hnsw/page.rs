@@ -34,7 +34,10 @@ pub struct Tid {
 }
 
 impl Tid {
-    pub const INVALID: Tid = Tid { block: pg_sys::InvalidBlockNumber, offset: 0 };
+    pub const INVALID: Tid = Tid {
+        block: pg_sys::InvalidBlockNumber,
+        offset: 0,
+    };
 
     pub fn is_valid(self) -> bool {
         self.block != pg_sys::InvalidBlockNumber && self.offset != 0
@@ -58,12 +61,18 @@ impl Tid {
     }
 
     pub fn from_item_pointer(p: &pg_sys::ItemPointerData) -> Tid {
-        Tid { block: ((p.ip_blkid.bi_hi as u32) << 16) | p.ip_blkid.bi_lo as u32, offset: p.ip_posid }
+        Tid {
+            block: ((p.ip_blkid.bi_hi as u32) << 16) | p.ip_blkid.bi_lo as u32,
+            offset: p.ip_posid,
+        }
     }
 
     pub fn to_item_pointer(self) -> pg_sys::ItemPointerData {
         pg_sys::ItemPointerData {
-            ip_blkid: pg_sys::BlockIdData { bi_hi: (self.block >> 16) as u16, bi_lo: self.block as u16 },
+            ip_blkid: pg_sys::BlockIdData {
+                bi_hi: (self.block >> 16) as u16,
+                bi_lo: self.block as u16,
+            },
             ip_posid: self.offset,
         }
     }
@@ -90,15 +99,22 @@ pub struct Meta {
 
 impl Meta {
     pub fn entry(&self) -> Option<(Tid, usize)> {
-        (self.entry_level >= 0 && self.entry.is_valid()).then_some((self.entry, self.entry_level as usize))
+        (self.entry_level >= 0 && self.entry.is_valid())
+            .then_some((self.entry, self.entry_level as usize))
     }
 
     pub fn params(&self) -> Params {
-        Params { m: self.m as usize, ef_construction: self.ef_construction as usize }
+        Params {
+            m: self.m as usize,
+            ef_construction: self.ef_construction as usize,
+        }
     }
 
     pub fn layout(&self) -> Layout {
-        Layout { dims: self.dims as usize, params: self.params() }
+        Layout {
+            dims: self.dims as usize,
+            params: self.params(),
+        }
     }
 
     /// The distance the index orders by (`read_meta` has checked the code).
@@ -139,7 +155,9 @@ impl Layout {
 
     /// The highest level whose tuple fits on a page; None if not even level 0 does.
     pub fn max_level(&self) -> Option<usize> {
-        (0..=MAX_LEVEL).rev().find(|&l| space_for(self.tuple_len(l)) <= page_capacity())
+        (0..=MAX_LEVEL)
+            .rev()
+            .find(|&l| space_for(self.tuple_len(l)) <= page_capacity())
     }
 
     /// The level a tuple of `len` bytes has room for, if `len` is a valid size.
@@ -155,15 +173,30 @@ impl Layout {
 
     fn slot_range(&self, level: usize) -> std::ops::Range<usize> {
         let m = self.params.m;
-        let (start, count) = if level == 0 { (0, 2 * m) } else { (2 * m + (level - 1) * m, m) };
+        let (start, count) = if level == 0 {
+            (0, 2 * m)
+        } else {
+            (2 * m + (level - 1) * m, m)
+        };
         let base = HEADER_BYTES + 4 * self.dims;
         base + SLOT_BYTES * start..base + SLOT_BYTES * (start + count)
     }
 
     /// A new element tuple: `links[l]` are its neighbours on layer l.
-    pub fn encode(&self, heap: Tid, level: usize, capacity: usize, vector: &[f32], links: &[Vec<Tid>]) -> Vec<u8> {
+    pub fn encode(
+        &self,
+        heap: Tid,
+        level: usize,
+        capacity: usize,
+        vector: &[f32],
+        links: &[Vec<Tid>],
+    ) -> Vec<u8> {
         let mut bytes = vec![0u8; self.tuple_len(capacity)];
-        ElementMut { bytes: &mut bytes, layout: *self }.write(heap, level, vector, links);
+        ElementMut {
+            bytes: &mut bytes,
+            layout: *self,
+        }
+        .write(heap, level, vector, links);
         bytes
     }
 }
@@ -178,10 +211,19 @@ pub struct Element<'a> {
 impl<'a> Element<'a> {
     /// Checks the tuple's size and level before anything reads it.
     pub fn parse(bytes: &'a [u8], layout: Layout) -> Result<Self, String> {
-        let capacity = layout.capacity_level(bytes.len()).ok_or_else(|| format!("element tuple of {} bytes", bytes.len()))?;
-        let e = Element { bytes, layout, capacity };
+        let capacity = layout
+            .capacity_level(bytes.len())
+            .ok_or_else(|| format!("element tuple of {} bytes", bytes.len()))?;
+        let e = Element {
+            bytes,
+            layout,
+            capacity,
+        };
         if e.level() > capacity {
-            return Err(format!("element level {} above its capacity {capacity}", e.level()));
+            return Err(format!(
+                "element level {} above its capacity {capacity}",
+                e.level()
+            ));
         }
         Ok(e)
     }
@@ -211,8 +253,15 @@ impl<'a> Element<'a> {
 
     /// Neighbours on `level` (none above the element's level).
     pub fn neighbors(&self, level: usize) -> impl Iterator<Item = Tid> + 'a {
-        let range = if level <= self.level() { self.layout.slot_range(level) } else { 0..0 };
-        self.bytes[range].chunks_exact(SLOT_BYTES).map(Tid::read).take_while(|t| t.is_valid())
+        let range = if level <= self.level() {
+            self.layout.slot_range(level)
+        } else {
+            0..0
+        };
+        self.bytes[range]
+            .chunks_exact(SLOT_BYTES)
+            .map(Tid::read)
+            .take_while(|t| t.is_valid())
     }
 }
 

@@ -29,18 +29,27 @@ enum Walk {
     /// Nearest-first through the graph.
     Graph(Rounds),
     /// ORDER BY ... <=> NULL: every row, in storage order (all distances are NULL).
-    Storage { layout: Layout, block: u32, heap: VecDeque<Tid> },
+    Storage {
+        layout: Layout,
+        block: u32,
+        heap: VecDeque<Tid>,
+    },
     Empty,
 }
 
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn ambeginscan(index: pg_sys::Relation, nkeys: i32, norderbys: i32) -> pg_sys::IndexScanDesc {
+pub unsafe extern "C-unwind" fn ambeginscan(
+    index: pg_sys::Relation,
+    nkeys: i32,
+    norderbys: i32,
+) -> pg_sys::IndexScanDesc {
     let scan = unsafe { pg_sys::RelationGetIndexScan(index, nkeys, norderbys) };
     let state = Box::into_raw(Box::new(ScanState { walk: None }));
     unsafe {
         (*scan).opaque = state as *mut std::ffi::c_void;
         // Freed with the scan's memory context, also when an ERROR ends the query.
-        let callback = pg_sys::palloc0(std::mem::size_of::<pg_sys::MemoryContextCallback>()) as *mut pg_sys::MemoryContextCallback;
+        let callback = pg_sys::palloc0(std::mem::size_of::<pg_sys::MemoryContextCallback>())
+            as *mut pg_sys::MemoryContextCallback;
         (*callback).func = Some(free_state);
         (*callback).arg = state as *mut std::ffi::c_void;
         pg_sys::MemoryContextRegisterResetCallback(pg_sys::CurrentMemoryContext, callback);
@@ -53,7 +62,13 @@ unsafe extern "C-unwind" fn free_state(state: *mut std::ffi::c_void) {
 }
 
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn amrescan(scan: pg_sys::IndexScanDesc, _keys: pg_sys::ScanKey, _nkeys: i32, orderbys: pg_sys::ScanKey, norderbys: i32) {
+pub unsafe extern "C-unwind" fn amrescan(
+    scan: pg_sys::IndexScanDesc,
+    _keys: pg_sys::ScanKey,
+    _nkeys: i32,
+    orderbys: pg_sys::ScanKey,
+    norderbys: i32,
+) {
     unsafe {
         if !orderbys.is_null() && norderbys > 0 {
             std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
@@ -68,7 +83,10 @@ pub unsafe extern "C-unwind" fn amendscan(_scan: pg_sys::IndexScanDesc) {
 }
 
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _direction: pg_sys::ScanDirection::Type) -> bool {
+pub unsafe extern "C-unwind" fn amgettuple(
+    scan: pg_sys::IndexScanDesc,
+    _direction: pg_sys::ScanDirection::Type,
+) -> bool {
     let scan = unsafe { &mut *scan };
     let state = unsafe { &mut *(scan.opaque as *mut ScanState) };
     if state.walk.is_none() {
@@ -76,7 +94,11 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _directi
     }
     let next = match state.walk.as_mut().unwrap() {
         Walk::Graph(rounds) => rounds.next(),
-        Walk::Storage { layout, block, heap } => next_in_storage(scan.indexRelation, *layout, block, heap),
+        Walk::Storage {
+            layout,
+            block,
+            heap,
+        } => next_in_storage(scan.indexRelation, *layout, block, heap),
         Walk::Empty => None,
     };
     match next {
@@ -95,17 +117,38 @@ fn start(scan: &pg_sys::IndexScanDescData) -> Walk {
     let index = scan.indexRelation;
     let meta = buffer::read_meta(index);
     if scan.numberOfOrderBys < 1 {
-        return Walk::Storage { layout: meta.layout(), block: 1, heap: VecDeque::new() };
+        return Walk::Storage {
+            layout: meta.layout(),
+            block: 1,
+            heap: VecDeque::new(),
+        };
     }
     let key = unsafe { &*scan.orderByData };
     if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
-        return Walk::Storage { layout: meta.layout(), block: 1, heap: VecDeque::new() };
+        return Walk::Storage {
+            layout: meta.layout(),
+            block: 1,
+            heap: VecDeque::new(),
+        };
     }
     let query = prepare_value(key.sk_argument, meta.metric(), meta.dims as usize);
-    let Some((entry, top)) = meta.entry() else { return Walk::Empty };
+    let Some((entry, top)) = meta.entry() else {
+        return Walk::Empty;
+    };
     let mut graph = DiskGraph::new(index, &meta, query);
-    let Some(start) = graph.descend(entry, top, 0) else { return Walk::Empty };
-    Walk::Graph(Rounds { graph, start, ef: 0, visited: 0, round: VecDeque::new(), returned: TidSet::default(), last: f32::NEG_INFINITY, done: false })
+    let Some(start) = graph.descend(entry, top, 0) else {
+        return Walk::Empty;
+    };
+    Walk::Graph(Rounds {
+        graph,
+        start,
+        ef: 0,
+        visited: 0,
+        round: VecDeque::new(),
+        returned: TidSet::default(),
+        last: f32::NEG_INFINITY,
+        done: false,
+    })
 }
 
 /// Searches of layer 0 with more and more candidates.
@@ -128,7 +171,9 @@ impl Rounds {
                 if c.distance < self.last || self.returned.contains(&c.id.key()) {
                     continue;
                 }
-                let live = self.graph.read(c.id, |e| (!e.is_deleted() && e.heap_tid().is_valid()).then(|| e.heap_tid()));
+                let live = self.graph.read(c.id, |e| {
+                    (!e.is_deleted() && e.heap_tid().is_valid()).then(|| e.heap_tid())
+                });
                 if let Some(Some(heap)) = live {
                     self.last = c.distance;
                     self.returned.insert(c.id.key());
@@ -144,22 +189,42 @@ impl Rounds {
 
     fn search_round(&mut self) {
         let max_visited = settings::MAX_SCAN_TUPLES.get().max(1) as usize;
-        self.ef = if self.ef == 0 { settings::EF_SEARCH.get().max(1) as usize } else { self.ef * 2 };
+        self.ef = if self.ef == 0 {
+            settings::EF_SEARCH.get().max(1) as usize
+        } else {
+            self.ef * 2
+        };
         pgrx::check_for_interrupts!();
         self.graph.forget_visited();
         self.graph.visit(self.start.id);
-        let (found, visited) = search_layer_bounded(&mut self.graph, &[self.start], self.ef, 0, max_visited.saturating_sub(self.visited));
+        let (found, visited) = search_layer_bounded(
+            &mut self.graph,
+            &[self.start],
+            self.ef,
+            0,
+            max_visited.saturating_sub(self.visited),
+        );
         self.visited += visited;
         // A round that found no more than there are candidates saw the whole graph.
-        self.done = !settings::ITERATIVE_SCAN.get() || self.visited >= max_visited || found.len() < self.ef;
+        self.done =
+            !settings::ITERATIVE_SCAN.get() || self.visited >= max_visited || found.len() < self.ef;
         // The far end of a round is where it is least sure of having found
         // everything; the next, wider round returns that part.
-        let reliable = if self.done { found.len() } else { (self.ef / 2).max(1) };
+        let reliable = if self.done {
+            found.len()
+        } else {
+            (self.ef / 2).max(1)
+        };
         self.round = found.into_iter().take(reliable).collect();
     }
 }
 
-fn next_in_storage(index: pg_sys::Relation, layout: Layout, block: &mut u32, heap: &mut VecDeque<Tid>) -> Option<Tid> {
+fn next_in_storage(
+    index: pg_sys::Relation,
+    layout: Layout,
+    block: &mut u32,
+    heap: &mut VecDeque<Tid>,
+) -> Option<Tid> {
     loop {
         if let Some(tid) = heap.pop_front() {
             return Some(tid);
@@ -168,7 +233,8 @@ fn next_in_storage(index: pg_sys::Relation, layout: Layout, block: &mut u32, hea
             return None;
         }
         let locked = buffer::Locked::new(index, *block, buffer::Lock::Share);
-        let live = buffer::elements_on(index, locked.page(), layout).filter(|(_, e)| !e.is_deleted() && e.heap_tid().is_valid());
+        let live = buffer::elements_on(index, locked.page(), layout)
+            .filter(|(_, e)| !e.is_deleted() && e.heap_tid().is_valid());
         heap.extend(live.map(|(_, e)| e.heap_tid()));
         *block += 1;
     }

@@ -44,7 +44,10 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
 }
 
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn amvacuumcleanup(info: *mut pg_sys::IndexVacuumInfo, stats: *mut pg_sys::IndexBulkDeleteResult) -> *mut pg_sys::IndexBulkDeleteResult {
+pub unsafe extern "C-unwind" fn amvacuumcleanup(
+    info: *mut pg_sys::IndexVacuumInfo,
+    stats: *mut pg_sys::IndexBulkDeleteResult,
+) -> *mut pg_sys::IndexBulkDeleteResult {
     if unsafe { (*info).analyze_only } {
         return stats;
     }
@@ -63,17 +66,26 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(info: *mut pg_sys::IndexVacuumIn
 }
 
 fn new_stats() -> *mut pg_sys::IndexBulkDeleteResult {
-    unsafe { pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>()) as *mut pg_sys::IndexBulkDeleteResult }
+    unsafe {
+        pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>())
+            as *mut pg_sys::IndexBulkDeleteResult
+    }
 }
 
 /// Elements whose heap row `is_dead` says is gone, and the number of live ones.
-fn find_dead(index: pg_sys::Relation, layout: Layout, mut is_dead: impl FnMut(Tid) -> bool) -> (TidSet, usize) {
+fn find_dead(
+    index: pg_sys::Relation,
+    layout: Layout,
+    mut is_dead: impl FnMut(Tid) -> bool,
+) -> (TidSet, usize) {
     let mut dead = TidSet::default();
     let mut live = 0;
     for block in 1..buffer::block_count(index) {
         unsafe { pg_sys::vacuum_delay_point() };
         let locked = Locked::new(index, block, Lock::Share);
-        for (offset, e) in buffer::elements_on(index, locked.page(), layout).filter(|(_, e)| !e.is_deleted()) {
+        for (offset, e) in
+            buffer::elements_on(index, locked.page(), layout).filter(|(_, e)| !e.is_deleted())
+        {
             if is_dead(e.heap_tid()) {
                 dead.insert(Tid { block, offset }.key());
             } else {
@@ -109,19 +121,30 @@ fn repair_links(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
                 if highest.is_none_or(|(_, l)| e.level() > l) {
                     highest = Some((tid, e.level()));
                 }
-                let links: Vec<Vec<Tid>> = (0..=e.level()).map(|l| e.neighbors(l).collect()).collect();
+                let links: Vec<Vec<Tid>> =
+                    (0..=e.level()).map(|l| e.neighbors(l).collect()).collect();
                 if links.iter().flatten().any(|n| dead.contains(&n.key())) {
-                    damaged.push(Damaged { tid, vector: e.vector().to_vec(), links });
+                    damaged.push(Damaged {
+                        tid,
+                        vector: e.vector().to_vec(),
+                        links,
+                    });
                 }
             }
         }
         for element in damaged {
             let repaired = repair_element(index, meta, dead, &element);
             let locked = Locked::new(index, block, Lock::Exclusive);
-            change_pages(index, &[&locked], false, |pages| buffer::element_mut_on(pages[0], element.tid.offset, layout).unwrap().set_links(&repaired));
+            change_pages(index, &[&locked], false, |pages| {
+                buffer::element_mut_on(pages[0], element.tid.offset, layout)
+                    .unwrap()
+                    .set_links(&repaired)
+            });
         }
     }
-    let entry_dead = meta.entry().is_some_and(|(entry, _)| dead.contains(&entry.key()));
+    let entry_dead = meta
+        .entry()
+        .is_some_and(|(entry, _)| dead.contains(&entry.key()));
     if entry_dead || meta.entry().is_none() {
         update_meta(index, |m| match highest {
             Some((tid, level)) => {
@@ -137,17 +160,30 @@ fn repair_links(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
 }
 
 /// New links for a damaged element on each level.
-fn repair_element(index: pg_sys::Relation, meta: &Meta, dead: &TidSet, element: &Damaged) -> Vec<Vec<Tid>> {
+fn repair_element(
+    index: pg_sys::Relation,
+    meta: &Meta,
+    dead: &TidSet,
+    element: &Damaged,
+) -> Vec<Vec<Tid>> {
     let metric = meta.metric();
     let layout = meta.layout();
     let mut graph = DiskGraph::new(index, meta, element.vector.clone());
     let mut vectors: TidMap<Option<Vec<f32>>> = TidMap::default();
     // A link may go to an element that is not this one, not dead and not freed.
-    let usable = |graph: &mut DiskGraph, vectors: &mut TidMap<Option<Vec<f32>>>, tid: Tid| -> bool {
-        tid != element.tid
-            && !dead.contains(&tid.key())
-            && vectors.entry(tid.key()).or_insert_with(|| graph.read(tid, |e| (!e.is_deleted()).then(|| e.vector().to_vec())).flatten()).is_some()
-    };
+    let usable =
+        |graph: &mut DiskGraph, vectors: &mut TidMap<Option<Vec<f32>>>, tid: Tid| -> bool {
+            tid != element.tid
+                && !dead.contains(&tid.key())
+                && vectors
+                    .entry(tid.key())
+                    .or_insert_with(|| {
+                        graph
+                            .read(tid, |e| (!e.is_deleted()).then(|| e.vector().to_vec()))
+                            .flatten()
+                    })
+                    .is_some()
+        };
     let mut repaired = Vec::with_capacity(element.links.len());
     for (level, links) in element.links.iter().enumerate() {
         if !links.iter().any(|n| dead.contains(&n.key())) {
@@ -196,10 +232,15 @@ fn repair_element(index: pg_sys::Relation, meta: &Meta, dead: &TidSet, element: 
             candidates.sort();
             candidates.dedup_by_key(|c| c.id);
         }
-        candidates.retain(|c| !kept.iter().any(|k| k.id == c.id) && usable(&mut graph, &mut vectors, c.id));
+        candidates.retain(|c| {
+            !kept.iter().any(|k| k.id == c.id) && usable(&mut graph, &mut vectors, c.id)
+        });
         let max = layout.params.max_neighbors(level);
         let mut chosen = extend_neighbors(kept, &candidates, max, |a, b| {
-            let (va, vb) = (vectors[&a.key()].as_deref().unwrap(), vectors[&b.key()].as_deref().unwrap());
+            let (va, vb) = (
+                vectors[&a.key()].as_deref().unwrap(),
+                vectors[&b.key()].as_deref().unwrap(),
+            );
             metric.graph_distance(va, vb)
         });
         // Places the heuristic left empty go to the nearest candidates: elements
@@ -211,12 +252,21 @@ fn repair_element(index: pg_sys::Relation, meta: &Meta, dead: &TidSet, element: 
     repaired
 }
 
-fn search_from_entry(graph: &mut DiskGraph, meta: &Meta, level: usize, dead: &TidSet) -> Vec<Candidate<Tid>> {
-    let Some((entry, top)) = meta.entry() else { return Vec::new() };
+fn search_from_entry(
+    graph: &mut DiskGraph,
+    meta: &Meta,
+    level: usize,
+    dead: &TidSet,
+) -> Vec<Candidate<Tid>> {
+    let Some((entry, top)) = meta.entry() else {
+        return Vec::new();
+    };
     if top < level || dead.contains(&entry.key()) {
         return Vec::new();
     }
-    let Some(start) = graph.descend(entry, top, level) else { return Vec::new() };
+    let Some(start) = graph.descend(entry, top, level) else {
+        return Vec::new();
+    };
     graph.forget_visited();
     graph.visit(start.id);
     search_layer(graph, &[start], meta.params().ef_construction, level)
@@ -227,7 +277,10 @@ fn free_elements(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
     let layout = meta.layout();
     let mut by_block: std::collections::BTreeMap<u32, Vec<u16>> = Default::default();
     for &key in dead {
-        by_block.entry((key >> 16) as u32).or_default().push(key as u16);
+        by_block
+            .entry((key >> 16) as u32)
+            .or_default()
+            .push(key as u16);
     }
     for (&block, offsets) in &by_block {
         let locked = Locked::new(index, block, Lock::Exclusive);
