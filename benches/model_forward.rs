@@ -30,7 +30,9 @@ fn bench_forward(c: &mut Criterion) {
     {
         let input = Tensor::rand([batch, 3, slices, 256, 256], (Kind::Float, Device::Cpu));
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_function(kind, |b| b.iter(|| embedder.embed_batch(&input).unwrap()));
+        group.bench_function(kind, |b| {
+            b.iter(|| embedder.features_batch(&input).unwrap())
+        });
     }
     group.finish();
 }

@@ -89,7 +89,7 @@ fn main() {
                 .iter()
                 .map(|b| study::load(b, &options).unwrap().tensor)
                 .collect();
-            embedder.embed(&tensors, batch).unwrap();
+            embedder.features(&tensors, batch).unwrap();
         }
         core_times.push(t.elapsed());
     }

@@ -237,12 +237,12 @@ fn saved_and_loaded_model_gives_identical_embeddings() {
     assert_eq!(file.config, config);
     let a = Embedder::from_file(&file, Device::Cpu).unwrap();
     let b = Embedder::from_bytes(bytes, Device::Cpu).unwrap();
-    let ea = a.embed(&images, 2).unwrap();
-    let eb = b.embed(&images, 4).unwrap();
+    let ea = a.features(&images, 2).unwrap();
+    let eb = b.features(&images, 4).unwrap();
     assert_eq!(ea, eb, "same file, same input: bit-identical embeddings");
     assert_eq!(
         ea,
-        a.embed(&images, 2).unwrap(),
+        a.features(&images, 2).unwrap(),
         "deterministic across calls"
     );
     assert_eq!(ea[0].len(), 192, "cls+avg pooling: twice the width");
@@ -257,7 +257,7 @@ fn saved_and_loaded_model_gives_identical_embeddings() {
         assert!(half.len() < bytes.len() * 6 / 10);
         let eh = Embedder::from_bytes(half, Device::Cpu)
             .unwrap()
-            .embed(&images, 4)
+            .features(&images, 4)
             .unwrap();
         let cos: f32 = ea[0].iter().zip(&eh[0]).map(|(x, y)| x * y).sum();
         assert!(cos > 0.99, "{dtype:?}: cosine {cos}");
@@ -275,7 +275,7 @@ fn mae_file_with_decoder_loads_encoder_only() {
     let bytes = file::to_bytes(&config, &tensors, WeightDtype::F32).unwrap();
     let embedder = Embedder::from_bytes(&bytes, Device::Cpu).unwrap();
     let input = Tensor::rand([2, 3, 4, 64, 64], (Kind::Float, Device::Cpu));
-    let got = embedder.embed_batch(&input).unwrap();
+    let got = embedder.features_batch(&input).unwrap();
     assert_eq!(
         got.size(),
         vec![2, 96],
@@ -344,7 +344,7 @@ fn mismatched_and_foreign_files_are_refused() {
     // Inputs of the wrong shape are an error, not a crash.
     let e = Embedder::random_init(&small_config(Method::Mae), Device::Cpu);
     let err = e
-        .embed_batch(&Tensor::zeros(
+        .features_batch(&Tensor::zeros(
             [1, 3, 5, 64, 64],
             (Kind::Float, Device::Cpu),
         ))

@@ -33,10 +33,9 @@ fn study_error(what: &str, e: impl std::fmt::Display) -> ! {
 
 /// Runs the model over studies, checking for cancellation between transformer blocks.
 fn embed_studies(embedder: &Embedder, studies: &[Study]) -> Vec<Vec<f32>> {
-    let tensors: Vec<tch::Tensor> = studies.iter().map(|s| s.tensor.shallow_clone()).collect();
     let batch = crate::settings::BATCH_SIZE.get().max(1) as usize;
     embedder
-        .embed_with(&tensors, batch, &mut || {
+        .embed_studies_with(studies, batch, &mut || {
             pgrx::check_for_interrupts!();
         })
         .unwrap_or_else(|e| {

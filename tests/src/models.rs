@@ -54,5 +54,5 @@ pub fn reference_embedding(model: &[u8], data: &[&[u8]], modality: &str) -> Vec<
         study::load_many(data, &options)
     }
     .unwrap();
-    embedder.embed(&[study.tensor], 1).unwrap().remove(0)
+    embedder.embed_studies(&[study], 1).unwrap().remove(0)
 }

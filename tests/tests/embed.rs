@@ -578,3 +578,98 @@ fn works_preloaded_and_with_jit() {
     assert_eq!(preloaded, "m3ret");
     cluster.assert_no_backend_crashed();
 }
+
+/// The `m3ret-train` binary cargo built beside this test (`cargo test -p m3ret-train`
+/// in the same run builds it; the README's test command does).
+fn trainer_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let release = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = release.join("m3ret-train");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the README's test command, which builds it",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn the_shipped_model_embeds_in_sql_as_m3ret_train_eval_does() {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shipped = std::fs::read(repo.join("models/m3ret-default.safetensors")).unwrap();
+    let cases = [
+        ("pmnist_train_0000.png", "xray"),
+        ("covidrepo_0637.jpg", "xray"),
+        ("wce_img1310.jpg", "endoscopy"),
+        (
+            "pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4",
+            "ultrasound",
+        ),
+        ("totalseg_example_mr_sm.nii.gz", "mri"),
+        ("totalseg_example_ct.nii.gz", "ct"),
+    ];
+    // A manifest of the fixtures for `m3ret-train eval --embeddings`.
+    let dir = std::env::temp_dir().join(format!("m3ret-eval-agree-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut manifest = String::from("path,modality,region,cls,kind,split\n");
+    for (file, modality) in cases {
+        manifest.push_str(&format!(
+            "{},{modality},r,{modality}_c,,\n",
+            repo.join("fixtures").join(file).display()
+        ));
+    }
+    std::fs::write(dir.join("manifest.csv"), manifest).unwrap();
+    let status = std::process::Command::new(trainer_binary())
+        .args(["eval", "--device", "cpu", "--model"])
+        .arg(repo.join("models/m3ret-default.safetensors"))
+        .arg("--manifest")
+        .arg(dir.join("manifest.csv"))
+        .arg("--out")
+        .arg(dir.join("eval"))
+        .arg("--embeddings")
+        .arg(dir.join("embeddings.jsonl"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "m3ret-train eval failed");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("embeddings.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        cases.len(),
+        "every fixture embedded by the trainer"
+    );
+
+    let db = Cluster::shared().database("embed_agrees_with_eval");
+    let mut c = db.connect();
+    let label: String = c
+        .query_one("SELECT m3ret_model_import('shipped', $1)", &[&shipped])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        label, "shipped@1",
+        "the first model of a database is its default"
+    );
+    for ((file, modality), line) in cases.iter().zip(&lines) {
+        assert!(line["path"].as_str().unwrap().ends_with(file));
+        let from_eval: Vec<f32> = line["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let from_sql = embed(&mut c, &fixture(file), modality);
+        assert_eq!(from_sql.len(), from_eval.len(), "{file}");
+        let diff = max_abs_diff(&from_sql, &from_eval);
+        // Eval batches studies of one shape together; SQL embeds one at a time: the
+        // sums may round differently, nothing more.
+        assert!(
+            diff < 1e-4,
+            "{file}: SQL and m3ret-train eval differ by {diff}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

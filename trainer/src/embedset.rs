@@ -3,7 +3,7 @@
 
 use crate::manifest::{self, Item};
 use crate::plot::{self, Thumb};
-use m3ret_core::modality::ModalityChoice;
+use m3ret_core::modality::{Modality, ModalityChoice};
 use m3ret_core::model::Embedder;
 use m3ret_core::study::{self, StudyOptions};
 use tch::{Kind, Tensor};
@@ -11,7 +11,11 @@ use tch::{Kind, Tensor};
 pub struct Embedded {
     /// Index into the item list.
     pub item: usize,
+    pub modality: Modality,
+    /// The model's embedding, as `m3ret_embed` returns it (standardised if the file says so).
     pub model: Vec<f32>,
+    /// The model's features before its standardisation.
+    pub features: Vec<f32>,
     pub random_init: Vec<f32>,
     pub raw_pixels: Vec<f32>,
     pub thumb: Thumb,
@@ -45,7 +49,7 @@ pub fn embed(
         .enumerate()
         .map(|(i, p)| (i * chunk.max(1), p))
     {
-        let mut tensors = Vec::new();
+        let mut studies = Vec::new();
         let mut indices = Vec::new();
         for (k, item) in part.iter().enumerate() {
             let mut options = StudyOptions::new(ModalityChoice::Given(item.modality));
@@ -61,7 +65,7 @@ pub fn embed(
             });
             match loaded {
                 Ok(s) => {
-                    tensors.push(s.tensor);
+                    studies.push(s);
                     indices.push(start + k);
                 }
                 Err(e) => {
@@ -71,17 +75,21 @@ pub fn embed(
             }
             bar.inc(1);
         }
-        let m = model
-            .embed(&tensors, chunk)
+        let tensors: Vec<Tensor> = studies.iter().map(|s| s.tensor.shallow_clone()).collect();
+        let f = model
+            .features(&tensors, chunk)
             .unwrap_or_else(|e| panic!("embedding failed: {e}"));
         let r = random.map(|e| {
-            e.embed(&tensors, chunk)
+            e.features(&tensors, chunk)
                 .unwrap_or_else(|e| panic!("embedding failed: {e}"))
         });
         for (j, t) in tensors.iter().enumerate() {
+            let modality = studies[j].detected.modality;
             out.push(Embedded {
                 item: indices[j],
-                model: m[j].clone(),
+                modality,
+                model: model.standardize(f[j].clone(), modality),
+                features: f[j].clone(),
                 random_init: r.as_ref().map(|r| r[j].clone()).unwrap_or_default(),
                 raw_pixels: raw_pixels(t),
                 thumb: plot::thumbnail(t, 64),

@@ -6,6 +6,7 @@
 use crate::embedset::{self, Embedded};
 use crate::manifest::{self, Item};
 use crate::metrics::{first_hit_ranks, summarise, Retrieval};
+use crate::standardize::{forms, Form};
 use m3ret_core::modality::Modality;
 use m3ret_core::model::{parse_device, Embedder, ModelFile};
 use m3ret_core::vector::distance::dot;
@@ -42,6 +43,23 @@ pub struct EvalArgs {
     /// Seed of the random-init baseline.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
+    /// Splits to fit the standardisation forms on (repeatable), e.g. train: each baseline is
+    /// then also reported in its best form, and every method's forms are tabled.
+    #[arg(long = "fit-split")]
+    pub fit_splits: Vec<String>,
+    /// Items per class of the fit splits (evenly spread over the class).
+    #[arg(long, default_value_t = 200)]
+    pub fit_max_per_class: usize,
+    /// Components of the whitened forms (default: the model's own whitening, else 64).
+    #[arg(long)]
+    pub whiten: Option<i64>,
+    /// Eigenvalue shrinkage of the whitened forms, as a fraction of the mean eigenvalue.
+    #[arg(long, default_value_t = 0.1)]
+    pub shrinkage: f64,
+    /// Also write the model's embeddings here, one JSON line per item: path, modality, cls,
+    /// embedding (the vectors m3ret_embed returns for the same files).
+    #[arg(long)]
+    pub embeddings: Option<PathBuf>,
 }
 
 /// One retrieval task's results for the model and the baselines.
@@ -52,6 +70,32 @@ pub struct TaskResult {
     pub m3ret: Retrieval,
     pub raw_pixels: Retrieval,
     pub random_init: Retrieval,
+    /// With `--fit-split`: each baseline in the standardisation form that did best here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_pixels_best: Option<BestForm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_init_best: Option<BestForm>,
+    /// m3ret's R@1 against the best baseline's: ahead, tie or behind (see VERDICTS).
+    pub verdict: &'static str,
+}
+
+#[derive(serde::Serialize)]
+pub struct BestForm {
+    pub form: String,
+    pub retrieval: Retrieval,
+}
+
+/// One method in one standardisation form on one in-modality task.
+#[derive(serde::Serialize)]
+pub struct FormResult {
+    pub method: &'static str,
+    pub form: String,
+    pub task: String,
+    pub recall_at_1: f64,
+    pub ci95_recall_at_1: [f64; 2],
+    /// R@1 on the fit split itself (each item a query against the others): a choice
+    /// of form that does not look at the evaluated split.
+    pub fit_split_recall_at_1: f64,
 }
 
 /// Keeps at most `n` items per (modality, cls), evenly spread.
@@ -94,7 +138,38 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
         args.model.display()
     );
     let (embedded, skipped) = embedset::embed(&items, &model, Some(&random), args.batch);
-    let results = tasks(&items, &embedded);
+    if let Some(path) = &args.embeddings {
+        write_embeddings(path, &items, &embedded)?;
+    }
+    let defs = task_defs(&items, &embedded);
+    let fitted = if args.fit_splits.is_empty() {
+        None
+    } else {
+        let fit_items = cap_per_class(
+            manifest::select(manifest::load(&args.manifest)?, &args.fit_splits, &[]),
+            Some(args.fit_max_per_class),
+        );
+        eprintln!(
+            "embedding {} items of split {:?} to fit the standardisation forms on",
+            fit_items.len(),
+            args.fit_splits
+        );
+        let (fit, _) = embedset::embed(&fit_items, &model, Some(&random), args.batch);
+        let k = args
+            .whiten
+            .or_else(|| file.config.standardize.as_ref().and_then(|s| s.whiten))
+            .unwrap_or(64);
+        Some(fit_forms(
+            &items,
+            &embedded,
+            &defs,
+            &fit_items,
+            &fit,
+            &forms(k, args.shrinkage),
+        )?)
+    };
+    let results = results(&items, &embedded, &defs, fitted.as_ref().map(|f| &f.best));
+    let form_results = fitted.map(|f| f.table).unwrap_or_default();
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let report = serde_json::json!({
         "model": args.model.display().to_string(),
@@ -102,7 +177,9 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
         "items": embedded.len(),
         "skipped": skipped,
         "definitions": DEFINITIONS,
+        "verdicts": VERDICTS,
         "results": results,
+        "forms": form_results,
     });
     std::fs::write(
         args.out.join("report.json"),
@@ -114,6 +191,7 @@ pub fn run(args: EvalArgs) -> Result<(), String> {
         embedded.len(),
         skipped,
         &results,
+        &form_results,
     );
     std::fs::write(args.out.join("report.md"), &md).map_err(|e| e.to_string())?;
     montage(
@@ -131,17 +209,100 @@ The rank of a query is the 1-based position of its first hit (in-modality: same 
 R@K is the fraction of queries whose rank is at most K, with its 95% bootstrap interval over the queries (2,000 resamples) \
 in brackets; MnR and MdR are the mean and median rank. \
 Queries with no possible hit are left out. Baselines: raw-pixels (the canonical tensor averaged over slices, \
-pooled to 3x32x32, flattened) and random-init (the same architecture with untrained weights).";
+pooled to 3x32x32, flattened) and random-init (the same architecture with untrained weights). \
+With --fit-split, each baseline is also shown in its best standardisation form for the task (plain, centred per modality, \
+PCA-whitened with shared or per-modality axes; statistics fitted on the fit split; the best picked on the evaluated split itself, \
+which favours the baselines). m3ret is shown as the model file embeds (as m3ret_embed in SQL does).";
 
-fn ranks_for(
+fn write_embeddings(
+    path: &std::path::Path,
+    items: &[Item],
     embedded: &[Embedded],
-    pick: fn(&Embedded) -> &[f32],
-    q: &[usize],
-    g: &[usize],
-    hit: &dyn Fn(usize, usize) -> bool,
+) -> Result<(), String> {
+    let mut out = String::new();
+    for e in embedded {
+        let item = &items[e.item];
+        let line = serde_json::json!({"path": item.path, "modality": e.modality, "cls": item.cls, "embedding": e.model});
+        let _ = writeln!(out, "{line}");
+    }
+    std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub const VERDICTS: &str = "Verdict on R@1, m3ret against the best baseline row of the task (plain or best form): \
+ahead when the baseline's R@1 lies below m3ret's 95% interval, behind when above it, tie when inside it.";
+
+/// A retrieval task: which items ask, which are ranked, and what counts as a hit.
+pub struct TaskDef {
+    pub name: String,
+    pub kind: &'static str,
+    queries: Vec<usize>,
+    gallery: Vec<usize>,
+}
+
+/// In-modality tasks (hit: same cls) for every modality with two items or more, and
+/// cross-modal tasks (hit: same region) for every ordered pair of modalities.
+pub fn task_defs(items: &[Item], embedded: &[Embedded]) -> Vec<TaskDef> {
+    let item = |e: usize| &items[embedded[e].item];
+    let of = |m: Modality| {
+        (0..embedded.len())
+            .filter(|&e| item(e).modality == m)
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    for m in Modality::ALL {
+        let idx = of(m);
+        if idx.len() > 1 {
+            out.push(TaskDef {
+                name: format!("{m}"),
+                kind: "in-modality",
+                queries: idx.clone(),
+                gallery: idx,
+            });
+        }
+    }
+    for a in Modality::ALL {
+        for b in Modality::ALL {
+            if a == b {
+                continue;
+            }
+            let (qa, gallery) = (of(a), of(b));
+            let regions_b: BTreeSet<&str> = gallery
+                .iter()
+                .map(|&e| item(e).region.as_str())
+                .filter(|r| !r.is_empty())
+                .collect();
+            let queries: Vec<usize> = qa
+                .into_iter()
+                .filter(|&e| regions_b.contains(item(e).region.as_str()))
+                .collect();
+            if !queries.is_empty() {
+                out.push(TaskDef {
+                    name: format!("{a} -> {b}"),
+                    kind: "cross-modal",
+                    queries,
+                    gallery,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The retrieval scores of `vectors` (one per embedded item) on a task.
+pub fn evaluate(
+    def: &TaskDef,
+    items: &[Item],
+    embedded: &[Embedded],
+    vectors: &[Vec<f32>],
 ) -> Retrieval {
-    let queries: Vec<&[f32]> = q.iter().map(|&i| pick(&embedded[i])).collect();
-    let gallery: Vec<&[f32]> = g.iter().map(|&i| pick(&embedded[i])).collect();
+    let item = |e: usize| &items[embedded[e].item];
+    let (q, g) = (&def.queries, &def.gallery);
+    let hit = |a: usize, b: usize| match def.kind {
+        "in-modality" => item(a).cls == item(b).cls,
+        _ => !item(a).region.is_empty() && item(a).region == item(b).region,
+    };
+    let queries: Vec<&[f32]> = q.iter().map(|&i| vectors[i].as_slice()).collect();
+    let gallery: Vec<&[f32]> = g.iter().map(|&i| vectors[i].as_slice()).collect();
     summarise(&first_hit_ranks(
         &queries,
         &gallery,
@@ -150,88 +311,183 @@ fn ranks_for(
     ))
 }
 
-fn task(
-    name: String,
-    kind: &'static str,
+fn column(embedded: &[Embedded], pick: fn(&Embedded) -> &Vec<f32>) -> Vec<Vec<f32>> {
+    embedded.iter().map(|e| pick(e).clone()).collect()
+}
+
+fn with_modality(
     embedded: &[Embedded],
-    q: &[usize],
-    g: &[usize],
-    hit: &dyn Fn(usize, usize) -> bool,
-) -> TaskResult {
-    TaskResult {
-        task: name,
-        kind,
-        m3ret: ranks_for(embedded, |e| &e.model, q, g, hit),
-        raw_pixels: ranks_for(embedded, |e| &e.raw_pixels, q, g, hit),
-        random_init: ranks_for(embedded, |e| &e.random_init, q, g, hit),
+    pick: fn(&Embedded) -> &Vec<f32>,
+) -> Vec<(Modality, Vec<f32>)> {
+    embedded
+        .iter()
+        .map(|e| (e.modality, pick(e).clone()))
+        .collect()
+}
+
+/// The baselines' best forms per task, and every method's forms on the in-modality tasks.
+struct Fitted {
+    /// Per task: (raw-pixels best, random-init best).
+    best: Vec<(BestForm, BestForm)>,
+    table: Vec<FormResult>,
+}
+
+type Pick = fn(&Embedded) -> &Vec<f32>;
+const METHODS: [(&str, Pick); 3] = [
+    ("raw-pixels", |e| &e.raw_pixels),
+    ("random-init", |e| &e.random_init),
+    ("m3ret-features", |e| &e.features),
+];
+
+fn fit_forms(
+    items: &[Item],
+    embedded: &[Embedded],
+    defs: &[TaskDef],
+    fit_items: &[Item],
+    fit: &[Embedded],
+    forms: &[Form],
+) -> Result<Fitted, String> {
+    let fit_defs = task_defs(fit_items, fit);
+    let mut best: Vec<[Option<BestForm>; 2]> = defs.iter().map(|_| [None, None]).collect();
+    let mut table = Vec::new();
+    for (m, (method, pick)) in METHODS.iter().enumerate() {
+        let fit_vectors = with_modality(fit, *pick);
+        for form in forms {
+            let vectors = form.apply(&fit_vectors, &with_modality(embedded, *pick))?;
+            let on_fit = form.apply(&fit_vectors, &fit_vectors)?;
+            for (t, def) in defs.iter().enumerate() {
+                if def.kind == "cross-modal" && !form.shared_space() {
+                    continue;
+                }
+                let r = evaluate(def, items, embedded, &vectors);
+                if def.kind == "in-modality" {
+                    let fit_r1 = fit_defs
+                        .iter()
+                        .find(|d| d.name == def.name)
+                        .map(|d| evaluate(d, fit_items, fit, &on_fit).recall_at_1);
+                    table.push(FormResult {
+                        method,
+                        form: form.name.clone(),
+                        task: def.name.clone(),
+                        recall_at_1: r.recall_at_1,
+                        ci95_recall_at_1: r.ci95.recall_at_1,
+                        fit_split_recall_at_1: fit_r1.unwrap_or(f64::NAN),
+                    });
+                }
+                if m < 2
+                    && best[t][m]
+                        .as_ref()
+                        .is_none_or(|b| r.recall_at_1 > b.retrieval.recall_at_1)
+                {
+                    best[t][m] = Some(BestForm {
+                        form: form.name.clone(),
+                        retrieval: r,
+                    });
+                }
+            }
+        }
+    }
+    let best = best
+        .into_iter()
+        .map(|[a, b]| {
+            (
+                a.expect("plain form always fits"),
+                b.expect("plain form always fits"),
+            )
+        })
+        .collect();
+    Ok(Fitted { best, table })
+}
+
+fn results(
+    items: &[Item],
+    embedded: &[Embedded],
+    defs: &[TaskDef],
+    best: Option<&Vec<(BestForm, BestForm)>>,
+) -> Vec<TaskResult> {
+    let (model, raw, random) = (
+        column(embedded, |e| &e.model),
+        column(embedded, |e| &e.raw_pixels),
+        column(embedded, |e| &e.random_init),
+    );
+    let mut best = best.map(|b| b.iter());
+    defs.iter()
+        .map(|def| {
+            let (raw_best, random_best) = match best.as_mut().and_then(|b| b.next()) {
+                Some((a, b)) => (Some(clone_best(a)), Some(clone_best(b))),
+                None => (None, None),
+            };
+            let m3ret = evaluate(def, items, embedded, &model);
+            let raw_pixels = evaluate(def, items, embedded, &raw);
+            let random_init = evaluate(def, items, embedded, &random);
+            let baseline_r1 = [
+                Some(&raw_pixels),
+                Some(&random_init),
+                raw_best.as_ref().map(|b| &b.retrieval),
+                random_best.as_ref().map(|b| &b.retrieval),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|r| r.recall_at_1)
+            .fold(f64::MIN, f64::max);
+            TaskResult {
+                task: def.name.clone(),
+                kind: def.kind,
+                verdict: verdict(&m3ret, baseline_r1),
+                m3ret,
+                raw_pixels,
+                random_init,
+                raw_pixels_best: raw_best,
+                random_init_best: random_best,
+            }
+        })
+        .collect()
+}
+
+fn clone_best(b: &BestForm) -> BestForm {
+    BestForm {
+        form: b.form.clone(),
+        retrieval: b.retrieval.clone(),
     }
 }
 
-pub fn tasks(items: &[Item], embedded: &[Embedded]) -> Vec<TaskResult> {
-    let item = |e: usize| &items[embedded[e].item];
-    let of = |m: Modality| {
-        (0..embedded.len())
-            .filter(|&e| item(e).modality == m)
-            .collect::<Vec<_>>()
-    };
-    let mut out = Vec::new();
-    let same_cls = |a: usize, b: usize| item(a).cls == item(b).cls;
-    for m in Modality::ALL {
-        let idx = of(m);
-        if idx.len() > 1 {
-            out.push(task(
-                format!("{m}"),
-                "in-modality",
-                embedded,
-                &idx,
-                &idx,
-                &same_cls,
-            ));
-        }
+fn verdict(m3ret: &Retrieval, baseline_r1: f64) -> &'static str {
+    let [low, high] = m3ret.ci95.recall_at_1;
+    if baseline_r1 < low {
+        "ahead"
+    } else if baseline_r1 > high {
+        "behind"
+    } else {
+        "tie"
     }
-    let same_region =
-        |a: usize, b: usize| !item(a).region.is_empty() && item(a).region == item(b).region;
-    for a in Modality::ALL {
-        for b in Modality::ALL {
-            if a == b {
-                continue;
-            }
-            let (qa, gb) = (of(a), of(b));
-            let regions_b: BTreeSet<&str> = gb
-                .iter()
-                .map(|&e| item(e).region.as_str())
-                .filter(|r| !r.is_empty())
-                .collect();
-            let q: Vec<usize> = qa
-                .into_iter()
-                .filter(|&e| regions_b.contains(item(e).region.as_str()))
-                .collect();
-            if !q.is_empty() {
-                out.push(task(
-                    format!("{a} -> {b}"),
-                    "cross-modal",
-                    embedded,
-                    &q,
-                    &gb,
-                    &same_region,
-                ));
-            }
-        }
-    }
-    out
 }
 
-fn markdown(model: &str, n: usize, skipped: usize, results: &[TaskResult]) -> String {
+fn markdown(
+    model: &str,
+    n: usize,
+    skipped: usize,
+    results: &[TaskResult],
+    forms: &[FormResult],
+) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# Retrieval report\n\nModel `{model}`, {n} items ({skipped} unreadable, skipped).\n\n{DEFINITIONS}\n");
+    let _ = writeln!(s, "# Retrieval report\n\nModel `{model}`, {n} items ({skipped} unreadable, skipped).\n\n{DEFINITIONS}\n\n{VERDICTS}\n");
     for kind in ["in-modality", "cross-modal"] {
         let _ = writeln!(s, "## {kind}\n\n| task | queries | method | R@1 | R@5 | R@10 | MnR | MdR |\n|---|---|---|---|---|---|---|---|");
         for r in results.iter().filter(|r| r.kind == kind) {
-            for (method, m) in [
-                ("m3ret", &r.m3ret),
-                ("raw-pixels", &r.raw_pixels),
-                ("random-init", &r.random_init),
+            let mut rows = vec![
+                (format!("m3ret ({})", r.verdict), &r.m3ret),
+                ("raw-pixels".to_string(), &r.raw_pixels),
+                ("random-init".to_string(), &r.random_init),
+            ];
+            for (name, best) in [
+                ("raw-pixels", &r.raw_pixels_best),
+                ("random-init", &r.random_init_best),
             ] {
+                if let Some(b) = best {
+                    rows.push((format!("{name}, {}", b.form), &b.retrieval));
+                }
+            }
+            for (method, m) in rows {
                 let ci = &m.ci95;
                 let _ = writeln!(
                     s,
@@ -245,6 +501,25 @@ fn markdown(model: &str, n: usize, skipped: usize, results: &[TaskResult]) -> St
                     m.median_rank
                 );
             }
+        }
+        s.push('\n');
+    }
+    if !forms.is_empty() {
+        let _ = writeln!(s, "## Standardisation forms (in-modality R@1: evaluated split, and in brackets the fit split)\n");
+        let _ = writeln!(
+            s,
+            "| method | form | task | R@1 | R@1 on the fit split |\n|---|---|---|---|---|"
+        );
+        for f in forms {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.3} |",
+                f.method,
+                f.form,
+                f.task,
+                with_interval(f.recall_at_1, f.ci95_recall_at_1),
+                f.fit_split_recall_at_1
+            );
         }
         s.push('\n');
     }

@@ -13,6 +13,7 @@ mod optim;
 mod plot;
 mod pretrain;
 mod probe;
+mod standardize;
 mod trainee;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Write a checkpoint's encoder as a model file for the extension (m3ret_model_import).
     Export(export::ExportArgs),
+    /// Fit centering and PCA whitening of a model's features on a split; write the model with them.
+    Standardize(standardize::StandardizeArgs),
     /// Print the libtorch version this binary runs on and the CUDA devices it can use.
     Info,
 }
@@ -48,6 +51,7 @@ fn main() {
         Command::Eval(a) => eval::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Export(a) => export::run(a),
+        Command::Standardize(a) => standardize::run(a),
         Command::Info => {
             info();
             Ok(())

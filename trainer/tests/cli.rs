@@ -171,9 +171,9 @@ fn mae_pretraining_loss_falls_and_exports_a_loadable_model() {
     let probe = tch::Tensor::rand([2, 3, 4, 64, 64], (tch::Kind::Float, tch::Device::Cpu));
     assert!(
         f32_model
-            .embed_batch(&probe)
+            .features_batch(&probe)
             .unwrap()
-            .equal(&from_checkpoint.embed_batch(&probe).unwrap()),
+            .equal(&from_checkpoint.features_batch(&probe).unwrap()),
         "export changed the encoder"
     );
     // An f16 export loads and embeds alike.
@@ -192,8 +192,8 @@ fn mae_pretraining_loss_falls_and_exports_a_loadable_model() {
             .unwrap();
     let x = tch::Tensor::rand([1, 3, 4, 64, 64], (tch::Kind::Float, tch::Device::Cpu));
     let (a, b) = (
-        f32_model.embed_batch(&x).unwrap(),
-        f16_model.embed_batch(&x).unwrap(),
+        f32_model.features_batch(&x).unwrap(),
+        f16_model.features_batch(&x).unwrap(),
     );
     let cos = (&a * &b).sum(tch::Kind::Float).double_value(&[]);
     assert!(cos > 0.999, "f32 vs f16 export cosine {cos}");
@@ -415,4 +415,120 @@ fn bad_input_is_a_clear_error() {
         "{}",
         String::from_utf8_lossy(&strict.stderr)
     );
+}
+
+#[test]
+fn standardize_writes_a_whitened_model_and_eval_compares_every_method_in_every_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path());
+    let out = dir.path().join("run");
+    run(bin().args(pretrain_args("simdino", &m, &out, 2)));
+    let plain = out.join("model.safetensors");
+    let std_model = dir.path().join("std.safetensors");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "standardize",
+            "--model",
+            plain.to_str().unwrap(),
+            "--manifest",
+            m.to_str().unwrap(),
+            "--split",
+            "train",
+            "--device",
+            "cpu",
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    run(bin().args(args(&[
+        "--whiten",
+        "8",
+        "--out",
+        std_model.to_str().unwrap(),
+    ])));
+    let file = m3ret_core::model::ModelFile::from_path(&std_model).unwrap();
+    let s = file
+        .config
+        .standardize
+        .as_ref()
+        .expect("the written file carries its standardisation");
+    assert_eq!(
+        (
+            s.whiten,
+            file.config.format_version,
+            file.config.embedding_dims()
+        ),
+        (Some(8), 2, 8)
+    );
+    assert_eq!(
+        s.fitted_on["items"]["xray"], 12,
+        "fitted on the train split only: {}",
+        s.fitted_on
+    );
+    assert!(
+        file.tensors.contains_key("standardize.mean.xray")
+            && file.tensors.contains_key("standardize.whiten.all")
+    );
+    // Too many components for the features: a clear error, no file.
+    let bad = bin()
+        .args(args(&[
+            "--whiten",
+            "100000",
+            "--out",
+            dir.path().join("bad.safetensors").to_str().unwrap(),
+        ]))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("whitening to 100000 components"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    let eval = dir.path().join("eval");
+    let text = run(bin().args([
+        "eval",
+        "--model",
+        std_model.to_str().unwrap(),
+        "--manifest",
+        m.to_str().unwrap(),
+        "--split",
+        "test",
+        "--fit-split",
+        "train",
+        "--out",
+        eval.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]));
+    assert!(
+        text.contains("raw-pixels, ") && text.contains("Standardisation forms"),
+        "{text}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval.join("report.json")).unwrap()).unwrap();
+    for r in report["results"].as_array().unwrap() {
+        assert!(
+            ["ahead", "tie", "behind"].contains(&r["verdict"].as_str().unwrap()),
+            "{r}"
+        );
+        for best in ["raw_pixels_best", "random_init_best"] {
+            let b = &r[best];
+            let r1 = b["retrieval"]["recall_at_1"].as_f64().unwrap();
+            // The best form is at least as good as the plain baseline.
+            assert!(
+                r1 >= r[best.trim_end_matches("_best")]["recall_at_1"]
+                    .as_f64()
+                    .unwrap(),
+                "{r}"
+            );
+        }
+    }
+    // Three methods in four forms (whitened to the model's 8 components) per in-modality task.
+    let forms = report["forms"].as_array().unwrap();
+    assert_eq!(forms.len(), 2 * 3 * 4, "{forms:?}");
+    assert!(forms
+        .iter()
+        .any(|f| f["form"] == "whitened-8-per-modality" && f["method"] == "m3ret-features"));
 }

@@ -1,6 +1,7 @@
 //! What a model is: architecture, training method, pooling and input spec.
 //! Stored as JSON in the model file's safetensors metadata.
 
+use super::standardize::StandardizeConfig;
 use serde::{Deserialize, Serialize};
 
 /// The self-supervised objective the encoder was (or will be) trained with.
@@ -122,10 +123,18 @@ pub struct ModelConfig {
     /// Free-form record of how the model was trained (steps, data, hardware).
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Centering and whitening of the pooled features, fitted after training
+    /// (`m3ret-train standardize`); its statistics are tensors of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardize: Option<StandardizeConfig>,
 }
 
 pub const FORMAT: &str = "m3ret";
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this build reads. Version 2 added `standardize`: a file that
+/// has one says 2, so that an older m3ret refuses it instead of ignoring it.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of files without a standardisation (readable by every m3ret).
+pub const FORMAT_VERSION_PLAIN: u32 = 1;
 
 impl ModelConfig {
     /// The paper's configuration of a method at a preset: MAE with the official
@@ -165,7 +174,7 @@ impl ModelConfig {
         };
         ModelConfig {
             format: FORMAT.to_string(),
-            format_version: FORMAT_VERSION,
+            format_version: FORMAT_VERSION_PLAIN,
             method,
             preset: Some(preset),
             encoder,
@@ -174,14 +183,23 @@ impl ModelConfig {
             head,
             input: InputSpec::default(),
             training: serde_json::Value::Null,
+            standardize: None,
+        }
+    }
+
+    /// Dimensions of the pooled encoder output (before any standardisation).
+    pub fn feature_dims(&self) -> i64 {
+        match self.pooling {
+            Pooling::Avg | Pooling::Cls => self.encoder.width,
+            Pooling::ClsAvg => 2 * self.encoder.width,
         }
     }
 
     /// Dimensions of the embeddings this model produces.
     pub fn embedding_dims(&self) -> i64 {
-        match self.pooling {
-            Pooling::Avg | Pooling::Cls => self.encoder.width,
-            Pooling::ClsAvg => 2 * self.encoder.width,
+        match &self.standardize {
+            Some(s) => s.output_dims(self.feature_dims()),
+            None => self.feature_dims(),
         }
     }
 
@@ -237,6 +255,9 @@ impl ModelConfig {
         }
         if matches!(self.pooling, Pooling::Cls | Pooling::ClsAvg) && !e.cls_token {
             return Err("pooling uses [CLS] but the encoder has no [CLS] token".to_string());
+        }
+        if let Some(s) = &self.standardize {
+            s.validate(self.feature_dims())?;
         }
         if let Some(d) = &self.decoder {
             if d.heads < 1

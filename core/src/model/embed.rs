@@ -1,12 +1,19 @@
-//! Inference: canonical tensors in, L2-normalised f32 embeddings out.
-//! The extension and the trainer both embed through [`Embedder`], so SQL and
-//! `m3ret-train eval` give the same vectors for the same file and model.
+//! Inference: studies in, L2-normalised f32 embeddings out.
+//! The extension and the trainer both embed through [`Embedder::embed_studies`], so
+//! SQL and `m3ret-train eval` give the same vectors for the same file and model.
+//!
+//! Two stages: the encoder's pooled, L2-normalised output (*features*, what
+//! [`Embedder::features`] returns, from tensors alone), then the model's
+//! standardisation, if its file has one (per modality: it needs the study's).
 
 use super::config::ModelConfig;
 use super::file::ModelFile;
 use super::simdino::l2_normalize;
+use super::standardize::Standardizer;
 use super::vit::{pool, Encoder};
 use super::{torch_error, ModelError};
+use crate::modality::Modality;
+use crate::study::Study;
 use tch::{nn, Device, Kind, Tensor};
 
 /// An encoder ready to embed, on one device.
@@ -14,6 +21,7 @@ pub struct Embedder {
     pub config: ModelConfig,
     vs: nn::VarStore,
     encoder: Encoder,
+    standardizer: Option<Standardizer>,
 }
 
 /// The device named by `auto`, `cpu`, `cuda` or `cuda:N` (`auto`: the first CUDA
@@ -49,6 +57,14 @@ impl Embedder {
     pub fn from_file(file: &ModelFile, device: Device) -> Result<Embedder, ModelError> {
         let mut embedder = Self::random_init(&file.config, Device::Cpu);
         file.load_into(&embedder.vs, "encoder.")?;
+        if let Some(config) = &file.config.standardize {
+            embedder.standardizer = Some(Standardizer::from_file(
+                config,
+                file,
+                file.config.feature_dims(),
+            )?);
+            embedder.config.standardize = Some(config.clone());
+        }
         embedder.place_on(device);
         Ok(embedder)
     }
@@ -66,14 +82,18 @@ impl Embedder {
     }
 
     /// The architecture of `config` with fresh random weights (the `random-init`
-    /// baseline; seed with `tch::manual_seed` first for a reproducible one).
+    /// baseline; seed with `tch::manual_seed` first for a reproducible one). It has
+    /// no standardisation (its config says none).
     pub fn random_init(config: &ModelConfig, device: Device) -> Embedder {
         let vs = nn::VarStore::new(Device::Cpu);
         let encoder = Encoder::new(vs.root(), &config.encoder);
+        let mut config = config.clone();
+        config.standardize = None;
         let mut embedder = Embedder {
-            config: config.clone(),
+            config,
             vs,
             encoder,
+            standardizer: None,
         };
         embedder.place_on(device);
         embedder
@@ -87,15 +107,20 @@ impl Embedder {
         self.config.embedding_dims()
     }
 
-    /// Embeds a batch `[B, 3, S, H, W]` of one shape: `[B, dims]`, f32 on the CPU.
-    /// Runs without gradients; in bf16 on CUDA.
-    pub fn embed_batch(&self, batch: &Tensor) -> Result<Tensor, ModelError> {
-        self.embed_batch_with(batch, &mut || {})
+    /// The standardisation the model file carries, if any.
+    pub fn standardizer(&self) -> Option<&Standardizer> {
+        self.standardizer.as_ref()
     }
 
-    /// As [`Embedder::embed_batch`], calling `between_blocks` between transformer blocks
+    /// The features of a batch `[B, 3, S, H, W]` of one shape: `[B, feature dims]`,
+    /// f32 on the CPU. Runs without gradients; in bf16 on CUDA.
+    pub fn features_batch(&self, batch: &Tensor) -> Result<Tensor, ModelError> {
+        self.features_batch_with(batch, &mut || {})
+    }
+
+    /// As [`Embedder::features_batch`], calling `between_blocks` between transformer blocks
     /// (where a caller may abort by panicking, e.g. PostgreSQL's query cancellation).
-    pub fn embed_batch_with(
+    pub fn features_batch_with(
         &self,
         batch: &Tensor,
         between_blocks: &mut dyn FnMut(),
@@ -128,14 +153,52 @@ impl Embedder {
         })
     }
 
-    /// Embeds canonical tensors `[3, S, H, W]` of any mix of shapes, batching those
-    /// of equal shape together, `max_batch` at a time; results in input order.
-    pub fn embed(&self, inputs: &[Tensor], max_batch: usize) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.embed_with(inputs, max_batch, &mut || {})
+    /// The embeddings of studies: their features, standardised per the study's
+    /// modality when the model has a standardisation. Batched as [`Embedder::features`].
+    pub fn embed_studies(
+        &self,
+        studies: &[Study],
+        max_batch: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.embed_studies_with(studies, max_batch, &mut || {})
     }
 
-    /// As [`Embedder::embed`], calling `between_blocks` as [`Embedder::embed_batch_with`] does.
-    pub fn embed_with(
+    /// As [`Embedder::embed_studies`], calling `between_blocks` as [`Embedder::features_batch_with`] does.
+    pub fn embed_studies_with(
+        &self,
+        studies: &[Study],
+        max_batch: usize,
+        between_blocks: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let tensors: Vec<Tensor> = studies.iter().map(|s| s.tensor.shallow_clone()).collect();
+        let features = self.features_with(&tensors, max_batch, between_blocks)?;
+        Ok(features
+            .into_iter()
+            .zip(studies)
+            .map(|(f, s)| self.standardize(f, s.detected.modality))
+            .collect())
+    }
+
+    /// A feature vector standardised for `modality` (unchanged without a standardisation).
+    pub fn standardize(&self, features: Vec<f32>, modality: Modality) -> Vec<f32> {
+        match &self.standardizer {
+            Some(s) => s.apply_one(&features, modality),
+            None => features,
+        }
+    }
+
+    /// The features of canonical tensors `[3, S, H, W]` of any mix of shapes, batching
+    /// those of equal shape together, `max_batch` at a time; results in input order.
+    pub fn features(
+        &self,
+        inputs: &[Tensor],
+        max_batch: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.features_with(inputs, max_batch, &mut || {})
+    }
+
+    /// As [`Embedder::features`], calling `between_blocks` as [`Embedder::features_batch_with`] does.
+    pub fn features_with(
         &self,
         inputs: &[Tensor],
         max_batch: usize,
@@ -159,7 +222,7 @@ impl Embedder {
                         .collect::<Vec<_>>(),
                     0,
                 );
-                let emb = self.embed_batch_with(&batch, between_blocks)?;
+                let emb = self.features_batch_with(&batch, between_blocks)?;
                 for (row, &i) in chunk.iter().enumerate() {
                     out[i] = Vec::<f32>::try_from(emb.get(row as i64)).map_err(torch_error)?;
                 }

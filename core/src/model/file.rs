@@ -3,6 +3,7 @@
 //! they are loaded as f32.
 
 use super::config::ModelConfig;
+use super::standardize::is_standardize_tensor;
 use super::ModelError;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -46,14 +47,21 @@ impl WeightDtype {
     }
 }
 
-/// Serialises `tensors` (name -> tensor) with `config` into safetensors bytes.
+/// Serialises `tensors` (name -> tensor) with `config` into safetensors bytes: weights
+/// in `dtype`, a standardisation's statistics always in f32.
 pub fn to_bytes(
     config: &ModelConfig,
     tensors: &[(String, Tensor)],
     dtype: WeightDtype,
 ) -> Result<Vec<u8>, ModelError> {
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>, WeightDtype)> =
+        Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
+        let dtype = if is_standardize_tensor(name) {
+            WeightDtype::F32
+        } else {
+            dtype
+        };
         let t = t
             .detach()
             .to_device(tch::Device::Cpu)
@@ -64,11 +72,11 @@ pub fn to_bytes(
         t.f_copy_data_u8(&mut bytes, numel)
             .map_err(|e| ModelError::Torch(e.to_string()))?;
         let shape = t.size().iter().map(|d| *d as usize).collect();
-        data.push((name.clone(), shape, bytes));
+        data.push((name.clone(), shape, bytes, dtype));
     }
     let views = data
         .iter()
-        .map(|(name, shape, bytes)| {
+        .map(|(name, shape, bytes, dtype)| {
             TensorView::new(dtype.safetensors(), shape.clone(), bytes).map(|v| (name.clone(), v))
         })
         .collect::<Result<Vec<_>, _>>()

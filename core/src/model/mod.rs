@@ -6,6 +6,7 @@
 //! - `vit.rs`: patch embedding, blocks, the encoder and pooling;
 //! - `mae.rs`, `simdino.rs`: the two pretraining objectives;
 //! - `file.rs`: reading and writing model files;
+//! - `standardize.rs`: centering and whitening of the features, fitted after training;
 //! - `embed.rs`: inference, the API the extension and the trainer share.
 
 pub mod config;
@@ -14,11 +15,13 @@ pub mod file;
 pub mod mae;
 pub mod pos_embed;
 pub mod simdino;
+pub mod standardize;
 pub mod vit;
 
 pub use config::{Method, ModelConfig, Pooling, Preset};
 pub use embed::{parse_device, Embedder};
 pub use file::{ModelFile, WeightDtype};
+pub use standardize::{Scope, StandardizeConfig, Standardizer};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
