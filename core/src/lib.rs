@@ -9,6 +9,7 @@ pub mod io;
 pub mod modality;
 pub mod model;
 pub mod preprocess;
+pub mod rng;
 pub mod runtime;
 pub mod study;
 pub mod torch_ext;

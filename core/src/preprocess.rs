@@ -50,15 +50,8 @@ pub fn sample_frames(total: usize, wanted: usize, sampling: FrameSampling) -> Ve
             .map(|k| ((2 * k + 1) * total) / (2 * wanted))
             .collect(),
         FrameSampling::Random(seed) => {
-            let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-            let mut next = || {
-                // splitmix64: reproducible without a dependency on an RNG crate here.
-                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^ (z >> 31)
-            };
+            let mut rng = crate::rng::SplitMix64::new(seed ^ 0x9E37_79B9_7F4A_7C15);
+            let mut next = || rng.next_u64();
             let mut idx: Vec<usize> = (0..wanted)
                 .map(|_| (next() % total as u64) as usize)
                 .collect();

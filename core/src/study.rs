@@ -25,6 +25,14 @@ impl StudyOptions {
             input: InputSpec::default(),
         }
     }
+
+    /// Options for a model: its input spec (image size, slices, frames) decides the tensor.
+    pub fn for_input(modality: ModalityChoice, input: &InputSpec) -> StudyOptions {
+        StudyOptions {
+            input: input.clone(),
+            ..StudyOptions::new(modality)
+        }
+    }
 }
 
 /// What the reader found.
@@ -64,6 +72,14 @@ pub enum StudyError {
 /// Reads one buffer: a DICOM object, a NIfTI volume, a PNG/JPEG image or an MP4 video.
 pub fn load(bytes: &[u8], options: &StudyOptions) -> Result<Study, StudyError> {
     finish(io::read(bytes, &options.limits)?, options)
+}
+
+/// One buffer: [`load`]; several (a DICOM series, a video's frames): [`load_many`].
+pub fn load_buffers(buffers: &[&[u8]], options: &StudyOptions) -> Result<Study, StudyError> {
+    match buffers {
+        [one] => load(one, options),
+        many => load_many(many, options),
+    }
 }
 
 /// Reads a list of buffers: the slices of a DICOM series, or the frames of a video

@@ -18,10 +18,8 @@ use pgrx::prelude::*;
 fn options(modality: &str, embedder: &Embedder) -> StudyOptions {
     let choice = ModalityChoice::parse(modality)
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e));
-    let mut options = StudyOptions::new(choice);
     // The model says what input it was trained on (image size, slices, frames).
-    options.input = embedder.config.input.clone();
-    options
+    StudyOptions::for_input(choice, &embedder.config.input)
 }
 
 fn study_error(what: &str, e: impl std::fmt::Display) -> ! {

@@ -46,13 +46,10 @@ pub fn model_with(seed: i64, width: i64, depth: i64, image_size: i64) -> Vec<u8>
 /// The embedding of `data` (one buffer, or several for a series) outside PostgreSQL.
 pub fn reference_embedding(model: &[u8], data: &[&[u8]], modality: &str) -> Vec<f32> {
     let embedder = Embedder::from_bytes(model, Device::Cpu).unwrap();
-    let mut options = StudyOptions::new(ModalityChoice::parse(modality).unwrap());
-    options.input = embedder.config.input.clone();
-    let study = if data.len() == 1 {
-        study::load(data[0], &options)
-    } else {
-        study::load_many(data, &options)
-    }
-    .unwrap();
+    let options = StudyOptions::for_input(
+        ModalityChoice::parse(modality).unwrap(),
+        &embedder.config.input,
+    );
+    let study = study::load_buffers(data, &options).unwrap();
     embedder.embed_studies(&[study], 1).unwrap().remove(0)
 }

@@ -12,20 +12,25 @@ pub struct Views {
     pub local: Vec<Tensor>,
 }
 
-/// How many local views a step takes, and the area fraction of the input each crops.
+/// How many local views a step takes, the area fraction of the input each crops, and
+/// how strongly every view's intensities are jittered.
 #[derive(Clone, Copy, Debug)]
-pub struct LocalCrops {
+pub struct ViewSettings {
     pub views: usize,
     pub scale: (f64, f64),
+    /// Largest additive intensity shift (the reference: 0.1).
+    pub intensity: f64,
+    /// Largest contrast change: a factor in [1 - contrast, 1 + contrast] (the reference: 0.4).
+    pub contrast: f64,
 }
 
 /// `batch`: `[B, 3, S, H, W]` in [0, 1].
-pub fn views(batch: &Tensor, local: LocalCrops, patch: i64, seed: u64) -> Views {
+pub fn views(batch: &Tensor, local: ViewSettings, patch: i64, seed: u64) -> Views {
     let size = batch.size();
     let (s, h) = (size[2], size[3]);
     let local_side = ((h * 3 / 8) / patch).max(1) * patch;
     let global = (0..2)
-        .map(|v| view(batch, (0.4, 1.0), h, s, seed ^ mix(v)))
+        .map(|v| view(batch, (0.4, 1.0), h, s, local, seed ^ mix(v)))
         .collect();
     let local = (0..local.views)
         .map(|v| {
@@ -34,6 +39,7 @@ pub fn views(batch: &Tensor, local: LocalCrops, patch: i64, seed: u64) -> Views 
                 local.scale,
                 local_side,
                 s,
+                local,
                 seed ^ mix(100 + v as u64),
             )
         })
@@ -45,7 +51,14 @@ fn uniform(seed: u64, slot: u64, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * (mix(seed ^ mix(slot)) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn view(batch: &Tensor, scale: (f64, f64), side: i64, slices: i64, seed: u64) -> Tensor {
+fn view(
+    batch: &Tensor,
+    scale: (f64, f64),
+    side: i64,
+    slices: i64,
+    jitter: ViewSettings,
+    seed: u64,
+) -> Tensor {
     let b = batch.size()[0];
     let out: Vec<Tensor> = (0..b)
         .map(|i| {
@@ -54,6 +67,7 @@ fn view(batch: &Tensor, scale: (f64, f64), side: i64, slices: i64, seed: u64) ->
                 scale,
                 side,
                 slices,
+                jitter,
                 seed ^ mix(1000 + i as u64),
             )
         })
@@ -61,7 +75,14 @@ fn view(batch: &Tensor, scale: (f64, f64), side: i64, slices: i64, seed: u64) ->
     Tensor::stack(&out, 0)
 }
 
-fn augment_one(x: &Tensor, scale: (f64, f64), side: i64, slices: i64, seed: u64) -> Tensor {
+fn augment_one(
+    x: &Tensor,
+    scale: (f64, f64),
+    side: i64,
+    slices: i64,
+    jitter: ViewSettings,
+    seed: u64,
+) -> Tensor {
     let size = x.size(); // [3, S, H, W]
     let (s, h, w) = (size[1], size[2], size[3]);
     // Crop: area fraction from `scale`, aspect ratio in [3/4, 4/3]; depth for volumes too.
@@ -89,12 +110,12 @@ fn augment_one(x: &Tensor, scale: (f64, f64), side: i64, slices: i64, seed: u64)
     if uniform(seed, 7, 0.0, 1.0) < 0.5 {
         v = v.flip([3]);
     }
-    // Intensity shift of up to +-0.1.
-    v = v + uniform(seed, 8, -0.1, 0.1);
+    // Intensity shift of up to +-jitter.intensity.
+    v = v + uniform(seed, 8, -jitter.intensity, jitter.intensity);
     if uniform(seed, 9, 0.0, 1.0) < 0.5 {
         v = blur(&v, uniform(seed, 10, 0.1, 2.0));
     } else {
-        let factor = uniform(seed, 11, 0.6, 1.4);
+        let factor = uniform(seed, 11, 1.0 - jitter.contrast, 1.0 + jitter.contrast);
         let mean = v.mean(Kind::Float);
         v = (v - &mean) * factor + mean;
     }

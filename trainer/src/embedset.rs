@@ -52,16 +52,11 @@ pub fn embed(
         let mut studies = Vec::new();
         let mut indices = Vec::new();
         for (k, item) in part.iter().enumerate() {
-            let mut options = StudyOptions::new(ModalityChoice::Given(item.modality));
-            options.input = model.config.input.clone();
+            let options =
+                StudyOptions::for_input(ModalityChoice::Given(item.modality), &model.config.input);
             let loaded = manifest::read_item(item).and_then(|bufs| {
                 let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
-                let r = if refs.len() == 1 {
-                    study::load(refs[0], &options)
-                } else {
-                    study::load_many(&refs, &options)
-                };
-                r.map_err(|e| e.to_string())
+                study::load_buffers(&refs, &options).map_err(|e| e.to_string())
             });
             match loaded {
                 Ok(s) => {

@@ -147,12 +147,7 @@ pub struct Batch {
 }
 
 /// splitmix64, for reproducible choices from (seed, step, slot).
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use m3ret_core::rng::mix;
 
 /// Worker threads that decode steps `start..end` into a bounded queue.
 pub struct Loader {
@@ -238,8 +233,7 @@ fn decode_step(
     input: &InputSpec,
     skipped: &AtomicUsize,
 ) -> Result<Batch, String> {
-    let mut options = StudyOptions::new(ModalityChoice::Given(group.modality));
-    options.input = input.clone();
+    let mut options = StudyOptions::for_input(ModalityChoice::Given(group.modality), input);
     let mut tensors = Vec::with_capacity(group.batch);
     let mut attempt = 0u64;
     while tensors.len() < group.batch {
@@ -250,12 +244,8 @@ fn decode_step(
         options.sampling = FrameSampling::Random(pick);
         let loaded = manifest::read_item(item).and_then(|bufs| {
             let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
-            let result = if refs.len() == 1 {
-                study::load(refs[0], &options)
-            } else {
-                study::load_many(&refs, &options)
-            };
-            result.map_err(|e| format!("{}: {e}", item.path.display()))
+            study::load_buffers(&refs, &options)
+                .map_err(|e| format!("{}: {e}", item.path.display()))
         });
         match loaded {
             Ok(s) => tensors.push(s.tensor),

@@ -127,6 +127,14 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 0.4)]
     #[serde(default = "default_local_max")]
     pub local_crop_max: f64,
+    /// SimDINO: largest additive intensity shift of a view, on [0, 1] intensities (the reference: 0.1; 0: none).
+    #[arg(long, default_value_t = 0.1)]
+    #[serde(default = "default_intensity_jitter")]
+    pub intensity_jitter: f64,
+    /// SimDINO: largest contrast change of a view, a factor in [1 - c, 1 + c] (the reference: 0.4; 0: none).
+    #[arg(long, default_value_t = 0.4)]
+    #[serde(default = "default_contrast_jitter")]
+    pub contrast_jitter: f64,
 }
 
 // Defaults for settings that runs saved before they existed did not record.
@@ -146,6 +154,12 @@ fn default_local_min() -> f64 {
     0.05
 }
 fn default_local_max() -> f64 {
+    0.4
+}
+fn default_intensity_jitter() -> f64 {
+    0.1
+}
+fn default_contrast_jitter() -> f64 {
     0.4
 }
 
@@ -214,6 +228,13 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         return Err(format!(
             "--local-crop-min {} and --local-crop-max {}: need 0 < min <= max <= 1",
             args.local_crop_min, args.local_crop_max
+        ));
+    }
+    if !(0.0..=1.0).contains(&args.intensity_jitter) || !(0.0..1.0).contains(&args.contrast_jitter)
+    {
+        return Err(format!(
+            "--intensity-jitter {} and --contrast-jitter {}: need 0 <= intensity <= 1 and 0 <= contrast < 1",
+            args.intensity_jitter, args.contrast_jitter
         ));
     }
     if !(0.0..=1.0).contains(&args.group_floor) {
@@ -287,9 +308,11 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
             .join(", ")
     );
     let momentum = (momentum_start(&args, total), args.teacher_momentum_end);
-    let crops = augment::LocalCrops {
+    let crops = augment::ViewSettings {
         views: 0,
         scale: (args.local_crop_min, args.local_crop_max),
+        intensity: args.intensity_jitter,
+        contrast: args.contrast_jitter,
     };
     let options = LoaderOptions {
         seed: args.seed,
@@ -325,7 +348,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         } else {
             args.local_views_2d
         };
-        let local = augment::LocalCrops { views, ..crops };
+        let local = augment::ViewSettings { views, ..crops };
         // bf16 autocast on CUDA (the paper's precision); f32 on the CPU.
         let out = m3ret_core::torch_ext::bf16_autocast(device.is_cuda(), || {
             trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64))

@@ -69,7 +69,7 @@ impl Trainee {
         &self,
         batch: &Tensor,
         config: &ModelConfig,
-        local: augment::LocalCrops,
+        local: augment::ViewSettings,
         seed: u64,
     ) -> StepLoss {
         match self {

@@ -101,10 +101,8 @@ impl LevelRng {
     /// A uniform draw in (0, 1].
     pub fn next_unit(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        // mix adds the increment once more: undo it, to keep the sequence of earlier builds.
+        let z = crate::rng::mix(self.0.wrapping_sub(0x9E37_79B9_7F4A_7C15));
         ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
     }
 }
