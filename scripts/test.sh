@@ -8,5 +8,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 
+# The format gate: the workspace is in rustfmt's default style.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all --check || { echo "[test] run 'cargo fmt --all': the code above is not formatted" >&2; exit 1; }
+else
+  echo "[test] rustfmt is not installed: format check skipped" >&2
+fi
+
 bash scripts/install-extension.sh
 cargo test --release --locked -p m3ret-core -p m3ret-train -p m3ret-e2e "$@"
