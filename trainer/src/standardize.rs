@@ -54,6 +54,9 @@ pub struct StandardizeArgs {
     /// Pooling of the token outputs to use (and write): cls, avg or cls+avg (default: the model's).
     #[arg(long, value_parser = ["cls", "avg", "cls+avg"])]
     pub pooling: Option<String>,
+    /// Features as the mean over the last K blocks' pooled outputs (default: the model's).
+    #[arg(long)]
+    pub pool_blocks: Option<i64>,
     /// Weight precision of the written file (the statistics are always f32).
     #[arg(long, default_value = "f16", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
@@ -74,12 +77,17 @@ impl StandardizeArgs {
 pub fn run(args: StandardizeArgs) -> Result<(), String> {
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
     let mut file = ModelFile::from_path(&args.model).map_err(|e| e.to_string())?;
+    // A new pooling makes other features: earlier statistics no longer apply.
     if let Some(p) = &args.pooling {
         file.config.pooling =
             serde_json::from_value(serde_json::json!(p)).map_err(|e| e.to_string())?;
         file.config.standardize = None;
-        file.config.validate()?;
     }
+    if let Some(k) = args.pool_blocks {
+        file.config.pool_blocks = k;
+        file.config.standardize = None;
+    }
+    file.config.validate()?;
     let model = Embedder::from_file(&file, device).map_err(|e| e.to_string())?;
     let items = cap_per_class(
         manifest::select(manifest::load(&args.manifest)?, &args.splits, &[]),

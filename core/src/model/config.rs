@@ -123,10 +123,22 @@ pub struct ModelConfig {
     /// Free-form record of how the model was trained (steps, data, hardware).
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Features are the mean of the pooled, L2-normalised outputs of the last this many
+    /// blocks (1: the last block only, as the paper evaluates).
+    #[serde(default = "one_block", skip_serializing_if = "is_one_block")]
+    pub pool_blocks: i64,
     /// Centering and whitening of the pooled features, fitted after training
     /// (`m3ret-train standardize`); its statistics are tensors of the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standardize: Option<StandardizeConfig>,
+}
+
+fn one_block() -> i64 {
+    1
+}
+
+fn is_one_block(k: &i64) -> bool {
+    *k == 1
 }
 
 pub const FORMAT: &str = "m3ret";
@@ -183,6 +195,7 @@ impl ModelConfig {
             head,
             input: InputSpec::default(),
             training: serde_json::Value::Null,
+            pool_blocks: 1,
             standardize: None,
         }
     }
@@ -255,6 +268,12 @@ impl ModelConfig {
         }
         if matches!(self.pooling, Pooling::Cls | Pooling::ClsAvg) && !e.cls_token {
             return Err("pooling uses [CLS] but the encoder has no [CLS] token".to_string());
+        }
+        if !(1..=e.depth).contains(&self.pool_blocks) {
+            return Err(format!(
+                "pool_blocks {} is not between 1 and the depth {}",
+                self.pool_blocks, e.depth
+            ));
         }
         if let Some(s) = &self.standardize {
             s.validate(self.feature_dims())?;

@@ -8,7 +8,7 @@
 
 use super::config::ModelConfig;
 use super::file::ModelFile;
-use super::simdino::l2_normalize;
+use super::l2_normalize;
 use super::standardize::Standardizer;
 use super::vit::{pool, Encoder};
 use super::{torch_error, ModelError};
@@ -135,11 +135,20 @@ impl Embedder {
         let run = || {
             tch::no_grad(|| {
                 let x = batch.to_device(device).to_kind(kind);
-                let out = self
-                    .encoder
-                    .encode_tokens_with(&self.encoder.tokens(&x), between_blocks);
-                l2_normalize(&pool(&out, self.config.pooling).to_kind(Kind::Float))
-                    .to_device(Device::Cpu)
+                let outputs = self.encoder.encode_tokens_last(
+                    &self.encoder.tokens(&x),
+                    self.config.pool_blocks as usize,
+                    between_blocks,
+                );
+                let pooled: Vec<Tensor> = outputs
+                    .iter()
+                    .map(|out| l2_normalize(&pool(out, self.config.pooling).to_kind(Kind::Float)))
+                    .collect();
+                let features = match pooled.len() {
+                    1 => pooled[0].shallow_clone(),
+                    _ => l2_normalize(&Tensor::stack(&pooled, 0).mean_dim(0, false, Kind::Float)),
+                };
+                features.to_device(Device::Cpu)
             })
         };
         // A C++ exception inside libtorch (e.g. out of memory) surfaces as a panic with a

@@ -53,6 +53,13 @@ pub enum ModelError {
     Io(String),
 }
 
+/// Each row of `x` divided by its L2 norm (rows of zeros stay zero): the head's output,
+/// the embedder's features and the standardised embeddings are all unit vectors.
+pub fn l2_normalize(x: &tch::Tensor) -> tch::Tensor {
+    let norm = x.norm_scalaropt_dim(2.0, [-1], true).clamp_min(1e-12);
+    x / norm
+}
+
 /// Only the first line of a libtorch error: the rest is a C++ backtrace.
 pub fn torch_error(e: tch::TchError) -> ModelError {
     let text = e.to_string();

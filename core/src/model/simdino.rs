@@ -32,10 +32,7 @@ impl Head {
     }
 }
 
-pub fn l2_normalize(x: &Tensor) -> Tensor {
-    let norm = x.norm_scalaropt_dim(2.0, [-1], true).clamp_min(1e-12);
-    x / norm
-}
+pub use super::l2_normalize;
 
 /// Encoder + head: one side (student or teacher).
 #[derive(Debug)]

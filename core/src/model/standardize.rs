@@ -13,7 +13,7 @@
 //! ones of `m`, or the global ones (`all`) when `m` had no items to fit on.
 
 use super::file::ModelFile;
-use super::simdino::l2_normalize;
+use super::l2_normalize;
 use super::ModelError;
 use crate::modality::Modality;
 use serde::{Deserialize, Serialize};

@@ -194,6 +194,20 @@ impl Encoder {
         tokens: &Tensor,
         between_blocks: &mut dyn FnMut(),
     ) -> EncoderOutput {
+        self.encode_tokens_last(tokens, 1, between_blocks)
+            .pop()
+            .expect("one output")
+    }
+
+    /// The outputs of the last `k` blocks (each through the final norm, as DINO's
+    /// intermediate layers are), earliest first; `k` is clamped to 1..=depth.
+    pub fn encode_tokens_last(
+        &self,
+        tokens: &Tensor,
+        k: usize,
+        between_blocks: &mut dyn FnMut(),
+    ) -> Vec<EncoderOutput> {
+        let first_kept = self.blocks.len().saturating_sub(k.max(1));
         let b = tokens.size()[0];
         let mut x = match &self.cls_token {
             Some(cls) => Tensor::cat(
@@ -206,11 +220,19 @@ impl Encoder {
             ),
             None => tokens.shallow_clone(),
         };
-        for block in &self.blocks {
+        let mut outputs = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
             between_blocks();
             x = block.forward(&x);
+            if i >= first_kept {
+                outputs.push(self.split(self.norm.forward(&x)));
+            }
         }
-        let x = self.norm.forward(&x);
+        outputs
+    }
+
+    /// Normed tokens into [CLS] and patch tokens.
+    fn split(&self, x: Tensor) -> EncoderOutput {
         match self.cls_token {
             Some(_) => EncoderOutput {
                 cls: Some(x.select(1, 0)),
