@@ -95,6 +95,7 @@ pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
     let tid = place_element(index, &meta, heap, level, vector, &links);
     let mut nblocks = buffer::block_count(index);
     for (l, list) in links.iter().enumerate() {
+        let mut homed = false;
         for c in list {
             let link = Link {
                 to: c.id,
@@ -103,7 +104,12 @@ pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
                 distance: c.distance,
                 level: l,
             };
-            link_back(index, layout, metric, &link, &mut nblocks);
+            homed |= link_back(index, layout, metric, &link, &mut nblocks);
+        }
+        // No list took the new element on layer 0 (every full list kept what it had, to
+        // orphan nobody): without an in-link no search would ever reach it.
+        if l == 0 && !homed && !list.is_empty() {
+            find_home(index, layout, metric, tid, vector, list, &mut nblocks);
         }
     }
     if meta.entry().is_none_or(|(_, top)| level > top) {
@@ -287,14 +293,14 @@ struct Link<'v> {
 }
 
 /// Adds `link.new` to `link.to`'s links on its level; when the list is full, the
-/// selection heuristic decides what stays.
+/// selection heuristic decides what stays. Whether `link.new` is in the list after.
 fn link_back(
     index: pg_sys::Relation,
     layout: Layout,
     metric: Metric,
     link: &Link,
     nblocks: &mut u32,
-) {
+) -> bool {
     let max = layout.params.max_neighbors(link.level);
     for _attempt in 0..3 {
         let read = buffer::with_element(index, link.to, layout, nblocks, |e| {
@@ -306,10 +312,10 @@ fn link_back(
             })
         });
         let Some(Some((current, to_vector))) = read else {
-            return;
+            return false;
         };
         if current.contains(&link.new) {
-            return;
+            return true;
         }
         let updated = if current.len() < max {
             let mut list = current.clone();
@@ -318,24 +324,111 @@ fn link_back(
         } else {
             match reselect(index, layout, metric, &to_vector, &current, link, nblocks) {
                 Some(list) => list,
-                None => return,
+                None => return false,
             }
         };
-        let locked = Locked::new(index, link.to.block, Lock::Exclusive);
-        let unchanged = buffer::element_on(index, locked.page(), link.to.offset, layout)
-            .is_some_and(|e| {
-                !e.is_deleted() && e.neighbors(link.level).eq(current.iter().copied())
-            });
-        if unchanged {
-            change_pages(index, &[&locked], false, |pages| {
-                buffer::element_mut_on(pages[0], link.to.offset, layout)
-                    .unwrap()
-                    .set_neighbors(link.level, &updated)
-            });
-            return;
+        if write_if_unchanged(index, layout, link, &current, &updated) {
+            return true;
         }
         // Another insert changed the list between our read and our lock: read again.
     }
+    false
+}
+
+/// Writes `updated` as `link.to`'s list on `link.level` if the list is still `current`.
+fn write_if_unchanged(
+    index: pg_sys::Relation,
+    layout: Layout,
+    link: &Link,
+    current: &[Tid],
+    updated: &[Tid],
+) -> bool {
+    let locked = Locked::new(index, link.to.block, Lock::Exclusive);
+    let unchanged = buffer::element_on(index, locked.page(), link.to.offset, layout)
+        .is_some_and(|e| !e.is_deleted() && e.neighbors(link.level).eq(current.iter().copied()));
+    if unchanged {
+        change_pages(index, &[&locked], false, |pages| {
+            buffer::element_mut_on(pages[0], link.to.offset, layout)
+                .unwrap()
+                .set_neighbors(link.level, updated)
+        });
+    }
+    unchanged
+}
+
+/// Puts the new element into the layer-0 list of the nearest of `nearest` that has a
+/// link to give up: its farthest link whose target another list also links to.
+fn find_home(
+    index: pg_sys::Relation,
+    layout: Layout,
+    metric: Metric,
+    new: Tid,
+    new_vector: &[f32],
+    nearest: &[Candidate<Tid>],
+    nblocks: &mut u32,
+) {
+    for c in nearest {
+        let read = buffer::with_element(index, c.id, layout, nblocks, |e| {
+            (!e.is_deleted()).then(|| (e.neighbors(0).collect::<Vec<_>>(), e.vector().to_vec()))
+        });
+        let Some(Some((current, to_vector))) = read else {
+            continue;
+        };
+        let mut by_distance: Vec<(f32, Tid)> = current
+            .iter()
+            .filter_map(|&n| {
+                buffer::with_element(index, n, layout, nblocks, live_vector)
+                    .flatten()
+                    .map(|v| (metric.graph_distance(&to_vector, &v), n))
+            })
+            .collect();
+        by_distance.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let Some(&(_, give_up)) = by_distance
+            .iter()
+            .find(|(_, n)| has_other_in_link(index, layout, *n, c.id, 0, nblocks))
+        else {
+            continue;
+        };
+        let updated: Vec<Tid> = current
+            .iter()
+            .map(|&n| if n == give_up { new } else { n })
+            .collect();
+        let link = Link {
+            to: c.id,
+            new,
+            new_vector,
+            distance: c.distance,
+            level: 0,
+        };
+        if write_if_unchanged(index, layout, &link, &current, &updated) {
+            return;
+        }
+    }
+    pgrx::warning!("m3ret_hnsw: a new element found no neighbour list to join; REINDEX links it");
+}
+
+/// Whether a list other than `from`'s links to `target` on `level`. It looks among
+/// `target`'s own neighbours (links are mostly mutual), so it may miss an in-link and
+/// answer false, never the reverse. A deleted or missing target needs no protection.
+fn has_other_in_link(
+    index: pg_sys::Relation,
+    layout: Layout,
+    target: Tid,
+    from: Tid,
+    level: usize,
+    nblocks: &mut u32,
+) -> bool {
+    let read = buffer::with_element(index, target, layout, nblocks, |e| {
+        (!e.is_deleted() && e.level() >= level).then(|| e.neighbors(level).collect::<Vec<_>>())
+    });
+    let Some(Some(neighbours)) = read else {
+        return true;
+    };
+    neighbours.into_iter().filter(|&x| x != from).any(|x| {
+        buffer::with_element(index, x, layout, nblocks, |e| {
+            !e.is_deleted() && e.level() >= level && e.neighbors(level).any(|t| t == target)
+        }) == Some(true)
+    })
 }
 
 /// The links a full list keeps once `link.new` competes for a place; None if it loses.
@@ -372,5 +465,16 @@ fn reselect(
         metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()])
     });
     let kept: Vec<Tid> = chosen.into_iter().map(|c| c.id).collect();
-    kept.contains(&link.new).then_some(kept)
+    if !kept.contains(&link.new) {
+        return None;
+    }
+    // A link dropped here may be its target's last in-link: that element would become
+    // unreachable. Keep the list as it is unless every dropped target has another.
+    let dropped = current.iter().filter(|t| !kept.contains(t));
+    for &d in dropped {
+        if !has_other_in_link(index, layout, d, link.to, link.level, nblocks) {
+            return None;
+        }
+    }
+    Some(kept)
 }
