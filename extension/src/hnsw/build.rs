@@ -280,7 +280,13 @@ fn write_graph(state: &mut Build) {
     let threads = (unsafe { pg_sys::max_parallel_maintenance_workers } + 1).max(1) as usize;
     let complete = graph.build(threads, Duration::from_millis(50), |done| {
         progress(PROGRESS_TUPLES_DONE, done as i64);
-        unsafe { pg_sys::InterruptPending == 0 }
+        // Only a cancel or a termination stops the threads. InterruptPending alone is
+        // also set by harmless interrupts (a shared-invalidation catch-up while other
+        // sessions create and drop tables, for one) that CHECK_FOR_INTERRUPTS handles
+        // without an error: stopping on those failed builds as "cancelled".
+        // SAFETY: plain reads of flags the signal handlers set; this is the backend's
+        // own thread.
+        unsafe { pg_sys::QueryCancelPending == 0 && pg_sys::ProcDiePending == 0 }
     });
     if !complete {
         pgrx::check_for_interrupts!();
