@@ -38,20 +38,23 @@ fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
+/// One committed fixture per format and modality, with the modality to embed it as.
+const FIXTURES_BY_MODALITY: [(&str, &str); 6] = [
+    ("pmnist_train_0000.png", "xray"),
+    ("covidrepo_0637.jpg", "xray"),
+    ("wce_img1310.jpg", "endoscopy"),
+    (
+        "pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4",
+        "ultrasound",
+    ),
+    ("totalseg_example_mr_sm.nii.gz", "mri"),
+    ("totalseg_example_ct.nii.gz", "ct"),
+];
+
 #[test]
 fn every_modality_embeds_as_outside_postgres() {
     let (_db, mut c, model) = setup("embed_modalities");
-    let cases = [
-        ("pmnist_train_0000.png", "xray"),
-        ("covidrepo_0637.jpg", "xray"),
-        ("wce_img1310.jpg", "endoscopy"),
-        (
-            "pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4",
-            "ultrasound",
-        ),
-        ("totalseg_example_mr_sm.nii.gz", "mri"),
-        ("totalseg_example_ct.nii.gz", "ct"),
-    ];
+    let cases = FIXTURES_BY_MODALITY;
     for (file, modality) in cases {
         let data = fixture(file);
         let got = embed(&mut c, &data, modality);
@@ -597,17 +600,7 @@ fn trainer_binary() -> std::path::PathBuf {
 fn the_shipped_model_embeds_in_sql_as_m3ret_train_eval_does() {
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let shipped = std::fs::read(repo.join("models/m3ret-default.safetensors")).unwrap();
-    let cases = [
-        ("pmnist_train_0000.png", "xray"),
-        ("covidrepo_0637.jpg", "xray"),
-        ("wce_img1310.jpg", "endoscopy"),
-        (
-            "pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4",
-            "ultrasound",
-        ),
-        ("totalseg_example_mr_sm.nii.gz", "mri"),
-        ("totalseg_example_ct.nii.gz", "ct"),
-    ];
+    let cases = FIXTURES_BY_MODALITY;
     // A manifest of the fixtures for `m3ret-train eval --embeddings`.
     let dir = std::env::temp_dir().join(format!("m3ret-eval-agree-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

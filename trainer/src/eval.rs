@@ -79,7 +79,7 @@ pub struct TaskResult {
     pub verdict: &'static str,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, Clone)]
 pub struct BestForm {
     pub form: String,
     pub retrieval: Retrieval,
@@ -353,8 +353,10 @@ fn fit_forms(
     for (m, (method, pick)) in METHODS.iter().enumerate() {
         let fit_vectors = with_modality(fit, *pick);
         for form in forms {
-            let vectors = form.apply(&fit_vectors, &with_modality(embedded, *pick))?;
-            let on_fit = form.apply(&fit_vectors, &fit_vectors)?;
+            let [vectors, on_fit] = form.apply(
+                &fit_vectors,
+                [&with_modality(embedded, *pick), &fit_vectors],
+            )?;
             for (t, def) in defs.iter().enumerate() {
                 if def.kind == "cross-modal" && !form.shared_space() {
                     continue;
@@ -414,7 +416,7 @@ fn results(
     defs.iter()
         .map(|def| {
             let (raw_best, random_best) = match best.as_mut().and_then(|b| b.next()) {
-                Some((a, b)) => (Some(clone_best(a)), Some(clone_best(b))),
+                Some((a, b)) => (Some(a.clone()), Some(b.clone())),
                 None => (None, None),
             };
             let m3ret = evaluate(def, items, embedded, &model);
@@ -442,13 +444,6 @@ fn results(
             }
         })
         .collect()
-}
-
-fn clone_best(b: &BestForm) -> BestForm {
-    BestForm {
-        form: b.form.clone(),
-        retrieval: b.retrieval.clone(),
-    }
 }
 
 fn verdict(m3ret: &Retrieval, baseline_r1: f64) -> &'static str {

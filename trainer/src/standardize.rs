@@ -172,17 +172,25 @@ impl Form {
             .is_none_or(|c| c.whiten.is_none() || c.whitening == Scope::Global)
     }
 
-    /// `vectors` transformed with statistics fitted on `fit` (both with their modality).
-    pub fn apply(
+    /// Each of `sets` transformed with statistics fitted once on `fit` (all with
+    /// their modality).
+    pub fn apply<const N: usize>(
         &self,
         fit: &[(Modality, Vec<f32>)],
-        vectors: &[(Modality, Vec<f32>)],
-    ) -> Result<Vec<Vec<f32>>, String> {
-        let Some(config) = &self.config else {
-            return Ok(vectors.iter().map(|(_, v)| v.clone()).collect());
+        sets: [&[(Modality, Vec<f32>)]; N],
+    ) -> Result<[Vec<Vec<f32>>; N], String> {
+        let fitted = match &self.config {
+            Some(config) => Some(Standardizer::fit(config.clone(), fit)?),
+            None => None,
         };
-        let s = Standardizer::fit(config.clone(), fit)?;
-        Ok(vectors.iter().map(|(m, v)| s.apply_one(v, *m)).collect())
+        Ok(sets.map(|set| {
+            set.iter()
+                .map(|(m, v)| match &fitted {
+                    Some(s) => s.apply_one(v, *m),
+                    None => v.clone(),
+                })
+                .collect()
+        }))
     }
 }
 
