@@ -3,7 +3,8 @@
 # Re-running it when everything is present takes a few seconds.
 #
 # Installs: Debian packages (PostgreSQL 15 server + headers, clang, FFmpeg dev libs, sudo),
-# a Python virtualenv with torch==2.11.0 readable by the `postgres` user (libtorch for tch),
+# a Python virtualenv with torch==2.11.0 readable by the `postgres` user (libtorch for tch)
+# and pydicom (the tests' independent DICOM reader),
 # cargo-pgrx 0.18.1, and `cargo pgrx init` against the system PostgreSQL 15.
 # Writes scripts/env.sh, which the other scripts source for LIBTORCH and friends.
 set -euo pipefail
@@ -51,6 +52,19 @@ install_torch() {
   as_root chmod -R a+rX "$(dirname "$M3RET_VENV")"
 }
 
+# pydicom: the independent DICOM reader the tests compare m3ret_dicom_meta with,
+# and the benchmark's generator of DICOM archives.
+PYDICOM_VERSION="3.0.1"
+install_pydicom() {
+  local py="$M3RET_VENV/bin/python"
+  if "$py" -c "import importlib.metadata as m,sys; sys.exit(0 if m.version('pydicom')=='$PYDICOM_VERSION' else 1)" 2>/dev/null; then
+    return
+  fi
+  log "python: installing pydicom==$PYDICOM_VERSION into $M3RET_VENV"
+  "$M3RET_VENV/bin/pip" install -q "pydicom==$PYDICOM_VERSION"
+  as_root chmod -R a+rX "$(dirname "$M3RET_VENV")"
+}
+
 install_pgrx() {
   if command -v cargo-pgrx >/dev/null && cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
     :
@@ -82,6 +96,7 @@ ENV
 
 install_apt
 install_torch
+install_pydicom
 install_pgrx
 write_env
 log "ready (LIBTORCH from $M3RET_VENV)"

@@ -16,4 +16,4 @@ else
 fi
 
 bash scripts/install-extension.sh
-cargo test --release --locked -p m3ret-core -p m3ret-train -p m3ret-e2e "$@"
+cargo test --release --locked -p m3ret-core -p m3ret-train -p m3ret-load -p m3ret-e2e "$@"

@@ -5,6 +5,7 @@
 //! - `m3ret_embed_pinned(bytea, modality, 'name@version')`: IMMUTABLE, for indexes;
 //! - `m3ret_embed_batch(bytea[], modality, model)`: many studies, batched forward passes.
 
+use crate::bytea_array::elements;
 use crate::embedding::Embedding;
 use crate::error::raise;
 use crate::runtime;
@@ -65,7 +66,8 @@ fn m3ret_embed(
 }
 
 /// The embedding of a DICOM series (one slice per element, any order) or of a video
-/// given as its frames (PNG or JPEG, in order).
+/// given as its frames (PNG or JPEG, in order). A one-element array is read as that
+/// one file, whatever its format (as m3ret-load stores single files).
 #[pg_extern(stable, parallel_safe, name = "m3ret_embed")]
 fn m3ret_embed_series(
     data: Option<Array<'_, &[u8]>>,
@@ -73,20 +75,9 @@ fn m3ret_embed_series(
     model: default!(Option<&str>, "NULL"),
 ) -> Option<Embedding> {
     let (data, modality) = (data?, modality?);
-    let buffers: Vec<&[u8]> = data
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            b.unwrap_or_else(|| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                    format!("element {} of the series is NULL", i + 1),
-                )
-            })
-        })
-        .collect();
+    let buffers = elements(data.iter(), "series");
     let (_, embedder) = runtime::embedder(model);
-    let study = study::load_many(&buffers, &options(modality, &embedder))
+    let study = study::load_buffers(&buffers, &options(modality, &embedder))
         .unwrap_or_else(|e| study_error("cannot read the series", e));
     Some(Embedding(embed_studies(&embedder, &[study]).remove(0)))
 }

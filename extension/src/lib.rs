@@ -5,6 +5,7 @@
 //! - `embed.rs`: `m3ret_embed` and friends; `runtime.rs`: libtorch and the per-backend
 //!   model cache; `registry.rs` (+ sql/registry.sql): models stored in the database;
 //! - `hnsw/` (+ sql/hnsw.sql): the `m3ret_hnsw` index access method;
+//! - `study_info.rs`: `m3ret_dicom_meta` and `m3ret_study_info` (what a file is);
 //! - `settings.rs`: the `m3ret.*` settings.
 //!
 //! Everything about images, models and distances lives in `m3ret-core`; this crate
@@ -13,6 +14,7 @@
 
 pgrx::pg_module_magic!(name, version);
 
+mod bytea_array;
 mod embed;
 mod embedding;
 mod error;
@@ -20,6 +22,7 @@ mod hnsw;
 mod registry;
 mod runtime;
 mod settings;
+mod study_info;
 
 /// Registers the settings. Deliberately nothing else: no libtorch call may happen
 /// here (the postmaster may load the library before forking backends).

@@ -4,7 +4,9 @@
 
 use super::{Format, IoError, Limits, Values, Volume};
 use crate::modality::Modality;
-use dicom_dictionary_std::tags;
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+use dicom_core::VR;
+use dicom_dictionary_std::{tags, StandardDataDictionary};
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{
@@ -23,6 +25,16 @@ fn reason(e: impl std::fmt::Display) -> String {
 
 /// Parses the object (meta group and data set), with or without the 128-byte preamble.
 pub fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, IoError> {
+    open(bytes, OpenFileOptions::new())
+}
+
+/// Parses the meta group and the data set up to Pixel Data, which it does not read
+/// (a header costs the same whatever the image's size).
+pub fn parse_header(bytes: &[u8]) -> Result<DefaultDicomObject, IoError> {
+    open(bytes, OpenFileOptions::new().read_until(tags::PIXEL_DATA))
+}
+
+fn open(bytes: &[u8], options: OpenFileOptions) -> Result<DefaultDicomObject, IoError> {
     super::dicom_scan::check_lengths(bytes)?;
     let preamble = if bytes.starts_with(b"DICM") {
         ReadPreamble::Never
@@ -30,7 +42,7 @@ pub fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, IoError> {
         ReadPreamble::Always
     };
     // dicom-object reads the magic itself after an optional preamble.
-    OpenFileOptions::new()
+    options
         .read_preamble(preamble)
         .from_reader(std::io::Cursor::new(bytes))
         .map_err(|e| invalid(reason(e)))
@@ -51,10 +63,21 @@ pub struct Attributes {
     pub instance_number: Option<i64>,
 }
 
+impl Attributes {
+    /// Where the slice lies, for ordering a series.
+    pub fn place(&self) -> super::series::SlicePlace {
+        super::series::SlicePlace {
+            position: self.image_position,
+            orientation: self.image_orientation,
+            instance_number: self.instance_number,
+        }
+    }
+}
+
 /// A text attribute; also from raw bytes, for files that store it with VR UN.
-fn string(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<String> {
+pub(crate) fn string(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<String> {
     let element = obj.element_opt(tag).ok().flatten()?;
-    let text = if element.vr() == dicom_core::VR::UN {
+    let text = if element.vr() == VR::UN {
         String::from_utf8_lossy(&element.to_bytes().ok()?).into_owned()
     } else {
         element.to_str().ok()?.into_owned()
@@ -65,18 +88,51 @@ fn string(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<String> {
     )
 }
 
-fn floats(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<Vec<f64>> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_multi_float64().ok())
+/// Numbers of a DS, IS, US or UL attribute; also from raw bytes, for files that
+/// store it with VR UN (the dictionary says how its bytes are to be read).
+pub(crate) fn floats(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<Vec<f64>> {
+    let element = obj.element_opt(tag).ok().flatten()?;
+    if element.vr() != VR::UN {
+        return element.to_multi_float64().ok();
+    }
+    let bytes = element.to_bytes().ok()?;
+    match dictionary_vr(tag)? {
+        VR::DS | VR::IS => String::from_utf8_lossy(&bytes)
+            .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .split('\\')
+            .map(|v| v.trim().parse::<f64>().ok())
+            .collect(),
+        VR::US => Some(
+            bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as f64)
+                .collect(),
+        ),
+        VR::UL => Some(
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+                .collect(),
+        ),
+        _ => None,
+    }
 }
 
-fn int(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<i64> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_int::<i64>().ok())
+pub(crate) fn int(obj: &DefaultDicomObject, tag: dicom_object::Tag) -> Option<i64> {
+    let element = obj.element_opt(tag).ok().flatten()?;
+    if element.vr() != VR::UN {
+        return element.to_int::<i64>().ok();
+    }
+    let first = *floats(obj, tag)?.first()?;
+    (first.fract() == 0.0 && first.abs() < 9.0e15).then_some(first as i64)
+}
+
+/// The VR the standard dictionary gives a tag, when it is one VR.
+fn dictionary_vr(tag: dicom_object::Tag) -> Option<VR> {
+    match StandardDataDictionary.by_tag(tag)?.vr() {
+        VirtualVr::Exact(vr) => Some(vr),
+        _ => None,
+    }
 }
 
 pub fn attributes(obj: &DefaultDicomObject) -> Result<Attributes, IoError> {

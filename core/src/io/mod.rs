@@ -6,11 +6,15 @@
 //! - `dicom.rs`: single and multi-frame DICOM objects; `series.rs`: a list of
 //!   single-slice DICOM files assembled into one volume;
 //! - `nifti.rs`: NIfTI-1 and NIfTI-2, gzip-compressed or not;
-//! - `raster.rs`: PNG and JPEG; `video.rs`: MP4 (H.264 and whatever FFmpeg decodes).
+//! - `raster.rs`: PNG and JPEG; `video.rs`: MP4 (H.264 and whatever FFmpeg decodes);
+//! - `dicom_meta.rs`: the header attributes a warehouse joins on, without the pixels;
+//!   `info.rs`: what a decoded study is (format, shape, spacing).
 
 pub mod codestream;
 pub mod dicom;
+pub mod dicom_meta;
 mod dicom_scan;
+pub mod info;
 pub mod limits;
 pub mod nifti;
 pub mod raster;

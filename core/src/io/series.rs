@@ -52,7 +52,7 @@ pub fn read(buffers: &[&[u8]], limits: &Limits) -> Result<Volume, IoError> {
         slices.push(Slice { attrs, volume });
     }
     check_consistent(&slices)?;
-    let positions = sort_slices(&mut slices);
+    let (slices, positions) = sort_slices(slices);
     Ok(assemble(slices, positions))
 }
 
@@ -85,9 +85,24 @@ fn check_consistent(slices: &[Slice]) -> Result<(), IoError> {
     Ok(())
 }
 
-/// Sorts along the slice normal; returns each slice's position on it, if known.
-fn sort_slices(slices: &mut [Slice]) -> Option<Vec<f64>> {
-    let normal = slices[0].attrs.image_orientation.map(|o| {
+/// Where a slice lies, from its header: all the series order is computed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SlicePlace {
+    pub position: Option<[f64; 3]>,
+    pub orientation: Option<[f64; 6]>,
+    pub instance_number: Option<i64>,
+}
+
+/// The order m3ret stacks slices in: along the first slice's normal when every
+/// slice has an ImagePositionPatient and the first an ImageOrientationPatient,
+/// else by InstanceNumber (slices without one last); ties keep the given order.
+/// Returns the permutation (indices into `places`) and, when sorted by
+/// position, each slice's position along the normal in the new order. The
+/// loader orders a series' files with this, so that they are stored in the
+/// order `m3ret_embed` reads them.
+pub fn slice_order(places: &[SlicePlace]) -> (Vec<usize>, Option<Vec<f64>>) {
+    let mut order: Vec<usize> = (0..places.len()).collect();
+    let normal = places.first().and_then(|p| p.orientation).map(|o| {
         let (r, c) = ([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
         [
             r[1] * c[2] - r[2] * c[1],
@@ -95,18 +110,36 @@ fn sort_slices(slices: &mut [Slice]) -> Option<Vec<f64>> {
             r[0] * c[1] - r[1] * c[0],
         ]
     });
-    let position = |s: &Slice| -> Option<f64> {
-        let p = s.attrs.image_position?;
-        let n = normal?;
-        Some(p[0] * n[0] + p[1] * n[1] + p[2] * n[2])
-    };
-    if slices.iter().all(|s| position(s).is_some()) {
-        slices.sort_by(|a, b| position(a).unwrap().total_cmp(&position(b).unwrap()));
-        Some(slices.iter().map(|s| position(s).unwrap()).collect())
-    } else {
-        slices.sort_by_key(|s| s.attrs.instance_number.unwrap_or(i64::MAX));
-        None
+    let along: Option<Vec<f64>> = places
+        .iter()
+        .map(|p| {
+            let (p, n) = (p.position?, normal?);
+            Some(p[0] * n[0] + p[1] * n[1] + p[2] * n[2])
+        })
+        .collect();
+    match along {
+        Some(along) => {
+            order.sort_by(|&a, &b| along[a].total_cmp(&along[b]));
+            let sorted = order.iter().map(|&i| along[i]).collect();
+            (order, Some(sorted))
+        }
+        None => {
+            order.sort_by_key(|&i| places[i].instance_number.unwrap_or(i64::MAX));
+            (order, None)
+        }
     }
+}
+
+/// The slices in [`slice_order`], with their positions along the normal if known.
+fn sort_slices(slices: Vec<Slice>) -> (Vec<Slice>, Option<Vec<f64>>) {
+    let places: Vec<SlicePlace> = slices.iter().map(|s| s.attrs.place()).collect();
+    let (order, positions) = slice_order(&places);
+    let mut slots: Vec<Option<Slice>> = slices.into_iter().map(Some).collect();
+    let sorted = order
+        .iter()
+        .map(|&i| slots[i].take().expect("a permutation"))
+        .collect();
+    (sorted, positions)
 }
 
 fn assemble(slices: Vec<Slice>, positions: Option<Vec<f64>>) -> Volume {
