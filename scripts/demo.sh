@@ -38,7 +38,20 @@ python3 scripts/demo_corpus.py ../shared/data "$CORPUS_CSV" "${M3RET_DEMO_PER_CL
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 "${PSQL[@]}" -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'm3ret_demo'" | grep -q 1 \
   || "${PSQL[@]}" -d postgres -c "CREATE DATABASE m3ret_demo"
-"${PSQL[@]}" -d m3ret_demo -v fixtures="$PWD/fixtures" -v model_file="$MODEL" -v corpus_csv="$CORPUS_CSV" -f sql/demo.sql
+"${PSQL[@]}" -d m3ret_demo -v model_file="$MODEL" -f sql/demo_setup.sql
+
+# A folder of DICOM files as a PACS export would give it (the committed CT series,
+# and the corpus's DICOM samples when present), loaded by m3ret-load with its keys.
+cargo build -q --release -p m3ret-load
+ARCHIVE="$DEMO_DIR/archive"
+rm -rf "$ARCHIVE" && mkdir -p "$ARCHIVE/ct_series"
+cp fixtures/ct_series/*.dcm "$ARCHIVE/ct_series/"
+[ -d ../shared/data/dicom_samples ] && cp -r ../shared/data/dicom_samples "$ARCHIVE/samples"
+echo "== m3ret-load $ARCHIVE --table pacs --embed"
+"${CARGO_TARGET_DIR:-target}/release/m3ret-load" "$ARCHIVE" --table pacs --embed \
+  --db "host=127.0.0.1 port=$PORT user=postgres dbname=m3ret_demo" --rejects "$DEMO_DIR/rejects.csv"
+
+"${PSQL[@]}" -d m3ret_demo -v fixtures="$PWD/fixtures" -v corpus_csv="$CORPUS_CSV" -f sql/demo.sql
 
 cat <<MSG
 

@@ -1,20 +1,18 @@
--- m3ret demo, run by scripts/demo.sh against a local cluster (and by the demo test).
--- psql variables:
+-- m3ret demo, part 2, run by scripts/demo.sh (and by the demo test) after
+-- sql/demo_setup.sql and m3ret-load, which loaded a folder of DICOM files (the
+-- committed CT series, and the corpus's DICOM samples when present) into `pacs`,
+-- with their keys, and embedded them. psql variables:
 --   :fixtures    folder of the committed sample files (permissive licences, see fixtures/README.md)
---   :model_file  the default model (models/m3ret-default.safetensors)
 --   :corpus_csv  held-out studies of the development corpus picked by scripts/demo_corpus.py
 --                (only a header when ../shared/data is absent)
 -- Everything here is plain SQL a hospital warehouse could run.
 
 SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS m3ret CASCADE;
-DROP TABLE IF EXISTS studies, clinical, corpus;
-CREATE EXTENSION m3ret;
 
-\echo '== import the default model (stored in the database: dumps and replicas carry it)'
-SELECT m3ret_model_import('m3ret-default', pg_read_binary_file(:'model_file')) AS imported;
-SELECT m3ret_model_set_default('m3ret-default') AS default_model;
-SELECT model, method, preset, dims, size FROM m3ret_model_list;
+\echo '== the DICOM archive m3ret-load brought in: one row per series, keys as columns'
+SELECT study_key, format, modality, files, patient_id, accession_number, study_date,
+       meta->>'StudyDescription' AS description, emb IS NOT NULL AS embedded
+FROM pacs ORDER BY modality, study_key LIMIT 12;
 
 \echo '== load real studies of every modality'
 CREATE TABLE studies (
@@ -23,7 +21,7 @@ CREATE TABLE studies (
     region   text NOT NULL,
     label    text NOT NULL,
     source   text NOT NULL,
-    data     bytea,          -- NULL for a DICOM series (embedded from its slices)
+    data     bytea,          -- NULL for the DICOM series (embedded by m3ret-load)
     emb      embedding
 );
 -- The committed sample files.
@@ -34,13 +32,13 @@ INSERT INTO studies (study_id, modality, region, label, source, data) VALUES
     ('sample-endo-1', 'endoscopy',  'abdomen', 'capsule-gi_normal',         'fixtures', pg_read_binary_file(:'fixtures' || '/wce_img1310.jpg')),
     ('sample-ct-1',   'ct',         'abdomen', 'abdomen_volume (NIfTI)',    'fixtures', pg_read_binary_file(:'fixtures' || '/totalseg_example_ct.nii.gz')),
     ('sample-mr-1',   'mri',        'abdomen', 'abdomen_volume (NIfTI)',    'fixtures', pg_read_binary_file(:'fixtures' || '/totalseg_example_mr_sm.nii.gz'));
--- A DICOM series, given to m3ret_embed as bytea[] (slices in any order).
-INSERT INTO studies (study_id, modality, region, label, source, emb) VALUES
-    ('sample-ct-series', 'ct', 'abdomen', 'body_dicom-series (3 slices)', 'fixtures', m3ret_embed(ARRAY[
-        pg_read_binary_file(:'fixtures' || '/ct_series/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016573.dcm'),
-        pg_read_binary_file(:'fixtures' || '/ct_series/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016574.dcm'),
-        pg_read_binary_file(:'fixtures' || '/ct_series/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016575.dcm')
-    ], 'ct'));
+-- The DICOM series m3ret-load loaded and embedded (region from BodyPartExamined).
+INSERT INTO studies (study_id, modality, region, label, source, emb)
+SELECT study_key, modality,
+       CASE lower(meta->>'BodyPartExamined') WHEN 'head' THEN 'head' WHEN 'chest' THEN 'chest'
+            WHEN 'abdomen' THEN 'abdomen' ELSE 'body' END,
+       coalesce(meta->>'StudyDescription', meta->>'SeriesDescription', format), 'pacs', emb
+FROM pacs WHERE emb IS NOT NULL;
 -- Held-out studies of the development corpus, when it is present.
 CREATE TEMP TABLE corpus (study_id text, modality text, region text, label text, path text, licence text);
 COPY corpus FROM :'corpus_csv' WITH (FORMAT csv, HEADER);
@@ -111,3 +109,16 @@ ORDER BY s.emb <=> q.emb LIMIT 5;
 \echo '== the index is sound'
 SELECT live, dead, freed, problems FROM m3ret_hnsw_check('studies_emb_idx');
 RESET enable_seqscan;
+
+\echo '== warehouse: the archive joined with a clinical table by AccessionNumber'
+-- A synthetic report table keyed as a hospital's RIS keys it (the values are made up).
+CREATE TABLE radiology_reports AS
+SELECT accession_number,
+       (ARRAY['no acute findings', 'follow-up advised', 'lesion described', 'artefacts'])[1 + abs(hashtext(accession_number)) % 4] AS impression
+FROM pacs WHERE accession_number IS NOT NULL;
+SELECT p.study_key, p.modality, p.accession_number, r.impression,
+       round((p.emb <=> q.emb)::numeric, 4) AS distance
+FROM pacs p JOIN radiology_reports r USING (accession_number),
+     (SELECT study_key, emb FROM pacs WHERE modality = 'ct' AND emb IS NOT NULL ORDER BY study_key LIMIT 1) q
+WHERE p.study_key <> q.study_key AND p.emb IS NOT NULL
+ORDER BY p.emb <=> q.emb LIMIT 5;

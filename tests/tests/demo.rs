@@ -1,6 +1,7 @@
-//! The README's main job, minus the set-up: sql/demo.sql through psql against a
-//! real cluster with the committed default model, the committed sample files and
-//! (when present) a few held-out studies of the corpus; then its results checked.
+//! The README's main job, minus the set-up: sql/demo_setup.sql, m3ret-load over a
+//! folder of DICOM files, and sql/demo.sql through psql against a real cluster with
+//! the committed default model, the committed sample files and (when present) a
+//! few held-out studies of the corpus; then its results checked.
 
 use m3ret_e2e::Cluster;
 use std::os::unix::fs::PermissionsExt;
@@ -9,6 +10,18 @@ use std::process::Command;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// m3ret-load, built beside this test binary (scripts/test.sh tests its package too).
+fn loader_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("m3ret-load");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with cargo build --release -p m3ret-load (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
 }
 
 #[test]
@@ -29,8 +42,9 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
     std::fs::set_permissions(&corpus, std::fs::Permissions::from_mode(0o644)).unwrap();
     let corpus_rows = std::fs::read_to_string(&corpus).unwrap().lines().count() as i64 - 1;
 
-    let out = Command::new("psql")
-        .args([
+    let psql = |file: &str, vars: &[String]| {
+        let mut cmd = Command::new("psql");
+        cmd.args([
             "-X",
             "-v",
             "ON_ERROR_STOP=1",
@@ -39,21 +53,67 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
             "-U",
             "postgres",
         ])
-        .args(["-p", &db.cluster.port().to_string(), "-d", &db.name])
-        .arg("-v")
-        .arg(format!("fixtures={}", repo().join("fixtures").display()))
-        .arg("-v")
-        .arg(format!(
+        .args(["-p", &db.cluster.port().to_string(), "-d", &db.name]);
+        for var in vars {
+            cmd.arg("-v").arg(var);
+        }
+        cmd.arg("-f")
+            .arg(repo().join(file))
+            .env_remove("PGOPTIONS")
+            .output()
+            .unwrap()
+    };
+    let setup = psql(
+        "sql/demo_setup.sql",
+        &[format!(
             "model_file={}",
             repo().join("models/m3ret-default.safetensors").display()
-        ))
-        .arg("-v")
-        .arg(format!("corpus_csv={}", corpus.display()))
-        .arg("-f")
-        .arg(repo().join("sql/demo.sql"))
-        .env_remove("PGOPTIONS")
+        )],
+    );
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    // The DICOM archive, through the loader, as scripts/demo.sh does it.
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(archive.join("ct_series")).unwrap();
+    for e in std::fs::read_dir(repo().join("fixtures/ct_series")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, archive.join("ct_series").join(p.file_name().unwrap())).unwrap();
+    }
+    if let Some(root) = m3ret_e2e::shared_data() {
+        std::fs::create_dir_all(archive.join("samples")).unwrap();
+        for e in std::fs::read_dir(root.join("dicom_samples")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, archive.join("samples").join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let loaded = Command::new(loader_binary())
+        .arg(&archive)
+        .args([
+            "--table",
+            "pacs",
+            "--embed",
+            "--db",
+            &db.cluster.connection_string(&db.name),
+        ])
+        .arg("--rejects")
+        .arg(dir.path().join("rejects.csv"))
         .output()
         .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let out = psql(
+        "sql/demo.sql",
+        &[
+            format!("fixtures={}", repo().join("fixtures").display()),
+            format!("corpus_csv={}", corpus.display()),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -67,6 +127,7 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
         "cross-modal",
         "warehouse",
         "Index Scan using studies_emb_idx",
+        "joined with a clinical table by AccessionNumber",
     ] {
         assert!(
             stdout.contains(section),
@@ -81,7 +142,18 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
             .unwrap();
         (r.get(0), r.get(1))
     };
-    assert_eq!(studies, 7 + corpus_rows);
+    let pacs: i64 = c
+        .query_one("SELECT count(*) FROM pacs WHERE emb IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    // The fixture CT series is one row; the 21 corpus DICOM samples are 18 more series.
+    let expected_pacs = if m3ret_e2e::shared_data().is_some() {
+        19
+    } else {
+        1
+    };
+    assert_eq!(pacs, expected_pacs);
+    assert_eq!(studies, 6 + corpus_rows + pacs);
     assert_eq!(embedded, studies, "a study was not embedded");
     let r = c
         .query_one(
