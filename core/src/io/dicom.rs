@@ -28,14 +28,25 @@ pub fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, IoError> {
     open(bytes, OpenFileOptions::new())
 }
 
-/// Parses the meta group and the data set up to Pixel Data, which it does not read
-/// (a header costs the same whatever the image's size).
+/// Parses the meta group and the data set's groups up to 0028 (patient, study,
+/// series, equipment, acquisition, position, image): not the private groups,
+/// procedure sequences and pixels after them, which can be most of a header and
+/// all of a file. Every length in the file is still checked.
 pub fn parse_header(bytes: &[u8]) -> Result<DefaultDicomObject, IoError> {
-    open(bytes, OpenFileOptions::new().read_until(tags::PIXEL_DATA))
+    let end = super::dicom_scan::end_of_groups(bytes, 0x0028)?;
+    open_checked(
+        &bytes[..end],
+        OpenFileOptions::new().read_until(tags::PIXEL_DATA),
+    )
 }
 
 fn open(bytes: &[u8], options: OpenFileOptions) -> Result<DefaultDicomObject, IoError> {
     super::dicom_scan::check_lengths(bytes)?;
+    open_checked(bytes, options)
+}
+
+/// Parses bytes whose lengths were checked.
+fn open_checked(bytes: &[u8], options: OpenFileOptions) -> Result<DefaultDicomObject, IoError> {
     let preamble = if bytes.starts_with(b"DICM") {
         ReadPreamble::Never
     } else {

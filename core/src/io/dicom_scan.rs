@@ -31,6 +31,34 @@ struct Scanner<'a> {
 
 /// Checks every declared length; `Err` names the first impossible one.
 pub fn check_lengths(bytes: &[u8]) -> Result<(), IoError> {
+    let (s, start, encoding) = begin(bytes)?;
+    s.dataset(start, bytes.len(), encoding, 0, None)?;
+    Ok(())
+}
+
+/// Checks every declared length, then returns where the data set's first element
+/// of a group after `last_group` starts (the file's length if none does): the
+/// prefix a reader of groups up to `last_group` needs.
+pub fn end_of_groups(bytes: &[u8], last_group: u16) -> Result<usize, IoError> {
+    let (s, start, e) = begin(bytes)?;
+    s.dataset(start, bytes.len(), e, 0, None)?;
+    let mut pos = start;
+    while pos + 8 <= bytes.len() {
+        let (tag, len, value_at) = s.header(pos, e)?;
+        if tag.0 > last_group {
+            return Ok(pos);
+        }
+        pos = if len == UNDEFINED {
+            s.sequence(value_at, bytes.len(), Some(e), e, 1, None)?
+        } else {
+            value_at + len as usize
+        };
+    }
+    Ok(bytes.len())
+}
+
+/// The scanner, where the data set starts, and its encoding (from the meta group).
+fn begin(bytes: &[u8]) -> Result<(Scanner<'_>, usize, Encoding), IoError> {
     let start = if bytes.starts_with(b"DICM") { 4 } else { 132 };
     let s = Scanner { b: bytes };
     let meta = Encoding {
@@ -76,8 +104,7 @@ pub fn check_lengths(bytes: &[u8]) -> Result<(), IoError> {
             big_endian: false,
         },
     };
-    s.dataset(pos, bytes.len(), encoding, 0, None)?;
-    Ok(())
+    Ok((s, pos, encoding))
 }
 
 impl Scanner<'_> {
