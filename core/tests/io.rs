@@ -535,3 +535,43 @@ fn impossible_bits_stored_is_an_error_not_a_panic() {
         .to_string();
     assert!(err.contains("do not describe a sample"), "{err}");
 }
+
+/// m3ret_dicom_meta's direct header reader gives what dicom-object's parser gives,
+/// on every DICOM file at hand, whole and cut short.
+#[test]
+fn the_direct_header_reader_agrees_with_the_parser() {
+    let mut files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/ct_series"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    if let Some(root) = common::shared_data() {
+        for e in std::fs::read_dir(root.join("dicom_samples")).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "dcm") {
+                files.push(path);
+            }
+        }
+    }
+    let mut agreed = 0;
+    for path in &files {
+        let bytes = read(path);
+        for cut in [bytes.len(), bytes.len() / 2, 2000, 500] {
+            let part = &bytes[..cut.min(bytes.len())];
+            let (direct, parser) = (
+                io::dicom_meta::meta(part),
+                io::dicom_meta::meta_with_parser(part),
+            );
+            match (&direct, &parser) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{} cut at {cut}", path.display()),
+                (Err(_), Err(_)) => {}
+                _ => panic!(
+                    "{} cut at {cut}: direct {direct:?}, parser {parser:?}",
+                    path.display()
+                ),
+            }
+            agreed += 1;
+        }
+    }
+    assert!(agreed >= 12, "{agreed} files compared");
+}

@@ -1,9 +1,17 @@
 //! The DICOM attributes a warehouse joins and filters on (patient, study, series and
-//! instance keys, dates, descriptions, geometry), read from the header alone: the
-//! parser stops before Pixel Data, so a 500 MB multi-frame object costs what its
-//! header costs. Keys are DICOM keywords; absent or empty attributes are left out.
+//! instance keys, dates, descriptions, geometry), read from the header alone, so a
+//! 500 MB multi-frame object costs what its header costs. Keys are DICOM keywords;
+//! absent or empty attributes are left out.
+//!
+//! Two readers give the same answer: a direct one over the raw top-level elements
+//! (no allocation per element; it handles the ASCII, Latin-1 and UTF-8 character
+//! sets) and `dicom-object`'s parser for everything else (other character sets,
+//! values in a VR the direct reader does not expect). The direct reader exists for
+//! speed: the parser builds every element of the header, which costs as much as
+//! decoding an uncompressed CT slice.
 
 use super::dicom::{self, floats, int, string};
+use super::dicom_scan;
 use super::series::{self, SlicePlace};
 use super::{Format, IoError};
 use crate::modality::Modality;
@@ -15,8 +23,13 @@ use serde_json::{Map, Value};
 #[derive(Clone, Copy)]
 enum Kind {
     Text,
+    /// IS: a decimal integer string.
     Integer,
+    /// US: a binary unsigned short.
+    Unsigned,
+    /// DS: the first decimal string.
     Number,
+    /// DS: all its decimal strings.
     Numbers,
 }
 
@@ -44,8 +57,8 @@ const ATTRIBUTES: &[(&str, Tag, Kind)] = &[
         tags::MANUFACTURER_MODEL_NAME,
         Kind::Text,
     ),
-    ("Rows", tags::ROWS, Kind::Integer),
-    ("Columns", tags::COLUMNS, Kind::Integer),
+    ("Rows", tags::ROWS, Kind::Unsigned),
+    ("Columns", tags::COLUMNS, Kind::Unsigned),
     ("NumberOfFrames", tags::NUMBER_OF_FRAMES, Kind::Integer),
     ("PixelSpacing", tags::PIXEL_SPACING, Kind::Numbers),
     ("SliceThickness", tags::SLICE_THICKNESS, Kind::Number),
@@ -71,9 +84,25 @@ pub fn keywords() -> impl Iterator<Item = &'static str> {
 pub fn meta(bytes: &[u8]) -> Result<Map<String, Value>, IoError> {
     super::guard(|| {
         check_dicom(bytes)?;
+        let raw = dicom_scan::raw_header(bytes, LAST_GROUP)?;
+        match direct::meta(&raw) {
+            Some(meta) => Ok(meta),
+            None => Ok(object_meta(&dicom::parse_header(bytes)?)),
+        }
+    })
+}
+
+/// As [`meta`], always through `dicom-object`'s parser: the reference the direct
+/// reader is tested against.
+pub fn meta_with_parser(bytes: &[u8]) -> Result<Map<String, Value>, IoError> {
+    super::guard(|| {
+        check_dicom(bytes)?;
         Ok(object_meta(&dicom::parse_header(bytes)?))
     })
 }
+
+/// The last group of the attributes read (0028: image pixel description).
+const LAST_GROUP: u16 = 0x0028;
 
 /// A series' attributes: those of its first slice in the order `m3ret_embed`
 /// stacks them, plus `NumberOfSlices` and `SOPInstanceUIDs` in that order. All
@@ -183,12 +212,155 @@ fn value(obj: &DefaultDicomObject, tag: Tag, kind: Kind) -> Option<Value> {
     let finite = |v: f64| serde_json::Number::from_f64(v).map(Value::Number);
     match kind {
         Kind::Text => string(obj, tag).filter(|s| !s.is_empty()).map(Value::from),
-        Kind::Integer => int(obj, tag).map(Value::from),
+        Kind::Integer | Kind::Unsigned => int(obj, tag).map(Value::from),
         Kind::Number => floats(obj, tag)?.first().copied().and_then(finite),
         Kind::Numbers => {
             let values = floats(obj, tag)?;
             let values: Option<Vec<Value>> = values.into_iter().map(finite).collect();
             values.filter(|v| !v.is_empty()).map(Value::Array)
+        }
+    }
+}
+
+/// The direct reader over raw elements; `None` hands the file to `dicom-object`.
+mod direct {
+    use super::{Kind, ATTRIBUTES};
+    use crate::io::dicom_scan::{RawElement, RawHeader};
+    use crate::modality::Modality;
+    use serde_json::{Map, Number, Value};
+
+    const SPECIFIC_CHARACTER_SET: (u16, u16) = (0x0008, 0x0005);
+
+    #[derive(Clone, Copy)]
+    enum Charset {
+        Ascii,
+        Latin1,
+        Utf8,
+    }
+
+    pub fn meta(raw: &RawHeader) -> Option<Map<String, Value>> {
+        let charset = charset(raw)?;
+        let mut out = Map::new();
+        for &(keyword, tag, kind) in ATTRIBUTES {
+            let Some(element) = find(raw, (tag.group(), tag.element())) else {
+                continue;
+            };
+            if let Some(value) = value(element, kind, charset, raw.big_endian)? {
+                out.insert(keyword.into(), value);
+            }
+        }
+        out.insert(
+            "TransferSyntaxUID".into(),
+            Value::from(raw.transfer_syntax.trim_end_matches(['\0', ' '])),
+        );
+        let modality = out
+            .get("Modality")
+            .and_then(Value::as_str)
+            .and_then(Modality::from_dicom_code);
+        out.insert(
+            "m3ret_modality".into(),
+            modality.map_or(Value::Null, |m| Value::from(m.name())),
+        );
+        Some(out)
+    }
+
+    fn find<'a>(raw: &'a RawHeader, tag: (u16, u16)) -> Option<&'a RawElement<'a>> {
+        raw.elements.iter().find(|e| e.tag == tag)
+    }
+
+    fn charset(raw: &RawHeader) -> Option<Charset> {
+        let Some(element) = find(raw, SPECIFIC_CHARACTER_SET) else {
+            return Some(Charset::Ascii);
+        };
+        match std::str::from_utf8(element.value)
+            .ok()?
+            .trim_matches(|c: char| c == '\0' || c == ' ')
+        {
+            "" | "ISO_IR 6" | "ISO 2022 IR 6" => Some(Charset::Ascii),
+            "ISO_IR 100" => Some(Charset::Latin1),
+            "ISO_IR 192" => Some(Charset::Utf8),
+            _ => None,
+        }
+    }
+
+    /// `Some(None)`: the attribute is empty or unreadable as `dicom-object` would
+    /// leave it out; `None`: this reader cannot tell, the parser must.
+    fn value(
+        e: &RawElement,
+        kind: Kind,
+        charset: Charset,
+        big_endian: bool,
+    ) -> Option<Option<Value>> {
+        let vr = e.vr.map(|v| [v[0], v[1]]);
+        let binary = matches!(&vr, Some(v) if matches!(v, b"OB" | b"OW" | b"OF" | b"OD" | b"OL" | b"OV" | b"SQ"));
+        match kind {
+            Kind::Text => {
+                if binary {
+                    return None;
+                }
+                // VR UN: the bytes as they are, as the parser's reader treats them.
+                let text = match (vr, charset) {
+                    (Some(v), _) if &v == b"UN" => String::from_utf8_lossy(e.value).into_owned(),
+                    (_, Charset::Ascii) if e.value.is_ascii() => {
+                        String::from_utf8_lossy(e.value).into_owned()
+                    }
+                    (_, Charset::Ascii) => return None,
+                    (_, Charset::Latin1) => e.value.iter().map(|&b| b as char).collect(),
+                    (_, Charset::Utf8) => std::str::from_utf8(e.value).ok()?.to_string(),
+                };
+                let text = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+                Some((!text.is_empty()).then(|| Value::from(text)))
+            }
+            Kind::Unsigned => {
+                if !matches!(vr, None | Some([b'U', b'S']) | Some([b'U', b'N'])) {
+                    return None;
+                }
+                let b = e.value.get(..2)?;
+                let v = if big_endian && vr != Some(*b"UN") {
+                    u16::from_be_bytes([b[0], b[1]])
+                } else {
+                    u16::from_le_bytes([b[0], b[1]])
+                };
+                Some(Some(Value::from(v)))
+            }
+            Kind::Integer | Kind::Number | Kind::Numbers => {
+                let expected: &[u8; 2] = if matches!(kind, Kind::Integer) {
+                    b"IS"
+                } else {
+                    b"DS"
+                };
+                if vr.is_some() && vr != Some(*expected) && vr != Some(*b"UN") {
+                    return None;
+                }
+                let text = std::str::from_utf8(e.value).ok()?;
+                let text = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+                if text.is_empty() {
+                    return Some(None);
+                }
+                let numbers: Option<Vec<f64>> = text
+                    .split('\\')
+                    .map(|v| v.trim().parse::<f64>().ok())
+                    .collect();
+                let Some(numbers) = numbers else {
+                    return None;
+                };
+                Some(match kind {
+                    Kind::Integer => {
+                        let first = text.split('\\').next()?.trim().parse::<i64>().ok();
+                        first.map(Value::from)
+                    }
+                    Kind::Number => numbers
+                        .first()
+                        .copied()
+                        .and_then(Number::from_f64)
+                        .map(Value::Number),
+                    _ => numbers
+                        .into_iter()
+                        .map(|v| Number::from_f64(v).map(Value::Number))
+                        .collect::<Option<Vec<Value>>>()
+                        .map(Value::Array),
+                })
+            }
         }
     }
 }

@@ -31,8 +31,10 @@ struct Scanner<'a> {
 
 /// Checks every declared length; `Err` names the first impossible one.
 pub fn check_lengths(bytes: &[u8]) -> Result<(), IoError> {
-    let (s, start, encoding) = begin(bytes)?;
-    s.dataset(start, bytes.len(), encoding, 0, None)?;
+    let start = begin(bytes)?;
+    start
+        .scanner
+        .dataset(start.pos, bytes.len(), start.encoding, 0, None)?;
     Ok(())
 }
 
@@ -40,25 +42,72 @@ pub fn check_lengths(bytes: &[u8]) -> Result<(), IoError> {
 /// of a group after `last_group` starts (the file's length if none does): the
 /// prefix a reader of groups up to `last_group` needs.
 pub fn end_of_groups(bytes: &[u8], last_group: u16) -> Result<usize, IoError> {
-    let (s, start, e) = begin(bytes)?;
-    s.dataset(start, bytes.len(), e, 0, None)?;
-    let mut pos = start;
+    Ok(raw_header(bytes, last_group)?.end)
+}
+
+/// One element at the top level of the data set, its value not decoded.
+pub struct RawElement<'a> {
+    pub tag: (u16, u16),
+    /// The VR written in the file; `None` in implicit VR files.
+    pub vr: Option<[u8; 2]>,
+    pub value: &'a [u8],
+}
+
+/// The top-level elements of the groups up to some group, after a check of every
+/// length in the file: what a header reader needs, borrowed from the bytes.
+pub struct RawHeader<'a> {
+    pub transfer_syntax: String,
+    pub big_endian: bool,
+    /// Elements of defined length (sequences of undefined length are left out).
+    pub elements: Vec<RawElement<'a>>,
+    /// Where the first element after those groups starts.
+    pub end: usize,
+}
+
+/// The data set's top-level elements of groups up to `last_group`, once every
+/// length in the whole file has been checked.
+pub fn raw_header(bytes: &[u8], last_group: u16) -> Result<RawHeader<'_>, IoError> {
+    let start = begin(bytes)?;
+    let (s, e) = (&start.scanner, start.encoding);
+    s.dataset(start.pos, bytes.len(), e, 0, None)?;
+    let mut elements = Vec::new();
+    let mut pos = start.pos;
     while pos + 8 <= bytes.len() {
         let (tag, len, value_at) = s.header(pos, e)?;
         if tag.0 > last_group {
-            return Ok(pos);
+            break;
         }
         pos = if len == UNDEFINED {
             s.sequence(value_at, bytes.len(), Some(e), e, 1, None)?
         } else {
-            value_at + len as usize
+            let end = value_at + len as usize;
+            let vr = e.explicit.then(|| [bytes[pos + 4], bytes[pos + 5]]);
+            elements.push(RawElement {
+                tag,
+                vr,
+                value: &bytes[value_at..end],
+            });
+            end
         };
     }
-    Ok(bytes.len())
+    Ok(RawHeader {
+        transfer_syntax: start.transfer_syntax,
+        big_endian: e.big_endian,
+        elements,
+        end: pos.min(bytes.len()),
+    })
+}
+
+/// Where the data set starts, read from the file meta group.
+struct Start<'a> {
+    scanner: Scanner<'a>,
+    pos: usize,
+    encoding: Encoding,
+    transfer_syntax: String,
 }
 
 /// The scanner, where the data set starts, and its encoding (from the meta group).
-fn begin(bytes: &[u8]) -> Result<(Scanner<'_>, usize, Encoding), IoError> {
+fn begin(bytes: &[u8]) -> Result<Start<'_>, IoError> {
     let start = if bytes.starts_with(b"DICM") { 4 } else { 132 };
     let s = Scanner { b: bytes };
     let meta = Encoding {
@@ -104,7 +153,12 @@ fn begin(bytes: &[u8]) -> Result<(Scanner<'_>, usize, Encoding), IoError> {
             big_endian: false,
         },
     };
-    Ok((s, pos, encoding))
+    Ok(Start {
+        scanner: s,
+        pos,
+        encoding,
+        transfer_syntax,
+    })
 }
 
 impl Scanner<'_> {

@@ -13,7 +13,7 @@
 pub mod codestream;
 pub mod dicom;
 pub mod dicom_meta;
-mod dicom_scan;
+pub(crate) mod dicom_scan;
 pub mod info;
 pub mod limits;
 pub mod nifti;
