@@ -35,19 +35,37 @@ pub fn parse_ref(model: &str) -> (String, Option<i32>) {
     }
 }
 
+// The registry is read with read-only SPI (`select`): pgrx's `Spi::get_*` helpers
+// run every query as an update, which assigns a transaction ID. That made
+// m3ret_embed fail on a standby ("cannot assign TransactionIds during recovery")
+// and spend an XID per call on a primary.
+
 /// The version `model` names (the latest when no version is given), or the default.
 pub fn resolve(model: Option<&str>) -> ModelRef {
     let row = match model {
-        None => Spi::get_three::<String, i32, String>(
-            "SELECT name, version, sha256 FROM m3ret_models WHERE is_default",
-        ),
+        None => Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT name, version, sha256 FROM m3ret_models WHERE is_default",
+                    Some(1),
+                    &[],
+                )?
+                .first()
+                .get_three::<String, i32, String>()
+        }),
         Some(m) => {
             let (name, version) = parse_ref(m);
-            Spi::get_three_with_args::<String, i32, String>(
-                "SELECT name, version, sha256 FROM m3ret_models \
-                 WHERE name = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
-                &[name.into(), version.into()],
-            )
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT name, version, sha256 FROM m3ret_models \
+                         WHERE name = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
+                        Some(1),
+                        &[name.into(), version.into()],
+                    )?
+                    .first()
+                    .get_three::<String, i32, String>()
+            })
         }
     };
     match row {
@@ -68,10 +86,16 @@ pub fn resolve(model: Option<&str>) -> ModelRef {
 
 /// The weights of a model version.
 pub fn weights(model: &ModelRef) -> Vec<u8> {
-    Spi::get_one_with_args::<Vec<u8>>(
-        "SELECT weights FROM m3ret_models WHERE name = $1 AND version = $2",
-        &[model.name.clone().into(), model.version.into()],
-    )
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT weights FROM m3ret_models WHERE name = $1 AND version = $2",
+                Some(1),
+                &[model.name.clone().into(), model.version.into()],
+            )?
+            .first()
+            .get_one::<Vec<u8>>()
+    })
     .ok()
     .flatten()
     .unwrap_or_else(|| {

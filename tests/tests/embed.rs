@@ -440,6 +440,32 @@ fn bad_inputs_are_errors_and_nothing_crashes() {
     Cluster::shared().assert_no_backend_crashed();
 }
 
+/// Embedding reads the registry without a transaction ID: a hot standby cannot
+/// assign one ("cannot assign TransactionIds during recovery"), and a primary
+/// would spend one per call.
+#[test]
+fn embedding_assigns_no_transaction_id() {
+    let (_db, mut c, _) = setup("embed_no_xid");
+    let png = fixture("pmnist_train_0000.png");
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute("SET TRANSACTION READ ONLY").unwrap();
+    tx.query_one("SELECT m3ret_embed($1::bytea, 'xray')", &[&png])
+        .unwrap();
+    tx.query_one("SELECT m3ret_embed($1::bytea, 'xray', 'test@1')", &[&png])
+        .unwrap();
+    tx.query_one(
+        "SELECT m3ret_embed_pinned($1::bytea, 'xray', 'test@1')",
+        &[&png],
+    )
+    .unwrap();
+    let xid: Option<String> = tx
+        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(xid, None, "m3ret_embed assigned a transaction ID");
+    tx.commit().unwrap();
+}
+
 #[test]
 fn runtime_info_reports_the_loaded_model() {
     let (_db, mut c, _) = setup("embed_runtime_info");
