@@ -86,6 +86,107 @@ impl Cluster {
         cluster
     }
 
+    /// A hot standby of `primary`: a base backup taken with `pg_basebackup -R`
+    /// (streaming replication, WAL streamed during the backup), started on a port of
+    /// its own. The primary's default settings allow it (wal_level replica, trust
+    /// for replication from loopback).
+    pub fn standby_of(primary: &Cluster) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("m3ret-standby-")
+            .tempdir()
+            .expect("temp dir");
+        let standby = Cluster {
+            port: free_port(),
+            dir,
+            stopped: AtomicBool::new(false),
+        };
+        give_to_postgres(standby.dir.path());
+        let port = primary.port.to_string();
+        standby.run_as_postgres(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                path_str(&standby.data_dir()),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        );
+        // Later lines win: the standby's own port and socket directory.
+        let conf_path = standby.data_dir().join("postgresql.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
+        conf.push_str(&format!(
+            "port = {}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            standby.port,
+            path_str(standby.dir.path())
+        ));
+        std::fs::write(&conf_path, conf).expect("write postgresql.conf");
+        standby.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            path_str(&standby.log_path()),
+        ]);
+        standby
+    }
+
+    /// Waits until this standby has replayed everything `primary` has written so far
+    /// (polling the replay position: the state, not a delay).
+    pub fn wait_for_replay_of(&self, primary: &Cluster) {
+        let mut p =
+            postgres::Client::connect(&primary.connection_string("postgres"), postgres::NoTls)
+                .expect("connect to the primary");
+        let target: String = p
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .unwrap()
+            .get(0);
+        let mut s = postgres::Client::connect(&self.connection_string("postgres"), postgres::NoTls)
+            .expect("connect to the standby");
+        let mut polls = 0u32;
+        loop {
+            let caught_up: bool = s
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&target],
+                )
+                .unwrap()
+                .get(0);
+            if caught_up {
+                return;
+            }
+            polls += 1;
+            assert!(
+                polls < 60_000,
+                "the standby never replayed up to {target}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Promotes a standby to a primary and waits until it is one.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote", "-w", "-t", "60"]);
+    }
+
+    /// A handle to an existing database (no DROP or CREATE: a standby cannot).
+    pub fn existing_database(&self, name: &str) -> Database<'_> {
+        Database {
+            cluster: self,
+            name: name.to_string(),
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -9,7 +9,9 @@ use crate::error::raise;
 use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
 use pgrx::prelude::*;
 
-/// Takes a share lock on the table, so it sees a stable set of rows.
+/// Takes a share lock on the table, so it sees a stable set of rows. On a hot
+/// standby, where that lock cannot be taken, it reads the rows its snapshot sees
+/// instead (see [`visible_heap_rows`]).
 #[pg_extern(sql = false)]
 fn m3ret_hnsw_check(
     index_oid: pg_sys::Oid,
@@ -33,7 +35,12 @@ fn m3ret_hnsw_check(
                 "m3ret_hnsw_check: must be the owner of the table",
             );
         }
-        let heap = pg_sys::table_open(heap_oid, pg_sys::ShareLock as i32);
+        let lock = if pg_sys::RecoveryInProgress() {
+            pg_sys::AccessShareLock
+        } else {
+            pg_sys::ShareLock
+        };
+        let heap = pg_sys::table_open(heap_oid, lock as i32);
         let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as i32);
         let am = (*(*index).rd_rel).relam;
         let name = std::ffi::CStr::from_ptr(pg_sys::get_am_name(am))
@@ -48,7 +55,12 @@ fn m3ret_hnsw_check(
         pg_sys::table_close(heap, pg_sys::NoLock as i32);
         (heap_oid, index)
     };
-    let alive = live_heap_rows(heap_oid, index);
+    // SAFETY: a plain backend function: recovery state is shared memory it may read.
+    let alive = if unsafe { pg_sys::RecoveryInProgress() } {
+        visible_heap_rows(heap_oid, index)
+    } else {
+        live_heap_rows(heap_oid, index)
+    };
     let report = check(index, &alive);
     unsafe { pg_sys::index_close(index, pg_sys::NoLock as i32) };
     TableIterator::once((
@@ -278,6 +290,46 @@ fn live_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<()> 
             &mut alive as *mut TidMap<()> as *mut std::ffi::c_void,
             std::ptr::null_mut(),
         );
+        pg_sys::table_close(heap, pg_sys::NoLock as i32);
+    }
+    alive
+}
+
+/// The table's rows the statement's snapshot sees, with a non-NULL indexed value.
+/// On a standby the primary writes while we read, without a lock that could stop
+/// it; but WAL replays a row's index insertion before its transaction's commit, so
+/// every row a snapshot sees as committed has its element, and a row the snapshot
+/// does not see is counted as dead, as on the primary.
+fn visible_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<()> {
+    let mut alive: TidMap<()> = TidMap::default();
+    // SAFETY: the table is locked (AccessShareLock, taken by the caller); the scan
+    // runs under the active snapshot of the statement calling the function, and
+    // every tuple pointer is used before the next heap_getnext.
+    unsafe {
+        let heap = pg_sys::table_open(heap_oid, pg_sys::NoLock as i32);
+        let column = *(*(*index).rd_index).indkey.values.as_ptr() as i32;
+        let flags = pg_sys::ScanOptions::SO_TYPE_SEQSCAN
+            | pg_sys::ScanOptions::SO_ALLOW_STRAT
+            | pg_sys::ScanOptions::SO_ALLOW_PAGEMODE;
+        let scan = pg_sys::heap_beginscan(
+            heap,
+            pg_sys::GetActiveSnapshot(),
+            0,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            flags,
+        );
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            // An expression index (column 0): every visible row counts.
+            if column == 0 || !pg_sys::heap_attisnull(tuple, column, (*heap).rd_att) {
+                alive.insert(Tid::from_item_pointer(&(*tuple).t_self).key(), ());
+            }
+        }
+        pg_sys::heap_endscan(scan);
         pg_sys::table_close(heap, pg_sys::NoLock as i32);
     }
     alive
