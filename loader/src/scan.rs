@@ -28,6 +28,9 @@ pub struct Scan {
     pub files: usize,
 }
 
+/// What a file is and its size, or why it is refused.
+type Identified = Result<(Found, u64), String>;
+
 enum Found {
     /// A DICOM file of a series, by the series' key.
     Series(String),
@@ -49,7 +52,7 @@ pub fn scan(root: &Path, max_file_bytes: u64, skip: &[PathBuf]) -> Result<Scan, 
             paths.push(entry.into_path());
         }
     }
-    let found: Vec<(PathBuf, Result<(Found, u64), String>)> = paths
+    let found: Vec<(PathBuf, Identified)> = paths
         .into_par_iter()
         .map(|path| {
             let found = identify(root, &path, max_file_bytes);
@@ -93,7 +96,7 @@ pub fn relative(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
-fn identify(root: &Path, path: &Path, max_file_bytes: u64) -> Result<(Found, u64), String> {
+fn identify(root: &Path, path: &Path, max_file_bytes: u64) -> Identified {
     let size = std::fs::metadata(path)
         .map_err(|e| format!("cannot read: {e}"))?
         .len();

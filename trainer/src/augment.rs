@@ -75,6 +75,9 @@ fn view(
     Tensor::stack(&out, 0)
 }
 
+// `x = x + y`, not `x += y`: on a tch Tensor `+=` is an in-place add, which
+// autograd may refuse or get wrong; the new tensor is what is meant.
+#[allow(clippy::assign_op_pattern)]
 fn augment_one(
     x: &Tensor,
     scale: (f64, f64),

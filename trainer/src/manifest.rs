@@ -120,7 +120,7 @@ fn name(p: &Path) -> String {
 pub fn select(items: Vec<Item>, splits: &[String], excluded: &[Modality]) -> Vec<Item> {
     items
         .into_iter()
-        .filter(|i| splits.is_empty() || splits.iter().any(|s| *s == i.split))
+        .filter(|i| splits.is_empty() || splits.contains(&i.split))
         .filter(|i| !excluded.contains(&i.modality))
         .collect()
 }

@@ -7,6 +7,8 @@ use m3ret_core::model::simdino::{self, Branch};
 use m3ret_core::model::{Method, ModelConfig};
 use tch::{nn, Device, Tensor};
 
+// One value per run: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Trainee {
     Mae {
         vs: nn::VarStore,

@@ -341,9 +341,7 @@ mod direct {
                     .split('\\')
                     .map(|v| v.trim().parse::<f64>().ok())
                     .collect();
-                let Some(numbers) = numbers else {
-                    return None;
-                };
+                let numbers = numbers?;
                 Some(match kind {
                     Kind::Integer => {
                         let first = text.split('\\').next()?.trim().parse::<i64>().ok();

@@ -170,7 +170,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, IoError> {
         }
         dims.push(d as usize);
     }
-    if !(vox_offset.is_finite() && vox_offset >= 0.0 && vox_offset < 1e12) {
+    if !(vox_offset.is_finite() && (0.0..1e12).contains(&vox_offset)) {
         return Err(bad(format!("vox_offset {vox_offset} out of range")));
     }
     Ok(Header {

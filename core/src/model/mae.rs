@@ -98,6 +98,9 @@ impl Decoder {
     }
 
     /// Visible encoded tokens `[B, K, width]` -> predicted pixels of every patch `[B, N, P]`.
+    // `x = x + y`, not `x += y`: on a tch Tensor `+=` is an in-place add, which
+    // autograd may refuse or get wrong; the new tensor is what is meant.
+    #[allow(clippy::assign_op_pattern)]
     fn forward(&self, visible: &Tensor, masking: &Masking, grid: [i64; 3]) -> Tensor {
         let x = self.embed.forward(visible);
         let (b, k, w) = x.size3().expect("[B, K, W]");

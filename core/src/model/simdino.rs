@@ -75,6 +75,9 @@ pub struct SimDinoLoss {
 /// R(Z) = 1/2 logdet(I + d / (m eps^2) Z^T Z), Z the view's `[m, d]` batch.
 /// gamma = (d + m) / (d m) balances the two terms as the official implementation does.
 /// (The official code writes the scale as d / (m eps'), so its `eps = 0.05` is our eps^2.)
+// `x = x + y`, not `x += y`: on a tch Tensor `+=` is an in-place add, which
+// autograd may refuse or get wrong; the new tensor is what is meant.
+#[allow(clippy::assign_op_pattern)]
 pub fn simdino_loss(student: &[Tensor], teacher: &[Tensor], eps: f64) -> SimDinoLoss {
     let mut alignment = Tensor::zeros([], (Kind::Float, student[0].device()));
     let mut terms = 0;

@@ -34,7 +34,7 @@ impl<'a> EmbeddingRef<'a> {
     /// `datum` must be a non-null `embedding` datum.
     unsafe fn from_datum_unchecked(datum: pg_sys::Datum) -> Self {
         let mut ptr = unsafe { pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) };
-        if (ptr as usize) % std::mem::align_of::<f32>() != 0 {
+        if !(ptr as usize).is_multiple_of(std::mem::align_of::<f32>()) {
             // A datum inside a tuple is only as aligned as the tuple; copy it out.
             ptr = unsafe { pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr()) };
         }

@@ -12,6 +12,8 @@ use pgrx::prelude::*;
 /// Takes a share lock on the table, so it sees a stable set of rows. On a hot
 /// standby, where that lock cannot be taken, it reads the rows its snapshot sees
 /// instead (see [`visible_heap_rows`]).
+// pgrx reads the result's column names from this signature: no type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
 fn m3ret_hnsw_check(
     index_oid: pg_sys::Oid,
