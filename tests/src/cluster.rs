@@ -140,8 +140,8 @@ impl Cluster {
         standby
     }
 
-    /// Waits until this standby has replayed everything `primary` has written so far
-    /// (polling the replay position: the state, not a delay).
+    /// Waits until this standby has replayed everything `primary` has written so far,
+    /// polling its replay position.
     pub fn wait_for_replay_of(&self, primary: &Cluster) {
         let mut p =
             postgres::Client::connect(&primary.connection_string("postgres"), postgres::NoTls)
@@ -152,7 +152,6 @@ impl Cluster {
             .get(0);
         let mut s = postgres::Client::connect(&self.connection_string("postgres"), postgres::NoTls)
             .expect("connect to the standby");
-        let mut polls = 0u32;
         loop {
             let caught_up: bool = s
                 .query_one(
@@ -164,13 +163,8 @@ impl Cluster {
             if caught_up {
                 return;
             }
-            polls += 1;
-            assert!(
-                polls < 60_000,
-                "the standby never replayed up to {target}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            // No deadline: a standby that stops answering fails the query above.
+            std::thread::yield_now();
         }
     }
 
