@@ -111,10 +111,7 @@ fn check(index: pg_sys::Relation, alive: &TidMap<()>) -> Findings {
     let elements = read_all(index, layout, &mut f);
     let mut indexed: TidMap<u32> = TidMap::default();
     for (key, (heap, seen)) in &elements {
-        let tid = Tid {
-            block: (key >> 16) as u32,
-            offset: *key as u16,
-        };
+        let tid = Tid::from_key(*key);
         f.elements += 1;
         if seen.freed {
             f.freed += 1;
@@ -132,7 +129,7 @@ fn check(index: pg_sys::Relation, alive: &TidMap<()>) -> Findings {
         check_links(&mut f, &meta, tid, seen, &elements);
     }
     check_entry(&mut f, &meta, &elements);
-    f.unreachable = count_unreachable(&meta, &elements);
+    f.unreachable = count_unreachable(&meta, &elements, alive);
     if f.unreachable > 0 {
         // No search can return these rows: as much a fault as a lost row.
         f.problem(format!(
@@ -253,10 +250,10 @@ fn check_entry(f: &mut Findings, meta: &Meta, elements: &TidMap<(Tid, Seen)>) {
     }
 }
 
-/// Elements no search can reach: not found walking every link from the entry. Any
-/// HNSW graph has a few (their in-links lost to neighbour selection); each costs
-/// recall only for queries right next to it, and many mean the graph needs REINDEX.
-fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>) -> i64 {
+/// Elements of live rows that no search can reach: not found walking every link
+/// from the entry. (An element of a dead row needs no way in: no search may return
+/// it, and VACUUM frees it. An insert cut off by a crash leaves one so.)
+fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>, alive: &TidMap<()>) -> i64 {
     let Some((entry, _)) = meta.entry() else {
         return 0;
     };
@@ -272,7 +269,9 @@ fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>) -> i64 {
     }
     elements
         .iter()
-        .filter(|(key, (_, s))| !s.freed && !reached.contains(key))
+        .filter(|(key, (heap, s))| {
+            !s.freed && alive.contains_key(&heap.key()) && !reached.contains(key)
+        })
         .count() as i64
 }
 

@@ -96,11 +96,13 @@ pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
     let mut nblocks = buffer::block_count(index);
     for (l, list) in links.iter().enumerate() {
         let mut homed = false;
+        let new_links: Vec<Tid> = list.iter().map(|c| c.id).collect();
         for c in list {
             let link = Link {
                 to: c.id,
                 new: tid,
                 new_vector: vector,
+                new_links: &new_links,
                 distance: c.distance,
                 level: l,
             };
@@ -287,6 +289,8 @@ struct Link<'v> {
     to: Tid,
     new: Tid,
     new_vector: &'v [f32],
+    /// `new`'s own links on `level`.
+    new_links: &'v [Tid],
     /// Between `to` and `new`.
     distance: f32,
     level: usize,
@@ -358,7 +362,7 @@ fn write_if_unchanged(
 
 /// Puts the new element into the layer-0 list of the nearest of `nearest` that has a
 /// link to give up: its farthest link whose target another list also links to.
-fn find_home(
+pub(super) fn find_home(
     index: pg_sys::Relation,
     layout: Layout,
     metric: Metric,
@@ -397,6 +401,7 @@ fn find_home(
             to: c.id,
             new,
             new_vector,
+            new_links: &[],
             distance: c.distance,
             level: 0,
         };
@@ -407,9 +412,12 @@ fn find_home(
     pgrx::warning!("m3ret_hnsw: a new element found no neighbour list to join; REINDEX links it");
 }
 
-/// Whether a list other than `from`'s links to `target` on `level`. It looks among
-/// `target`'s own neighbours (links are mostly mutual), so it may miss an in-link and
-/// answer false, never the reverse. A deleted or missing target needs no protection.
+/// Whether `target` stays reachable on `level` without the link from `from`: some
+/// other element `x` links to it, and `x` has an in-link from neither `target` nor
+/// `from` (else `x` and `target` may form a group that only `from` leads into). It
+/// looks among `target`'s and `x`'s own neighbours (links are mostly mutual), so it
+/// may miss a way in and answer false, never the reverse for groups of two. A
+/// deleted or missing target needs no protection.
 fn has_other_in_link(
     index: pg_sys::Relation,
     layout: Layout,
@@ -418,17 +426,46 @@ fn has_other_in_link(
     level: usize,
     nblocks: &mut u32,
 ) -> bool {
-    let read = buffer::with_element(index, target, layout, nblocks, |e| {
-        (!e.is_deleted() && e.level() >= level).then(|| e.neighbors(level).collect::<Vec<_>>())
-    });
-    let Some(Some(neighbours)) = read else {
+    let Some(neighbours) = live_neighbours(index, layout, target, level, nblocks) else {
         return true;
     };
     neighbours.into_iter().filter(|&x| x != from).any(|x| {
-        buffer::with_element(index, x, layout, nblocks, |e| {
-            !e.is_deleted() && e.level() >= level && e.neighbors(level).any(|t| t == target)
-        }) == Some(true)
+        links_to(index, layout, x, target, level, nblocks)
+            && live_neighbours(index, layout, x, level, nblocks).is_some_and(|around| {
+                around
+                    .into_iter()
+                    .filter(|&y| y != from && y != target)
+                    .any(|y| links_to(index, layout, y, x, level, nblocks))
+            })
     })
+}
+
+/// `tid`'s links on `level`; None if it is deleted or has no such layer.
+fn live_neighbours(
+    index: pg_sys::Relation,
+    layout: Layout,
+    tid: Tid,
+    level: usize,
+    nblocks: &mut u32,
+) -> Option<Vec<Tid>> {
+    buffer::with_element(index, tid, layout, nblocks, |e| {
+        (!e.is_deleted() && e.level() >= level).then(|| e.neighbors(level).collect())
+    })
+    .flatten()
+}
+
+/// Whether live `from` links to `to` on `level`.
+fn links_to(
+    index: pg_sys::Relation,
+    layout: Layout,
+    from: Tid,
+    to: Tid,
+    level: usize,
+    nblocks: &mut u32,
+) -> bool {
+    buffer::with_element(index, from, layout, nblocks, |e| {
+        !e.is_deleted() && e.level() >= level && e.neighbors(level).any(|t| t == to)
+    }) == Some(true)
 }
 
 /// The links a full list keeps once `link.new` competes for a place; None if it loses.
@@ -468,11 +505,14 @@ fn reselect(
     if !kept.contains(&link.new) {
         return None;
     }
-    // A link dropped here may be its target's last in-link: that element would become
-    // unreachable. Keep the list as it is unless every dropped target has another.
+    // A link dropped here may be its target's last way in: that element would become
+    // unreachable. Keep the list as it is unless every dropped target is reached
+    // through the new element (which this list now leads to) or another way.
     let dropped = current.iter().filter(|t| !kept.contains(t));
     for &d in dropped {
-        if !has_other_in_link(index, layout, d, link.to, link.level, nblocks) {
+        if !link.new_links.contains(&d)
+            && !has_other_in_link(index, layout, d, link.to, link.level, nblocks)
+        {
             return None;
         }
     }

@@ -48,6 +48,14 @@ impl Tid {
         ((self.block as u64) << 16) | self.offset as u64
     }
 
+    /// The tid of a [`Tid::key`].
+    pub fn from_key(key: u64) -> Tid {
+        Tid {
+            block: (key >> 16) as u32,
+            offset: key as u16,
+        }
+    }
+
     fn read(bytes: &[u8]) -> Tid {
         Tid {
             block: u32::from_le_bytes(bytes[0..4].try_into().unwrap()),

@@ -8,9 +8,16 @@
 //!    chosen if the old one died.
 //! 3. The dead elements are freed in place; inserts reuse them (the meta page's
 //!    insert page moves back to the first freed one), so the index does not grow.
+//! 4. Still under the update lock: live elements that only dead ones linked to (or
+//!    a group of them linking only to each other) lost their way in with the dead.
+//!    A walk of every link from the entry finds them; each gets a place in the list
+//!    of one of its nearest reachable elements, as an insert that no list took does.
+//!    A VACUUM with nothing dead to remove still walks the graph and, if it finds an
+//!    element that inserts left unreachable, relinks it the same way.
 
 use super::buffer::{self, change_pages, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap, TidSet};
+use super::insert::find_home;
 use super::page::{Layout, Meta, Tid};
 use super::UPDATE_LOCK_BLOCK;
 use m3ret_core::hnsw::{extend_neighbors, fill_nearest, search_layer, Candidate, Graph};
@@ -34,6 +41,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         let meta = buffer::read_meta(index);
         repair_links(index, &meta, &dead);
         free_elements(index, &meta, &dead);
+        relink_unreachable(index, &buffer::read_meta(index));
         unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
     }
     unsafe {
@@ -57,6 +65,14 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
         let stats = new_stats();
         let (_, live) = find_dead(index, buffer::read_meta(index).layout(), |_| false);
         unsafe { (*stats).num_index_tuples = live as f64 };
+        // Inserts keep every element reachable as far as they can see (each judges
+        // from the neighbourhood of the links it changes); what they missed is
+        // linked here, as after a bulk delete.
+        if !unreached(index, &buffer::read_meta(index)).1.is_empty() {
+            unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
+            relink_unreachable(index, &buffer::read_meta(index));
+            unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
+        }
         stats
     } else {
         stats
@@ -272,15 +288,149 @@ fn search_from_entry(
     search_layer(graph, &[start], meta.params().ef_construction, level)
 }
 
+/// Links every live element that no walk from the entry reaches (the dead are freed
+/// by now) into the list of one of its nearest reachable elements. A place given
+/// up for it may have been the last way to another element (`find_home` judges
+/// in-links from the neighbourhood only), so the walk is repeated until it finds
+/// nothing, a few rounds at most.
+fn relink_unreachable(index: pg_sys::Relation, meta: &Meta) {
+    const ROUNDS: usize = 5;
+    let mut left = 0;
+    for _ in 0..ROUNDS {
+        left = relink_round(index, meta);
+        if left == 0 {
+            return;
+        }
+    }
+    pgrx::warning!(
+        "m3ret_hnsw: VACUUM relinked unreachable elements {ROUNDS} times and still found {left}; m3ret_hnsw_check counts them, REINDEX links them"
+    );
+}
+
+/// One walk from the entry and a relink of what it missed; how many it missed.
+fn relink_round(index: pg_sys::Relation, meta: &Meta) -> usize {
+    let (layout, metric) = (meta.layout(), meta.metric());
+    let mut nblocks = buffer::block_count(index);
+    let (mut reached, missed) = unreached(index, meta);
+    for &tid in &missed {
+        if reached.contains(tid) {
+            continue; // reached through an element relinked before it
+        }
+        unsafe { pg_sys::vacuum_delay_point() };
+        let Some(Some(vector)) = buffer::with_element(index, tid, layout, &mut nblocks, |e| {
+            (!e.is_deleted()).then(|| e.vector().to_vec())
+        }) else {
+            continue;
+        };
+        let mut graph = DiskGraph::new(index, meta, vector.clone());
+        let mut nearest = search_from_entry(&mut graph, meta, 0, &TidSet::default());
+        nearest.retain(|c| c.id != tid);
+        find_home(index, layout, metric, tid, &vector, &nearest, &mut nblocks);
+        // Whatever only this element led to is reachable through it now.
+        walk_links(index, layout, tid, &mut reached, &mut nblocks);
+    }
+    missed.len()
+}
+
+/// What a walk of every link from the entry reaches, and the live elements it
+/// does not, in page order.
+fn unreached(index: pg_sys::Relation, meta: &Meta) -> (Reached, Vec<Tid>) {
+    let mut reached = Reached::default();
+    let Some((entry, _)) = meta.entry() else {
+        return (reached, Vec::new());
+    };
+    let layout = meta.layout();
+    let mut nblocks = buffer::block_count(index);
+    walk_links(index, layout, entry, &mut reached, &mut nblocks);
+    let missed = live_elements(index, layout)
+        .into_iter()
+        .filter(|&t| !reached.contains(t))
+        .collect();
+    (reached, missed)
+}
+
+/// Adds to `reached` every element a walk of the links from `from` finds.
+fn walk_links(
+    index: pg_sys::Relation,
+    layout: Layout,
+    from: Tid,
+    reached: &mut Reached,
+    nblocks: &mut u32,
+) {
+    if !reached.insert(from) {
+        return;
+    }
+    // Marked when pushed, so each element is on the stack at most once.
+    let mut stack = vec![from];
+    while let Some(tid) = stack.pop() {
+        buffer::with_element(index, tid, layout, nblocks, |e| {
+            if !e.is_deleted() {
+                for level in 0..=e.level() {
+                    stack.extend(e.neighbors(level).filter(|&n| reached.insert(n)));
+                }
+            }
+        });
+    }
+}
+
+/// A set of tids as one bit per line pointer: a walk of a large index marks every
+/// element, and a hash set would take 16 or more bytes for each.
+#[derive(Default)]
+struct Reached {
+    blocks: Vec<Vec<u64>>,
+}
+
+impl Reached {
+    /// Adds `tid`; whether it was new.
+    fn insert(&mut self, tid: Tid) -> bool {
+        let (block, word, bit) = Self::place(tid);
+        if self.blocks.len() <= block {
+            self.blocks.resize_with(block + 1, Vec::new);
+        }
+        let words = &mut self.blocks[block];
+        if words.len() <= word {
+            words.resize(word + 1, 0);
+        }
+        let new = words[word] & bit == 0;
+        words[word] |= bit;
+        new
+    }
+
+    fn contains(&self, tid: Tid) -> bool {
+        let (block, word, bit) = Self::place(tid);
+        self.blocks
+            .get(block)
+            .and_then(|w| w.get(word))
+            .is_some_and(|w| w & bit != 0)
+    }
+
+    fn place(tid: Tid) -> (usize, usize, u64) {
+        let offset = tid.offset as usize;
+        (tid.block as usize, offset / 64, 1 << (offset % 64))
+    }
+}
+
+/// Where every live element of the index is, in page order.
+fn live_elements(index: pg_sys::Relation, layout: Layout) -> Vec<Tid> {
+    let mut live = Vec::new();
+    for block in 1..buffer::block_count(index) {
+        let locked = Locked::new(index, block, Lock::Share);
+        live.extend(
+            buffer::elements_on(index, locked.page(), layout)
+                .filter(|(_, e)| !e.is_deleted())
+                .map(|(offset, _)| Tid { block, offset }),
+        );
+    }
+    live
+}
+
 /// Frees the dead elements and points inserts at the first freed page.
 fn free_elements(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
     let layout = meta.layout();
     let mut by_block: std::collections::BTreeMap<u32, Vec<u16>> = Default::default();
     for &key in dead {
-        by_block
-            .entry((key >> 16) as u32)
-            .or_default()
-            .push(key as u16);
+        let tid = Tid::from_key(key);
+        by_block.entry(tid.block).or_default().push(tid.offset);
     }
     for (&block, offsets) in &by_block {
         let locked = Locked::new(index, block, Lock::Exclusive);
