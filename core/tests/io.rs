@@ -47,9 +47,7 @@ fn split_csv(line: &str) -> Vec<String> {
 
 #[test]
 fn every_dicom_sample_reads_or_fails_cleanly() {
-    let Some(root) = common::shared_data() else {
-        return;
-    };
+    let root = common::shared_data();
     let index = std::fs::read_to_string(root.join("dicom_samples/index.csv")).unwrap();
     let mut read_ok = 0;
     for line in index.lines().skip(1) {
@@ -85,9 +83,7 @@ fn every_dicom_sample_reads_or_fails_cleanly() {
 /// JPEG Lossless pixel data is valid, and pydicom with pylibjpeg decodes it too.
 #[test]
 fn bad_sequence_file_decodes_to_the_same_hounsfield_units_as_pydicom() {
-    let Some(root) = common::shared_data() else {
-        return;
-    };
+    let root = common::shared_data();
     let v = io::read(
         &read(&root.join("dicom_samples/pydicom-data_bad_sequence.dcm")),
         &Limits::default(),
@@ -108,9 +104,7 @@ fn bad_sequence_file_decodes_to_the_same_hounsfield_units_as_pydicom() {
 
 #[test]
 fn jpeg2000_cr_monochrome1_with_voi_window() {
-    let Some(root) = common::shared_data() else {
-        return;
-    };
+    let root = common::shared_data();
     let v = io::read(
         &read(&root.join("dicom_samples/pydicom-data_RG1_J2KR.dcm")),
         &Limits::default(),
@@ -125,9 +119,7 @@ fn jpeg2000_cr_monochrome1_with_voi_window() {
 
 #[test]
 fn dicom_ct_is_in_hounsfield_units() {
-    let Some(root) = common::shared_data() else {
-        return;
-    };
+    let root = common::shared_data();
     let v = io::read(
         &read(&root.join("dicom_samples/imageio_dicom_file01.dcm")),
         &Limits::default(),
@@ -143,9 +135,7 @@ fn dicom_ct_is_in_hounsfield_units() {
 
 #[test]
 fn dicom_multiframe_palette_and_colour() {
-    let Some(root) = common::shared_data() else {
-        return;
-    };
+    let root = common::shared_data();
     let d = |f: &str| {
         io::read(
             &read(&root.join("dicom_samples").join(f)),
@@ -175,9 +165,7 @@ fn dicom_multiframe_palette_and_colour() {
 
 #[test]
 fn dicom_series_is_assembled_in_position_order() {
-    let Some(root) = common::shared_data() else {
-        return;
-    };
+    let root = common::shared_data();
     let mut files: Vec<_> =
         std::fs::read_dir(root.join("ct/body_dicom-series/totalseg_example_ct_dicom"))
             .unwrap()
@@ -213,9 +201,7 @@ fn dicom_series_is_assembled_in_position_order() {
 
 #[test]
 fn nifti_volumes_ct_air_and_label_map() {
-    let Some(root) = common::shared_data() else {
-        return;
-    };
+    let root = common::shared_data();
     let ct = io::read(
         &read(&root.join("ct/abdomen_volume/totalseg_example_ct.nii.gz")),
         &Limits::default(),
@@ -272,9 +258,6 @@ fn nifti_volumes_ct_air_and_label_map() {
 
 #[test]
 fn images_of_every_modality() {
-    let Some(_) = common::shared_data() else {
-        return;
-    };
     let cases = [
         ("xray/chest_pneumonia-pediatric", Modality::Xray, 28, 28),
         ("xray/chest_covid19", Modality::Xray, 0, 0),
@@ -284,7 +267,7 @@ fn images_of_every_modality() {
         ("mri/brain_glioma", Modality::Mri, 224, 224),
     ];
     for (dir, modality, rows, cols) in cases {
-        let file = common::corpus_files(dir, 1).unwrap().remove(0);
+        let file = common::corpus_files(dir, 1).remove(0);
         let s = study::load(&read(&file), &options(ModalityChoice::Given(modality)))
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert_eq!(s.detected.layout, Layout::Image2d);
@@ -296,9 +279,7 @@ fn images_of_every_modality() {
         assert!(s.tensor.select(1, 0).equal(&s.tensor.select(1, 3)));
     }
     // A 28 x 28 PNG is scaled up to fill 256 x 256 exactly (square: no padding).
-    let f = common::corpus_files("xray/chest_pneumonia-pediatric", 1)
-        .unwrap()
-        .remove(0);
+    let f = common::corpus_files("xray/chest_pneumonia-pediatric", 1).remove(0);
     let s = study::load(&read(&f), &options(ModalityChoice::Given(Modality::Xray))).unwrap();
     assert!(
         s.tensor.get(0).get(0).get(0).get(0).double_value(&[]) > 0.0
@@ -309,7 +290,6 @@ fn images_of_every_modality() {
 #[test]
 fn aspect_ratio_kept_and_shorter_side_padded() {
     let file = common::corpus_files("endoscopy/abdomen-laparoscopy_cholecystectomy", 2)
-        .unwrap()
         .into_iter()
         .find(|f| f.ends_with("rvim_endo.mp4"))
         .unwrap();
@@ -343,9 +323,7 @@ fn aspect_ratio_kept_and_shorter_side_padded() {
 
 #[test]
 fn mp4_frames_and_sampled_indices() {
-    let Some(root) = common::shared_data() else {
-        return;
-    };
+    let root = common::shared_data();
     let bytes = read(&root.join("ultrasound/lung_covid19/pocus_convex_Cov-Atlas-Dayp1.mp4"));
     let v = io::read(&bytes, &Limits::default()).unwrap();
     // PyAV: 33 frames of 256 x 256.
@@ -419,9 +397,7 @@ fn bad_inputs_are_clear_errors() {
         "{err}"
     );
 
-    let Some(root) = common::shared_data() else {
-        return;
-    };
+    let root = common::shared_data();
     let dcm = read(&root.join("dicom_samples/imageio_dicom_file01.dcm"));
     // Truncated in the middle of the pixel data.
     let err = io::read(&dcm[..dcm.len() / 2], &limits)
@@ -438,7 +414,7 @@ fn bad_inputs_are_clear_errors() {
     let err = io::read(&lying, &limits).unwrap_err().to_string();
     assert!(err.contains("pixel data"), "{err}");
     // A truncated PNG.
-    let png = read(&common::corpus_files("ultrasound/breast_benign", 1).unwrap()[0]);
+    let png = read(&common::corpus_files("ultrasound/breast_benign", 1)[0]);
     let err = io::read(&png[..png.len() / 3], &limits)
         .unwrap_err()
         .to_string();
@@ -545,7 +521,8 @@ fn the_direct_header_reader_agrees_with_the_parser() {
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-    if let Some(root) = common::shared_data() {
+    {
+        let root = common::shared_data();
         for e in std::fs::read_dir(root.join("dicom_samples")).unwrap() {
             let path = e.unwrap().path();
             if path.extension().is_some_and(|x| x == "dcm") {

@@ -66,7 +66,12 @@ pub fn fixture_series() -> Vec<Vec<u8>> {
 }
 
 /// `../shared/data` beside the repository, if present.
-pub fn shared_data() -> Option<std::path::PathBuf> {
+pub fn shared_data() -> std::path::PathBuf {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    dir.join("manifest.csv").exists().then_some(dir)
+    assert!(
+        dir.join("manifest.csv").exists(),
+        "the shared corpus is missing: {} has no manifest.csv (see the README)",
+        dir.display()
+    );
+    dir
 }

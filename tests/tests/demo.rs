@@ -82,7 +82,8 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
         let p = e.unwrap().path();
         std::fs::copy(&p, archive.join("ct_series").join(p.file_name().unwrap())).unwrap();
     }
-    if let Some(root) = m3ret_e2e::shared_data() {
+    {
+        let root = m3ret_e2e::shared_data();
         std::fs::create_dir_all(archive.join("samples")).unwrap();
         for e in std::fs::read_dir(root.join("dicom_samples")).unwrap() {
             let p = e.unwrap().path();
@@ -147,12 +148,7 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
         .unwrap()
         .get(0);
     // The fixture CT series is one row; the 21 corpus DICOM samples are 18 more series.
-    let expected_pacs = if m3ret_e2e::shared_data().is_some() {
-        19
-    } else {
-        1
-    };
-    assert_eq!(pacs, expected_pacs);
+    assert_eq!(pacs, 19);
     assert_eq!(studies, 6 + corpus_rows + pacs);
     assert_eq!(embedded, studies, "a study was not embedded");
     let r = c

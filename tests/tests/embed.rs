@@ -107,7 +107,8 @@ fn every_modality_embeds_as_outside_postgres() {
 fn nearest_neighbour_of_an_image_is_itself() {
     let (_db, mut c, _) = setup("embed_neighbours");
     let mut images: Vec<(String, Vec<u8>, &str)> = Vec::new();
-    if let Some(root) = m3ret_e2e::shared_data() {
+    {
+        let root = m3ret_e2e::shared_data();
         for (dir, modality, n) in [
             ("xray/chest_pneumonia-pediatric", "xray", 120),
             ("endoscopy/capsule-gi_bleeding", "endoscopy", 60),
@@ -126,15 +127,6 @@ fn nearest_neighbour_of_an_image_is_itself() {
                     modality,
                 ));
             }
-        }
-    } else {
-        eprintln!("../shared/data absent: using the committed fixtures only");
-        for (f, m) in [
-            ("pmnist_train_0000.png", "xray"),
-            ("covidrepo_0637.jpg", "xray"),
-            ("wce_img1310.jpg", "endoscopy"),
-        ] {
-            images.push((f.to_string(), fixture(f), m));
         }
     }
     c.batch_execute("CREATE TABLE images (id serial PRIMARY KEY, file text, modality text, data bytea, emb embedding(192))").unwrap();

@@ -3,27 +3,28 @@
 
 use std::path::PathBuf;
 
-/// `../shared/data` beside the repository, or None (tests then skip, saying so).
-pub fn shared_data() -> Option<PathBuf> {
+/// `../shared/data` beside the repository. A test that needs it fails without it
+/// (never passes by skipping): the README's test command expects the corpus there.
+pub fn shared_data() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    if dir.join("manifest.csv").exists() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: ../shared/data is not present");
-        None
-    }
+    assert!(
+        dir.join("manifest.csv").exists(),
+        "the shared corpus is missing: {} has no manifest.csv (see the README)",
+        dir.display()
+    );
+    dir
 }
 
 /// The first `n` files of a folder of the shared corpus, sorted by name.
-pub fn corpus_files(dir: &str, n: usize) -> Option<Vec<PathBuf>> {
-    let root = shared_data()?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
-        .ok()?
+pub fn corpus_files(dir: &str, n: usize) -> Vec<PathBuf> {
+    let folder = shared_data().join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
     files.truncate(n);
-    Some(files)
+    files
 }
 
 /// The repository's committed fixtures (always present).
