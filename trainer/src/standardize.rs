@@ -51,8 +51,9 @@ pub struct StandardizeArgs {
     /// Studies per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// Pooling of the token outputs to use (and write): cls, avg or cls+avg (default: the model's).
-    #[arg(long, value_parser = ["cls", "avg", "cls+avg"])]
+    /// Pooling of the token outputs to use (and write): cls, avg, cls+avg or grid2x2 (the
+    /// means of the four quarters of the token grid, concatenated) (default: the model's).
+    #[arg(long, value_parser = ["cls", "avg", "cls+avg", "grid2x2"])]
     pub pooling: Option<String>,
     /// Features as the mean over the last K blocks' pooled outputs (default: the model's).
     #[arg(long)]

@@ -24,6 +24,11 @@ pub enum Pooling {
     /// [CLS] concatenated with the mean of the patch tokens (SimDINO's default).
     #[serde(rename = "cls+avg")]
     ClsAvg,
+    /// The means of the patch tokens in each quarter of the image (2 x 2 regions of
+    /// the token grid, all slices or frames together), concatenated: keeps where in
+    /// the image a pattern is, which one global mean throws away.
+    #[serde(rename = "grid2x2")]
+    Grid2x2,
 }
 
 /// ViT widths, depths and head counts of the paper's presets.
@@ -205,6 +210,7 @@ impl ModelConfig {
         match self.pooling {
             Pooling::Avg | Pooling::Cls => self.encoder.width,
             Pooling::ClsAvg => 2 * self.encoder.width,
+            Pooling::Grid2x2 => 4 * self.encoder.width,
         }
     }
 

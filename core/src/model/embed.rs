@@ -140,9 +140,14 @@ impl Embedder {
                     self.config.pool_blocks as usize,
                     between_blocks,
                 );
+                let patch = self.config.encoder.patch;
+                let (_, _, s, h, w) = x.size5().expect("[B, 3, S, H, W]");
+                let grid = [s / patch[0], h / patch[1], w / patch[2]];
                 let pooled: Vec<Tensor> = outputs
                     .iter()
-                    .map(|out| l2_normalize(&pool(out, self.config.pooling).to_kind(Kind::Float)))
+                    .map(|out| {
+                        l2_normalize(&pool(out, self.config.pooling, grid).to_kind(Kind::Float))
+                    })
                     .collect();
                 let features = match pooled.len() {
                     1 => pooled[0].shallow_clone(),

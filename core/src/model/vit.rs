@@ -251,8 +251,9 @@ impl Encoder {
     }
 }
 
-/// Pools encoder outputs into one vector per input (not yet normalised).
-pub fn pool(output: &EncoderOutput, pooling: super::config::Pooling) -> Tensor {
+/// Pools encoder outputs into one vector per input (not yet normalised). `grid` is
+/// the token grid (slices, rows, columns) the patches were flattened from.
+pub fn pool(output: &EncoderOutput, pooling: super::config::Pooling, grid: [i64; 3]) -> Tensor {
     use super::config::Pooling;
     let avg = || output.patches.mean_dim(1, false, Kind::Float);
     let cls = || {
@@ -266,5 +267,52 @@ pub fn pool(output: &EncoderOutput, pooling: super::config::Pooling) -> Tensor {
         Pooling::Avg => avg(),
         Pooling::Cls => cls(),
         Pooling::ClsAvg => Tensor::cat(&[cls(), avg()], 1),
+        Pooling::Grid2x2 => {
+            let (b, _, c) = output.patches.size3().expect("[B, N, C]");
+            let [slices, rows, columns] = grid;
+            output
+                .patches
+                .to_kind(Kind::Float)
+                .reshape([b, slices, rows, columns, c])
+                .mean_dim(1, false, Kind::Float)
+                .permute([0, 3, 1, 2])
+                .adaptive_avg_pool2d([2, 2])
+                .reshape([b, 4 * c])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Pooling;
+
+    /// Tokens of two inputs of 2 slices x 4 x 6 patches, 5 channels.
+    fn output() -> EncoderOutput {
+        tch::manual_seed(3);
+        EncoderOutput {
+            cls: None,
+            patches: Tensor::randn([2, 2 * 4 * 6, 5], (Kind::Float, tch::Device::Cpu)),
+        }
+    }
+
+    #[test]
+    fn grid_pooling_is_the_mean_of_each_quarter() {
+        let out = output();
+        let grid = pool(&out, Pooling::Grid2x2, [2, 4, 6]);
+        assert_eq!(grid.size(), [2, 4 * 5]);
+        // The top-left quarter: rows 0-1, columns 0-2, of both slices.
+        let tokens = out.patches.reshape([2, 2, 4, 6, 5]);
+        let top_left =
+            tokens
+                .narrow(2, 0, 2)
+                .narrow(3, 0, 3)
+                .mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
+        let first = grid.reshape([2, 5, 4]).select(2, 0);
+        assert!(f64::try_from((first - top_left).abs().max()).unwrap() < 1e-6);
+        // The four quarters are equal in size: their mean is the global mean.
+        let avg = pool(&out, Pooling::Avg, [2, 4, 6]);
+        let mean_of_quarters = grid.reshape([2, 5, 4]).mean_dim(2, false, Kind::Float);
+        assert!(f64::try_from((mean_of_quarters - avg).abs().max()).unwrap() < 1e-6);
     }
 }
