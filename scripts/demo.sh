@@ -32,7 +32,8 @@ as_pg "$BIN/pg_ctl" -D "$DEMO_DIR/data" -l "$DEMO_DIR/server.log" start -w >/dev
 # the development corpus when it is present beside the repository.
 MODEL="$PWD/models/m3ret-default.safetensors"
 CORPUS_CSV="$DEMO_DIR/corpus.csv"
-python3 scripts/demo_corpus.py ../shared/data "$CORPUS_CSV" "${M3RET_DEMO_PER_CLASS:-8}"
+SHARED_DATA="${M3RET_SHARED_DATA:-../shared/data}"
+python3 scripts/demo_corpus.py "$SHARED_DATA" "$CORPUS_CSV" "${M3RET_DEMO_PER_CLASS:-8}"
 [ "$(id -u)" = 0 ] && chown postgres:postgres "$CORPUS_CSV"
 
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
@@ -46,7 +47,7 @@ cargo build -q --release -p m3ret-load
 ARCHIVE="$DEMO_DIR/archive"
 rm -rf "$ARCHIVE" && mkdir -p "$ARCHIVE/ct_series"
 cp fixtures/ct_series/*.dcm "$ARCHIVE/ct_series/"
-[ -d ../shared/data/dicom_samples ] && cp -r ../shared/data/dicom_samples "$ARCHIVE/samples"
+[ -d "$SHARED_DATA/dicom_samples" ] && cp -r "$SHARED_DATA/dicom_samples" "$ARCHIVE/samples"
 echo "== m3ret-load $ARCHIVE --table pacs --embed"
 "${CARGO_TARGET_DIR:-target}/release/m3ret-load" "$ARCHIVE" --table pacs --embed \
   --db "host=127.0.0.1 port=$PORT user=postgres dbname=m3ret_demo" --rejects "$DEMO_DIR/rejects.csv"

@@ -91,8 +91,18 @@ impl Cluster {
     /// its own. The primary's default settings allow it (wal_level replica, trust
     /// for replication from loopback).
     pub fn standby_of(primary: &Cluster) -> Cluster {
+        Self::from_base_backup(primary, true)
+    }
+
+    /// A base backup of `primary` (WAL streamed during the backup) restored as a
+    /// cluster of its own: it replays that WAL when it starts, as a restore would.
+    pub fn restored_from_base_backup(primary: &Cluster) -> Cluster {
+        Self::from_base_backup(primary, false)
+    }
+
+    fn from_base_backup(primary: &Cluster, as_standby: bool) -> Cluster {
         let dir = tempfile::Builder::new()
-            .prefix("m3ret-standby-")
+            .prefix("m3ret-backup-")
             .tempdir()
             .expect("temp dir");
         let standby = Cluster {
@@ -102,25 +112,26 @@ impl Cluster {
         };
         give_to_postgres(standby.dir.path());
         let port = primary.port.to_string();
-        standby.run_as_postgres(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-D",
-                path_str(&standby.data_dir()),
-                "-R",
-                "-X",
-                "stream",
-                "--checkpoint=fast",
-                "--no-sync",
-            ],
-        );
-        // Later lines win: the standby's own port and socket directory.
+        let data_dir = standby.data_dir();
+        let mut args = vec![
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-D",
+            path_str(&data_dir),
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--no-sync",
+        ];
+        if as_standby {
+            args.push("-R");
+        }
+        standby.run_as_postgres("pg_basebackup", &args);
+        // Later lines win: the copy's own port and socket directory.
         let conf_path = standby.data_dir().join("postgresql.conf");
         let mut conf = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
         conf.push_str(&format!(
@@ -183,6 +194,11 @@ impl Cluster {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// A path in this cluster's own folder (owned by `postgres`), for files such as dumps.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -295,7 +311,9 @@ impl Cluster {
         }
     }
 
-    fn run_as_postgres(&self, program: &str, args: &[&str]) {
+    /// Runs a PostgreSQL program (pg_dump, pg_restore, ...) as the `postgres` user in
+    /// this cluster's folder, failing with its stderr unless it succeeds.
+    pub fn run_as_postgres(&self, program: &str, args: &[&str]) {
         let out = self
             .postgres_command(program, args)
             .output()

@@ -65,9 +65,13 @@ pub fn fixture_series() -> Vec<Vec<u8>> {
     files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
 
-/// `../shared/data` beside the repository, if present.
+/// The shared corpus: `$M3RET_SHARED_DATA`, else `../shared/data` beside the
+/// repository. A test that needs it fails without it (never passes by skipping).
 pub fn shared_data() -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let dir = match std::env::var_os("M3RET_SHARED_DATA") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+    };
     assert!(
         dir.join("manifest.csv").exists(),
         "the shared corpus is missing: {} has no manifest.csv (see the README)",

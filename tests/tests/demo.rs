@@ -33,7 +33,7 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
     let corpus = dir.path().join("corpus.csv");
     let status = Command::new("python3")
         .arg(repo().join("scripts/demo_corpus.py"))
-        .arg(repo().join("../shared/data"))
+        .arg(m3ret_e2e::shared_data())
         .arg(&corpus)
         .arg("2")
         .status()

@@ -3,10 +3,13 @@
 
 use std::path::PathBuf;
 
-/// `../shared/data` beside the repository. A test that needs it fails without it
-/// (never passes by skipping): the README's test command expects the corpus there.
+/// The shared corpus: `$M3RET_SHARED_DATA`, else `../shared/data` beside the
+/// repository. A test that needs it fails without it (never passes by skipping).
 pub fn shared_data() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let dir = match std::env::var_os("M3RET_SHARED_DATA") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+    };
     assert!(
         dir.join("manifest.csv").exists(),
         "the shared corpus is missing: {} has no manifest.csv (see the README)",
