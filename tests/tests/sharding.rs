@@ -1,0 +1,186 @@
+//! Sharding on PostgreSQL's own engine: a coordinator holds a table partitioned by
+//! hash whose partitions are postgres_fdw foreign tables on two shard servers, each
+//! partition with its own `m3ret_hnsw` index. With `extensions 'm3ret'` on the
+//! servers, postgres_fdw may ship `<=>` and `embedding` values: every shard sorts its
+//! own rows by distance and the coordinator merges them (a Merge Append under the
+//! LIMIT), so `ORDER BY emb <=> q LIMIT 10` gives the exact top 10 of all shards.
+//! The LIMIT itself reaches the shards only when each partition is queried in a
+//! subquery of its own (the second form below), so that each uses its index.
+
+use m3ret_core::vector::synthetic::Clustered;
+use m3ret_e2e::wire::literal;
+use m3ret_e2e::Cluster;
+use postgres::Client;
+use std::io::Write;
+
+const DIMS: usize = 32;
+const SHARDS: usize = 2;
+const ROWS: usize = 2_000;
+
+fn vectors() -> Vec<Vec<f32>> {
+    Clustered::new(DIMS, 10).vectors(ROWS, 31)
+}
+
+fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    1.0 - dot / (norm(a) * norm(b))
+}
+
+/// The exact ten nearest ids by cosine distance.
+fn exact_top10(rows: &[Vec<f32>], q: &[f32]) -> Vec<i32> {
+    let mut by_distance: Vec<(f64, i32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (cosine_distance(q, v), i as i32))
+        .collect();
+    by_distance.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_distance.iter().take(10).map(|&(_, id)| id).collect()
+}
+
+/// One shard: a database with the extension and its partition's table and index.
+/// Searches there are wide enough to be exact, so the merged top 10 must be.
+fn shard(cluster: &Cluster, i: usize) {
+    let db = cluster.database("warehouse");
+    db.connect()
+        .batch_execute(&format!(
+            "CREATE TABLE studies_p{i} (id int PRIMARY KEY, emb embedding({DIMS}));
+             CREATE INDEX studies_p{i}_idx ON studies_p{i} USING m3ret_hnsw (emb);
+             ALTER DATABASE warehouse SET m3ret.ef_search = 400"
+        ))
+        .unwrap();
+}
+
+/// The coordinator's partitioned table over the shards.
+fn coordinator(c: &mut Client, shards: &[Cluster]) {
+    c.batch_execute(&format!(
+        "CREATE EXTENSION postgres_fdw;
+         CREATE TABLE studies (id int, emb embedding({DIMS})) PARTITION BY HASH (id);"
+    ))
+    .unwrap();
+    for (i, shard) in shards.iter().enumerate() {
+        c.batch_execute(&format!(
+            "CREATE SERVER shard{i} FOREIGN DATA WRAPPER postgres_fdw
+                 OPTIONS (host '127.0.0.1', port '{port}', dbname 'warehouse', extensions 'm3ret');
+             CREATE USER MAPPING FOR CURRENT_USER SERVER shard{i} OPTIONS (user 'postgres');
+             CREATE FOREIGN TABLE studies_p{i} PARTITION OF studies
+                 FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {i})
+                 SERVER shard{i} OPTIONS (table_name 'studies_p{i}');",
+            port = shard.port()
+        ))
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_coordinator_over_fdw_shards_returns_the_exact_top_10() {
+    let shards: Vec<Cluster> = (0..SHARDS).map(|_| Cluster::start(&[])).collect();
+    for (i, cluster) in shards.iter().enumerate() {
+        shard(cluster, i);
+    }
+    let head = Cluster::start(&[]);
+    let mut c = head.database("warehouse").connect();
+    coordinator(&mut c, &shards);
+
+    // Rows go in through the coordinator, routed to their shard by the hash of the id.
+    let rows = vectors();
+    let mut w = c.copy_in("COPY studies (id, emb) FROM STDIN").unwrap();
+    for (i, v) in rows.iter().enumerate() {
+        writeln!(w, "{i}\t{}", literal(v)).unwrap();
+    }
+    w.finish().unwrap();
+    let mut held = 0;
+    for (i, cluster) in shards.iter().enumerate() {
+        let n: i64 = cluster
+            .existing_database("warehouse")
+            .connect()
+            .query_one(&format!("SELECT count(*) FROM studies_p{i}"), &[])
+            .unwrap()
+            .get(0);
+        assert!(n > 0, "shard {i} holds no row");
+        held += n;
+    }
+    assert_eq!(held, ROWS as i64);
+
+    let query = "SELECT id FROM studies ORDER BY emb <=> $1::text::embedding LIMIT 10";
+    for q in rows.iter().step_by(100) {
+        let found: Vec<i32> = c
+            .query(query, &[&literal(q)])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(found, exact_top10(&rows, q));
+    }
+
+    // The distance sort runs on the shards: each remote query orders by `<=>`.
+    let plan: Vec<String> = c
+        .query(
+            &format!(
+                "EXPLAIN (VERBOSE, COSTS OFF) SELECT id FROM studies ORDER BY emb <=> '{}' LIMIT 10",
+                literal(&rows[0])
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let remote: Vec<&String> = plan.iter().filter(|l| l.contains("Remote SQL")).collect();
+    assert_eq!(remote.len(), SHARDS, "{plan:#?}");
+    assert!(
+        remote
+            .iter()
+            .all(|l| l.contains("ORDER BY") && l.contains("<=>")),
+        "a shard does not sort by distance itself: {plan:#?}"
+    );
+    assert!(plan.iter().any(|l| l.contains("Merge Append")), "{plan:#?}");
+    // postgres_fdw sends no LIMIT through a Merge Append, so each shard above sorts
+    // all its rows. One subquery per partition, each with its own LIMIT, ships the
+    // LIMIT too, so each shard can answer from its index; the answers are the same.
+    let per_shard = (0..SHARDS)
+        .map(|i| {
+            format!(
+                "(SELECT id, emb <=> $1::text::embedding AS d FROM studies_p{i} ORDER BY d LIMIT 10)"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let per_shard = format!("SELECT id FROM ({per_shard}) AS nearest ORDER BY d LIMIT 10");
+    for q in rows.iter().step_by(100) {
+        let found: Vec<i32> = c
+            .query(&per_shard, &[&literal(q)])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(found, exact_top10(&rows, q));
+    }
+    let plan: Vec<String> = c
+        .query(
+            &format!(
+                "EXPLAIN (VERBOSE, COSTS OFF) {}",
+                per_shard.replace("$1::text", &format!("'{}'", literal(&rows[0])))
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let remote: Vec<&String> = plan.iter().filter(|l| l.contains("Remote SQL")).collect();
+    assert_eq!(remote.len(), SHARDS, "{plan:#?}");
+    assert!(
+        remote
+            .iter()
+            .all(|l| l.contains("ORDER BY") && l.contains("LIMIT 10")),
+        "a shard was not sent its LIMIT: {plan:#?}"
+    );
+    for cluster in shards.iter().chain([&head]) {
+        cluster.assert_no_backend_crashed();
+    }
+}
