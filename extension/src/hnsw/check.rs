@@ -154,6 +154,11 @@ fn read_all(index: pg_sys::Relation, layout: Layout, f: &mut Findings) -> TidMap
     let mut elements = TidMap::default();
     for block in 1..buffer::block_count(index) {
         let locked = Locked::new(index, block, Lock::Share);
+        // A page the index was extended by when a crash came, before its first WAL
+        // record: all zeros, holding nothing (inserts and VACUUM pass it by).
+        if unsafe { pg_sys::PageIsNew(locked.page()) } {
+            continue;
+        }
         let special =
             unsafe { &*(pg_sys::PageGetSpecialPointer(locked.page()) as *const page::Special) };
         if special.page_id != page::PAGE_ID {
