@@ -42,6 +42,36 @@ fn exact_top10(rows: &[Vec<f32>], q: &[f32]) -> Vec<i32> {
     by_distance.iter().take(10).map(|&(_, id)| id).collect()
 }
 
+/// The ids a query with the vector `q` as `$1` returns, in order.
+fn ids(c: &mut Client, sql: &str, q: &[f32]) -> Vec<i32> {
+    c.query(sql, &[&literal(q)])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// EXPLAIN VERBOSE of `sql` with `q` in place of `$1::text`: every line, and the
+/// Remote SQL lines among them.
+fn plan(c: &mut Client, sql: &str, q: &[f32]) -> (Vec<String>, Vec<String>) {
+    let explain = format!(
+        "EXPLAIN (VERBOSE, COSTS OFF) {}",
+        sql.replace("$1::text", &format!("'{}'", literal(q)))
+    );
+    let lines: Vec<String> = c
+        .query(&explain, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let remote = lines
+        .iter()
+        .filter(|l| l.contains("Remote SQL"))
+        .cloned()
+        .collect();
+    (lines, remote)
+}
+
 /// One shard: a database with the extension and its partition's table and index.
 /// Searches there are wide enough to be exact, so the merged top 10 must be.
 fn shard(cluster: &Cluster, i: usize) {
@@ -108,37 +138,22 @@ fn a_coordinator_over_fdw_shards_returns_the_exact_top_10() {
 
     let query = "SELECT id FROM studies ORDER BY emb <=> $1::text::embedding LIMIT 10";
     for q in rows.iter().step_by(100) {
-        let found: Vec<i32> = c
-            .query(query, &[&literal(q)])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert_eq!(found, exact_top10(&rows, q));
+        assert_eq!(ids(&mut c, query, q), exact_top10(&rows, q));
     }
 
     // The distance sort runs on the shards: each remote query orders by `<=>`.
-    let plan: Vec<String> = c
-        .query(
-            &format!(
-                "EXPLAIN (VERBOSE, COSTS OFF) SELECT id FROM studies ORDER BY emb <=> '{}' LIMIT 10",
-                literal(&rows[0])
-            ),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let remote: Vec<&String> = plan.iter().filter(|l| l.contains("Remote SQL")).collect();
-    assert_eq!(remote.len(), SHARDS, "{plan:#?}");
+    let (plan_lines, remote) = plan(&mut c, query, &rows[0]);
+    assert_eq!(remote.len(), SHARDS, "{plan_lines:#?}");
     assert!(
         remote
             .iter()
             .all(|l| l.contains("ORDER BY") && l.contains("<=>")),
-        "a shard does not sort by distance itself: {plan:#?}"
+        "a shard does not sort by distance itself: {plan_lines:#?}"
     );
-    assert!(plan.iter().any(|l| l.contains("Merge Append")), "{plan:#?}");
+    assert!(
+        plan_lines.iter().any(|l| l.contains("Merge Append")),
+        "{plan_lines:#?}"
+    );
     // postgres_fdw sends no LIMIT through a Merge Append, so each shard above sorts
     // all its rows. One subquery per partition, each with its own LIMIT, ships the
     // LIMIT too, so each shard can answer from its index; the answers are the same.
@@ -152,33 +167,15 @@ fn a_coordinator_over_fdw_shards_returns_the_exact_top_10() {
         .join(" UNION ALL ");
     let per_shard = format!("SELECT id FROM ({per_shard}) AS nearest ORDER BY d LIMIT 10");
     for q in rows.iter().step_by(100) {
-        let found: Vec<i32> = c
-            .query(&per_shard, &[&literal(q)])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert_eq!(found, exact_top10(&rows, q));
+        assert_eq!(ids(&mut c, &per_shard, q), exact_top10(&rows, q));
     }
-    let plan: Vec<String> = c
-        .query(
-            &format!(
-                "EXPLAIN (VERBOSE, COSTS OFF) {}",
-                per_shard.replace("$1::text", &format!("'{}'", literal(&rows[0])))
-            ),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let remote: Vec<&String> = plan.iter().filter(|l| l.contains("Remote SQL")).collect();
-    assert_eq!(remote.len(), SHARDS, "{plan:#?}");
+    let (plan_lines, remote) = plan(&mut c, &per_shard, &rows[0]);
+    assert_eq!(remote.len(), SHARDS, "{plan_lines:#?}");
     assert!(
         remote
             .iter()
             .all(|l| l.contains("ORDER BY") && l.contains("LIMIT 10")),
-        "a shard was not sent its LIMIT: {plan:#?}"
+        "a shard was not sent its LIMIT: {plan_lines:#?}"
     );
     for cluster in shards.iter().chain([&head]) {
         cluster.assert_no_backend_crashed();
