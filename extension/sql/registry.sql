@@ -25,9 +25,13 @@ CREATE UNIQUE INDEX m3ret_models_one_default ON m3ret_models ((true)) WHERE is_d
 COMMENT ON TABLE m3ret_models IS 'm3ret model versions: immutable; import with m3ret_model_import, list with m3ret_model_list';
 SELECT pg_catalog.pg_extension_config_dump('m3ret_models', '');
 
+-- Weights are sensitive (a model trained on patients' images can leak them): only
+-- superusers and m3ret_admin read that column. Everyone may still embed: the
+-- extension reads the weights with the table owner's rights (registry.rs).
 REVOKE ALL ON m3ret_models FROM PUBLIC;
-GRANT SELECT ON m3ret_models TO PUBLIC;
-GRANT INSERT, UPDATE, DELETE ON m3ret_models TO m3ret_admin;
+GRANT SELECT (name, version, sha256, config, dims, created_at, created_by, is_default)
+    ON m3ret_models TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON m3ret_models TO m3ret_admin;
 
 CREATE VIEW m3ret_model_list AS
     SELECT name, version, name || '@' || version AS model, sha256, dims,

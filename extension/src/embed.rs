@@ -9,18 +9,23 @@ use crate::bytea_array::elements;
 use crate::embedding::Embedding;
 use crate::error::raise;
 use crate::runtime;
+use crate::server_client::{self, Embedded};
 use m3ret_core::modality::ModalityChoice;
 use m3ret_core::model::Embedder;
 use m3ret_core::study::{self, Study, StudyOptions};
+use m3ret_server::protocol::Form;
 use pgrx::datum::Array;
 use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::prelude::*;
 
 fn options(modality: &str, embedder: &Embedder) -> StudyOptions {
-    let choice = ModalityChoice::parse(modality)
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e));
     // The model says what input it was trained on (image size, slices, frames).
-    StudyOptions::for_input(choice, &embedder.config.input)
+    StudyOptions::for_input(modality_choice(modality), &embedder.config.input)
+}
+
+fn modality_choice(modality: &str) -> ModalityChoice {
+    ModalityChoice::parse(modality)
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e))
 }
 
 fn study_error(what: &str, e: impl std::fmt::Display) -> ! {
@@ -28,6 +33,48 @@ fn study_error(what: &str, e: impl std::fmt::Display) -> ! {
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         format!("{what}: {e}"),
     )
+}
+
+/// A study that could not be read: its 0-based position among the buffers, and why.
+struct Unreadable(usize, String);
+
+/// Embeds the studies `buffers` make (`form` says how) with `model`, in the model
+/// server or in this backend as m3ret.inference says. Both give the same vectors
+/// and the same errors.
+fn embed(
+    model: Option<&str>,
+    modality: &str,
+    form: Form,
+    buffers: &[&[u8]],
+) -> Result<Vec<Vec<f32>>, Unreadable> {
+    if runtime::uses_server() {
+        modality_choice(modality);
+        let model = crate::registry::resolve(model);
+        return match server_client::embed(&model, modality, form, buffers) {
+            Embedded::Vectors(v) => Ok(v),
+            Embedded::BadStudy { index, error } => Err(Unreadable(index, error)),
+        };
+    }
+    let (_, embedder) = runtime::embedder(model);
+    let options = options(modality, &embedder);
+    let studies = match form {
+        Form::One => {
+            vec![study::load(buffers[0], &options).map_err(|e| Unreadable(0, e.to_string()))?]
+        }
+        Form::Series => {
+            vec![study::load_buffers(buffers, &options).map_err(|e| Unreadable(0, e.to_string()))?]
+        }
+        Form::Batch => {
+            let mut studies = Vec::with_capacity(buffers.len());
+            for (i, bytes) in buffers.iter().enumerate() {
+                pgrx::check_for_interrupts!();
+                studies
+                    .push(study::load(bytes, &options).map_err(|e| Unreadable(i, e.to_string()))?);
+            }
+            studies
+        }
+    };
+    Ok(embed_studies(&embedder, &studies))
 }
 
 /// Runs the model over studies, checking for cancellation between transformer blocks.
@@ -46,10 +93,10 @@ fn embed_studies(embedder: &Embedder, studies: &[Study]) -> Vec<Vec<f32>> {
 }
 
 fn embed_one(data: &[u8], modality: &str, model: Option<&str>) -> Embedding {
-    let (_, embedder) = runtime::embedder(model);
-    let study = study::load(data, &options(modality, &embedder))
-        .unwrap_or_else(|e| study_error("cannot read the study", e));
-    Embedding(embed_studies(&embedder, &[study]).remove(0))
+    match embed(model, modality, Form::One, &[data]) {
+        Ok(mut v) => Embedding(v.remove(0)),
+        Err(Unreadable(_, e)) => study_error("cannot read the study", e),
+    }
 }
 
 /// The embedding of one study: a DICOM object, a NIfTI volume, a PNG or JPEG image,
@@ -76,10 +123,10 @@ fn m3ret_embed_series(
 ) -> Option<Embedding> {
     let (data, modality) = (data?, modality?);
     let buffers = elements(data.iter(), "series");
-    let (_, embedder) = runtime::embedder(model);
-    let study = study::load_buffers(&buffers, &options(modality, &embedder))
-        .unwrap_or_else(|e| study_error("cannot read the series", e));
-    Some(Embedding(embed_studies(&embedder, &[study]).remove(0)))
+    match embed(model, modality, Form::Series, &buffers) {
+        Ok(mut v) => Some(Embedding(v.remove(0))),
+        Err(Unreadable(_, e)) => study_error("cannot read the series", e),
+    }
 }
 
 /// As m3ret_embed with an explicit `name@version`: IMMUTABLE (model versions never
@@ -104,8 +151,9 @@ fn m3ret_embed_batch(
     modality: &str,
     model: default!(Option<&str>, "NULL"),
 ) -> TableIterator<'static, (name!(ord, i32), name!(embedding, Embedding))> {
-    let (_, embedder) = runtime::embedder(model);
-    let options = options(modality, &embedder);
+    // Bad arguments are errors even when every element is NULL.
+    modality_choice(modality);
+    crate::registry::resolve(model);
     let items: Vec<(usize, &[u8])> = data
         .iter()
         .enumerate()
@@ -113,25 +161,24 @@ fn m3ret_embed_batch(
         .collect();
     let chunk = crate::settings::BATCH_SIZE.get().max(1) as usize;
     let mut rows = Vec::with_capacity(items.len());
-    // Read a chunk, embed it, go on: memory stays at one chunk of canonical tensors.
+    // A chunk at a time: memory stays at one chunk of decoded studies.
     for part in items.chunks(chunk) {
-        let mut studies = Vec::with_capacity(part.len());
-        for (ord, bytes) in part {
-            pgrx::check_for_interrupts!();
-            studies.push(
-                study::load(bytes, &options)
-                    .unwrap_or_else(|e| study_error(&format!("cannot read study {ord}"), e)),
-            );
-        }
-        for ((ord, _), emb) in part.iter().zip(embed_studies(&embedder, &studies)) {
-            rows.push((*ord as i32, Embedding(emb)));
+        let buffers: Vec<&[u8]> = part.iter().map(|(_, b)| *b).collect();
+        match embed(model, modality, Form::Batch, &buffers) {
+            Ok(vectors) => {
+                for ((ord, _), emb) in part.iter().zip(vectors) {
+                    rows.push((*ord as i32, Embedding(emb)));
+                }
+            }
+            Err(Unreadable(i, e)) => study_error(&format!("cannot read study {}", part[i].0), e),
         }
     }
     TableIterator::new(rows)
 }
 
-/// libtorch version, CUDA availability, the device in use, and the models this
-/// backend has loaded.
+/// Where models run (m3ret.inference) and, in server mode, the model server's state
+/// (pid, device, uptime, restarts, models, requests, batches, queue wait); libtorch
+/// version, CUDA availability and the models this backend has loaded otherwise.
 #[pg_extern(volatile)]
 fn m3ret_runtime_info() -> pgrx::JsonB {
     pgrx::JsonB(runtime::info())

@@ -2,8 +2,11 @@
 //!
 //! - `embedding/`: the `embedding(dim)` type, its operators and casts
 //!   (on-disk and binary layout identical to pgvector's `vector`);
-//! - `embed.rs`: `m3ret_embed` and friends; `runtime.rs`: libtorch and the per-backend
-//!   model cache; `registry.rs` (+ sql/registry.sql): models stored in the database;
+//! - `embed.rs`: `m3ret_embed` and friends; `runtime.rs`: where models run (the
+//!   model server or this backend) and the per-backend model cache;
+//!   `server_client.rs`: a backend's side of the model server; `server_worker.rs`:
+//!   the background worker that starts and supervises it;
+//! - `registry.rs` (+ sql/registry.sql): models stored in the database;
 //! - `hnsw/` (+ sql/hnsw.sql): the `m3ret_hnsw` index access method;
 //! - `study_info.rs`: `m3ret_dicom_meta` and `m3ret_study_info` (what a file is);
 //! - `settings.rs`: the `m3ret.*` settings.
@@ -21,15 +24,19 @@ mod error;
 mod hnsw;
 mod registry;
 mod runtime;
+mod server_client;
+mod server_worker;
 mod settings;
 mod study_info;
 
-/// Registers the settings. Deliberately nothing else: no libtorch call may happen
-/// here (the postmaster may load the library before forking backends).
+/// Registers the settings and, when preloaded, the model server's supervising
+/// worker. No libtorch call may happen here (the postmaster may load the library
+/// before forking backends).
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     hnsw::options::register();
+    server_worker::register();
 }
 
 // The type, its I/O functions, operators and casts, written as SQL by hand so that

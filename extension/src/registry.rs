@@ -84,8 +84,64 @@ pub fn resolve(model: Option<&str>) -> ModelRef {
     }
 }
 
-/// The weights of a model version.
+/// Runs as the owner of `m3ret_models` until dropped, as PostgreSQL does for its own
+/// internal queries (SECURITY_LOCAL_USERID_CHANGE): the caller may embed without
+/// being allowed to read the weights column. Dropped on unwind too; an ERROR's
+/// transaction abort would restore the user as well.
+struct AsRegistryOwner {
+    user: pg_sys::Oid,
+    context: i32,
+}
+
+impl AsRegistryOwner {
+    fn begin() -> AsRegistryOwner {
+        let owner = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT relowner FROM pg_class WHERE oid = 'm3ret_models'::regclass",
+                    Some(1),
+                    &[],
+                )?
+                .first()
+                .get_one::<pg_sys::Oid>()
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "m3ret_models has no owner: is the extension installed in this database?",
+            )
+        });
+        let (mut user, mut context) = (pg_sys::Oid::INVALID, 0);
+        // SAFETY: plain reads and writes of the backend's current user, on its one thread.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+        }
+        AsRegistryOwner { user, context }
+    }
+}
+
+impl Drop for AsRegistryOwner {
+    fn drop(&mut self) {
+        // SAFETY: as in begin().
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
+    }
+}
+
+/// The weights of a model version, read with the registry owner's rights.
 pub fn weights(model: &ModelRef) -> Vec<u8> {
+    let owner = AsRegistryOwner::begin();
+    let weights = weights_as_current_user(model);
+    drop(owner);
+    weights
+}
+
+fn weights_as_current_user(model: &ModelRef) -> Vec<u8> {
     Spi::connect(|client| {
         client
             .select(

@@ -1,10 +1,12 @@
-//! libtorch inside a backend: initialised on first use (never in `_PG_init`: CUDA
-//! cannot survive the postmaster's fork), models loaded once per backend and kept
-//! in a small least-recently-used cache keyed by the model file's sha256.
+//! Where models run. In server mode (m3ret.inference), in the model server
+//! (`server_client.rs`, `server_worker.rs`). In backend mode, libtorch inside this
+//! backend: initialised on first use (never in `_PG_init`: CUDA cannot survive the
+//! postmaster's fork), models loaded once per backend and kept in a small
+//! least-recently-used cache keyed by the model file's sha256.
 
 use crate::error::raise;
 use crate::registry::{self, ModelRef};
-use crate::settings;
+use crate::settings::{self, Inference};
 use m3ret_core::model::{parse_device, Embedder};
 use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use std::cell::RefCell;
@@ -29,6 +31,15 @@ struct Runtime {
 thread_local! {
     // A backend runs one query at a time on one thread: no locking needed.
     static RUNTIME: RefCell<Runtime> = RefCell::new(Runtime::default());
+}
+
+/// Whether this call runs models in the model server (else in this backend).
+pub fn uses_server() -> bool {
+    match settings::INFERENCE.get() {
+        Inference::Server => true,
+        Inference::Backend => false,
+        Inference::Auto => crate::server_worker::registered(),
+    }
 }
 
 fn device_setting() -> String {
@@ -105,6 +116,28 @@ fn iso(t: SystemTime) -> String {
 
 /// What `m3ret_runtime_info()` reports.
 pub fn info() -> serde_json::Value {
+    let mut info = serde_json::json!({
+        "m3ret": env!("CARGO_PKG_VERSION"),
+        "inference": if uses_server() { "server" } else { "backend" },
+        "inference_setting": format!("{:?}", settings::INFERENCE.get()).to_lowercase(),
+        "server_registered": crate::server_worker::registered(),
+    });
+    let extra = if uses_server() {
+        // The server's device and models; this backend runs no libtorch at all
+        // (asking libtorch for CUDA devices here would initialise CUDA in it).
+        let server =
+            crate::server_client::status().unwrap_or_else(|e| serde_json::json!({ "error": e }));
+        serde_json::json!({ "server": server })
+    } else {
+        backend_info()
+    };
+    if let (Some(info), serde_json::Value::Object(extra)) = (info.as_object_mut(), extra) {
+        info.extend(extra);
+    }
+    info
+}
+
+fn backend_info() -> serde_json::Value {
     let device_name = device_setting();
     let devices = m3ret_core::runtime::cuda_device_count();
     let device = match parse_device(&device_name) {
@@ -113,7 +146,6 @@ pub fn info() -> serde_json::Value {
     };
     RUNTIME.with_borrow(|rt| {
         serde_json::json!({
-            "m3ret": env!("CARGO_PKG_VERSION"),
             "torch": m3ret_core::runtime::TORCH_VERSION,
             "cuda_available": devices > 0,
             "cuda_devices": devices,

@@ -1,7 +1,21 @@
 //! The `m3ret.*` settings. Registered in `_PG_init`, which touches no libtorch API.
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
+
+/// Where `m3ret_embed` runs models.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Inference {
+    /// The model server when the library was preloaded, else this backend.
+    #[name = c"auto"]
+    Auto,
+    /// The model server (an ERROR when it does not answer).
+    #[name = c"server"]
+    Server,
+    /// This backend: libtorch and the models loaded in the session's own process.
+    #[name = c"backend"]
+    Backend,
+}
 
 pub static DEVICE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"auto"));
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
@@ -11,8 +25,14 @@ pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(40);
 pub static ITERATIVE_SCAN: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+pub static INFERENCE: GucSetting<Inference> = GucSetting::<Inference>::new(Inference::Auto);
+pub static BATCH_WAIT_MS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static SERVER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static SERVER_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
+pub static SERVER_CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 pub fn register() {
+    register_server();
     GucRegistry::define_string_guc(
         c"m3ret.device",
         c"Device m3ret runs models on: auto, cpu, cuda or cuda:N.",
@@ -85,6 +105,68 @@ pub fn register() {
         1,
         i32::MAX,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// The model server's settings. Those the supervising worker hands the server when
+/// it starts it are set in postgresql.conf (a restart applies them); PostgreSQL
+/// allows such settings only while the library is being preloaded, so without
+/// preloading (and without a server) they do not exist.
+fn register_server() {
+    // SAFETY: a plain read of a flag the postmaster sets while loading libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        register_server_start();
+    }
+    GucRegistry::define_enum_guc(
+        c"m3ret.inference",
+        c"Where m3ret_embed runs models: auto, server or backend.",
+        c"server: the model server the extension starts when it is in shared_preload_libraries (one libtorch and one copy of each model for all sessions, batches across sessions, crashes isolated); backend: this session's own process; auto: server when preloaded, else backend.",
+        &INFERENCE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"m3ret.server_timeout",
+        c"Longest wait for the model server's answer to one request.",
+        c"Past it the statement ends with an ERROR. Cancellation and statement_timeout end the wait at once.",
+        &SERVER_TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"m3ret.server_connect_timeout",
+        c"Longest wait for the model server to accept a connection.",
+        c"Covers a server that is being restarted after a crash; past it the statement ends with an ERROR saying the server is not running.",
+        &SERVER_CONNECT_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+}
+
+fn register_server_start() {
+    GucRegistry::define_int_guc(
+        c"m3ret.batch_wait_ms",
+        c"How long the model server waits to gather requests into one forward pass.",
+        c"The first request of a batch waits at most this long for others (or until m3ret.batch_size studies are in). Read when the server starts.",
+        &BATCH_WAIT_MS,
+        0,
+        60_000,
+        GucContext::Postmaster,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"m3ret.server_threads",
+        c"libtorch threads of the model server (0: one per CPU core).",
+        c"Read when the server starts.",
+        &SERVER_THREADS,
+        0,
+        1024,
+        GucContext::Postmaster,
         GucFlags::default(),
     );
 }

@@ -310,12 +310,43 @@ fn only_admins_import_and_read_files() {
     };
     let mut alice = connect("alice");
     let png = fixture("pmnist_train_0000.png");
-    // Everyone may embed.
+    // Everyone may embed, though only admins may read the weights (a model trained
+    // on patients' images can leak them): the extension reads them with the
+    // registry owner's rights, and gives alice her own rights back afterwards.
     let v: Vector = alice
         .query_one("SELECT m3ret_embed($1::bytea, 'xray')", &[&png])
         .unwrap()
         .get(0);
     assert_eq!(v.0.len(), 192);
+    let me: String = alice
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(me, "alice");
+    for sql in [
+        "SELECT weights FROM m3ret_models",
+        "SELECT * FROM m3ret_models",
+        "SELECT octet_length(weights) FROM m3ret_models",
+    ] {
+        let err = expect_error(&mut alice, sql);
+        assert!(
+            err.contains("permission denied for table m3ret_models"),
+            "{sql}: {err}"
+        );
+    }
+    let listed: Vec<(String, String)> = alice
+        .query("SELECT model, size FROM m3ret_model_list", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, "test@1");
+    let keys: (String, i32, i32) = alice
+        .query_one("SELECT sha256, version, dims FROM m3ret_models", &[])
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!((keys.1, keys.2), (1, 192));
     let err = error_message(
         &alice
             .query_one("SELECT m3ret_model_import('mine', $1)", &[&model])
@@ -339,6 +370,14 @@ fn only_admins_import_and_read_files() {
         .unwrap()
         .get(0);
     assert_eq!(label, "bobs@1");
+    let size: i32 = bob
+        .query_one(
+            "SELECT octet_length(weights) FROM m3ret_models WHERE name = 'test'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(size as usize, model.len(), "m3ret_admin reads the weights");
     // Files: only under m3ret.model_dir, which is unset until a superuser sets it.
     assert!(expect_error(
         &mut c,
