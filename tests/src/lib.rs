@@ -79,3 +79,58 @@ pub fn shared_data() -> std::path::PathBuf {
     );
     dir
 }
+
+/// What `m3ret_hnsw_check` counts in an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexCheck {
+    pub live: i64,
+    pub dead: i64,
+    pub freed: i64,
+    pub unreachable: i64,
+}
+
+/// `m3ret_hnsw_check(index)`, failing the test on any problem it lists, unreachable
+/// elements included.
+#[track_caller]
+pub fn hnsw_check(client: &mut postgres::Client, index: &str) -> IndexCheck {
+    let check = hnsw_check_allowing_unreachable(client, index);
+    assert_eq!(
+        check.unreachable, 0,
+        "{index}: {} elements unreachable",
+        check.unreachable
+    );
+    check
+}
+
+/// As [`hnsw_check`], but unreachable elements are counted, not a failure (the
+/// check must still list them as a problem whenever there are any).
+#[track_caller]
+pub fn hnsw_check_allowing_unreachable(client: &mut postgres::Client, index: &str) -> IndexCheck {
+    let row = client
+        .query_one(
+            "SELECT live, dead, freed, unreachable, problems FROM m3ret_hnsw_check($1::text::regclass)",
+            &[&index],
+        )
+        .unwrap();
+    let check = IndexCheck {
+        live: row.get(0),
+        dead: row.get(1),
+        freed: row.get(2),
+        unreachable: row.get(3),
+    };
+    let problems: Vec<String> = row.get(4);
+    let (listed, other): (Vec<&String>, Vec<&String>) = problems
+        .iter()
+        .partition(|p| p.contains("cannot be reached"));
+    assert_eq!(
+        check.unreachable > 0,
+        !listed.is_empty(),
+        "{index}: {} unreachable, problems {problems:?}",
+        check.unreachable
+    );
+    assert!(
+        other.is_empty(),
+        "m3ret_hnsw_check({index}) found problems: {other:#?}"
+    );
+    check
+}

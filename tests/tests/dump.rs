@@ -8,7 +8,7 @@
 use m3ret_core::vector::synthetic::Clustered;
 use m3ret_e2e::models::small_model;
 use m3ret_e2e::wire::{literal, Vector};
-use m3ret_e2e::{fixture, Cluster};
+use m3ret_e2e::{fixture, hnsw_check, Cluster};
 use postgres::Client;
 use std::io::Write;
 
@@ -118,22 +118,9 @@ fn state(c: &mut Client) -> State {
     }
 }
 
-/// Fails on any problem `m3ret_hnsw_check` reports; returns the live count.
-fn check(c: &mut Client, index: &str) -> i64 {
-    let r = c
-        .query_one(
-            "SELECT live, problems FROM m3ret_hnsw_check($1::text::regclass)",
-            &[&index],
-        )
-        .unwrap();
-    let problems: Vec<String> = r.get(1);
-    assert!(problems.is_empty(), "{index}: {problems:?}");
-    r.get(0)
-}
-
 fn assert_restored(c: &mut Client, expected: &State, how: &str) {
-    assert_eq!(check(c, "items_idx"), 1_500, "{how}");
-    assert_eq!(check(c, "studies_idx"), 3, "{how}");
+    assert_eq!(hnsw_check(c, "items_idx").live, 1_500, "{how}");
+    assert_eq!(hnsw_check(c, "studies_idx").live, 3, "{how}");
     let restored = state(c);
     assert_eq!(&restored, expected, "{how}");
     // Each study is its own nearest neighbour, by the restored default model.

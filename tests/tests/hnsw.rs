@@ -5,7 +5,7 @@
 
 use m3ret_core::vector::synthetic::Clustered;
 use m3ret_e2e::wire::literal;
-use m3ret_e2e::{expect_error, Cluster};
+use m3ret_e2e::{expect_error, hnsw_check, hnsw_check_allowing_unreachable, Cluster};
 use postgres::Client;
 use std::io::Write;
 
@@ -47,33 +47,15 @@ fn load(client: &mut Client, table: &str, vectors: &[Vec<f32>], first_id: i32) {
 /// unreachable element included.
 #[track_caller]
 fn check_index(client: &mut Client, index: &str) -> (i64, i64, i64) {
-    let (counts, unreachable) = check_index_counting_unreachable(client, index);
-    assert_eq!(
-        unreachable, 0,
-        "{index}: {unreachable} elements unreachable"
-    );
-    counts
+    let c = hnsw_check(client, index);
+    (c.live, c.dead, c.freed)
 }
 
-/// As [`check_index`], but unreachable elements are counted, not a failure (the
-/// check must still list them as a problem whenever there are any).
+/// As [`check_index`], with the number of unreachable elements, which is not a failure.
 #[track_caller]
 fn check_index_counting_unreachable(client: &mut Client, index: &str) -> ((i64, i64, i64), i64) {
-    let row = client.query_one("SELECT live, dead, freed, unreachable, problems FROM m3ret_hnsw_check($1::text::regclass)", &[&index]).unwrap();
-    let (unreachable, problems): (i64, Vec<String>) = (row.get(3), row.get(4));
-    let (listed, other): (Vec<&String>, Vec<&String>) = problems
-        .iter()
-        .partition(|p| p.contains("cannot be reached"));
-    assert_eq!(
-        unreachable > 0,
-        !listed.is_empty(),
-        "{index}: {unreachable} unreachable, problems {problems:?}"
-    );
-    assert!(
-        other.is_empty(),
-        "m3ret_hnsw_check({index}) found problems: {other:#?}"
-    );
-    ((row.get(0), row.get(1), row.get(2)), unreachable)
+    let c = hnsw_check_allowing_unreachable(client, index);
+    ((c.live, c.dead, c.freed), c.unreachable)
 }
 
 /// Ids and distances of the `k` nearest rows, through the index or (exact) by a

@@ -6,7 +6,7 @@
 use m3ret_core::vector::synthetic::Clustered;
 use m3ret_e2e::models::small_model;
 use m3ret_e2e::wire::{literal, Vector};
-use m3ret_e2e::{error_message, fixture, Cluster};
+use m3ret_e2e::{error_message, fixture, hnsw_check, Cluster, IndexCheck};
 use postgres::Client;
 use std::io::Write;
 
@@ -33,17 +33,9 @@ fn top10(c: &mut Client, q: &[f32]) -> Vec<i32> {
     .collect()
 }
 
-/// m3ret_hnsw_check's (live, dead, unreachable), failing on any problem.
-fn check(c: &mut Client) -> (i64, i64, i64) {
-    let r = c
-        .query_one(
-            "SELECT live, dead, unreachable, problems FROM m3ret_hnsw_check('items_idx')",
-            &[],
-        )
-        .unwrap();
-    let problems: Vec<String> = r.get(3);
-    assert!(problems.is_empty(), "{problems:?}");
-    (r.get(0), r.get(1), r.get(2))
+/// m3ret_hnsw_check of the test index, failing on any problem.
+fn check(c: &mut Client) -> IndexCheck {
+    hnsw_check(c, "items_idx")
 }
 
 fn count(c: &mut Client) -> i64 {
@@ -96,7 +88,7 @@ fn a_hot_standby_serves_retrieval_and_takes_over_when_promoted() {
     }
     let on_primary = check(&mut p);
     assert_eq!(check(&mut s), on_primary);
-    assert_eq!(on_primary.0, count(&mut p));
+    assert_eq!(on_primary.live, count(&mut p));
 
     // The registry came through WAL, and the standby embeds as the primary does.
     let models = |c: &mut Client| -> Vec<(String, bool)> {
@@ -129,7 +121,7 @@ fn a_hot_standby_serves_retrieval_and_takes_over_when_promoted() {
     standby.promote();
     let mut s = standby.existing_database("replica").connect();
     copy_rows(&mut s, &vectors, 3_000..3_200);
-    assert_eq!(check(&mut s).0, count(&mut s));
+    assert_eq!(check(&mut s).live, count(&mut s));
     for id in (3_000..3_200).step_by(20) {
         assert_eq!(
             top10(&mut s, &vectors[id])[0],
