@@ -105,10 +105,12 @@ fn server_settings(restarts: u64) -> m3ret_server::Settings {
 
 fn fork_server(restarts: u64) -> std::io::Result<libc::pid_t> {
     let settings = server_settings(restarts);
-    // SAFETY: this worker is single-threaded, so the child gets a consistent copy.
+    // SAFETY: plain process calls; this worker is single-threaded, so the child
+    // gets a consistent copy of it.
+    let supervisor = unsafe { libc::getpid() };
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
-        0 => server_process(&settings),
+        0 => server_process(&settings, supervisor),
         pid => Ok(pid),
     }
 }
@@ -120,7 +122,7 @@ unsafe extern "C" {
 
 /// The forked child: leaves PostgreSQL behind, serves, and exits without running
 /// any PostgreSQL exit callback.
-fn server_process(settings: &m3ret_server::Settings) -> ! {
+fn server_process(settings: &m3ret_server::Settings, supervisor: libc::pid_t) -> ! {
     // SAFETY: plain process-level calls in a fresh single-threaded child; after
     // this block no PostgreSQL function is called again.
     unsafe {
@@ -139,6 +141,10 @@ fn server_process(settings: &m3ret_server::Settings) -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         // The server ends with its supervisor, whatever ends the supervisor.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if libc::getppid() != supervisor {
+            // The supervisor ended before the line above took effect.
+            libc::_exit(0);
+        }
         pg_sys::dsm_detach_all();
         PGSharedMemoryDetach();
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);

@@ -1,7 +1,10 @@
-//! The one thread that runs models. It takes the first request in the queue, waits
-//! up to `wait` for more (or until `batch_size` studies are in), drops the requests
-//! whose backend has gone (cancelled, timed out), and runs each model once over the
-//! studies of all remaining requests (studies of one shape share a forward pass).
+//! The threads that run models. A worker takes the queue, waits up to `wait` for
+//! more requests after the first (or until `batch_size` studies are in), hands the
+//! queue to the next worker, drops the requests whose backend has gone (cancelled,
+//! timed out), and runs each model once over the studies of the remaining requests
+//! (studies of one shape share a forward pass). On a CPU there is one worker per
+//! thread, each running single-threaded passes, so that passes of small batches
+//! keep every core busy as the backends themselves would; on a GPU, one worker.
 
 use crate::models::{LoadedModel, Models};
 use crate::protocol::Answer;
@@ -11,12 +14,12 @@ use m3ret_core::study::Study;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub struct Settings {
     pub wait: Duration,
     pub batch_size: usize,
-    pub max_models: usize,
 }
 
 pub struct EmbedJob {
@@ -38,56 +41,107 @@ pub enum Job {
     },
 }
 
-struct Cache<'a> {
-    /// Most recently used last.
-    embedders: Vec<(String, Embedder)>,
-    models: &'a Models,
+/// A model the workers run side by side.
+pub struct SharedEmbedder(Embedder);
+
+// SAFETY: a forward pass only reads the model's tensors (under no_grad; Embedder
+// has no interior mutability), and libtorch supports concurrent reads of a tensor
+// from several threads (PyTorch's multi-threaded inference relies on it). tch
+// marks Tensor Send but not Sync because it cannot know how a tensor is used.
+unsafe impl Sync for SharedEmbedder {}
+
+/// The loaded models, most recently used last.
+pub struct Cache {
+    embedders: Vec<(String, Arc<SharedEmbedder>)>,
     max_models: usize,
 }
 
-impl Cache<'_> {
-    fn insert(&mut self, model: LoadedModel, embedder: Embedder) {
+impl Cache {
+    pub fn new(max_models: usize) -> Cache {
+        Cache {
+            embedders: Vec::new(),
+            max_models,
+        }
+    }
+
+    fn insert(&mut self, model: LoadedModel, embedder: Embedder, models: &Models) {
         self.embedders.retain(|(sha, _)| *sha != model.sha256);
         while self.embedders.len() >= self.max_models {
             let (sha, _) = self.embedders.remove(0);
-            self.models.remove(&sha);
+            models.remove(&sha);
         }
-        self.embedders.push((model.sha256.clone(), embedder));
-        self.models.insert(model);
+        self.embedders
+            .push((model.sha256.clone(), Arc::new(SharedEmbedder(embedder))));
+        models.insert(model);
     }
 
-    fn get(&mut self, sha256: &str) -> Option<&Embedder> {
+    fn get(&mut self, sha256: &str) -> Option<Arc<SharedEmbedder>> {
         let i = self.embedders.iter().position(|(sha, _)| sha == sha256)?;
         let hit = self.embedders.remove(i);
         self.embedders.push(hit);
-        self.embedders.last().map(|(_, e)| e)
+        self.embedders.last().map(|(_, e)| e.clone())
     }
 }
 
-pub fn run(queue: Receiver<Job>, settings: Settings, models: &Models, stats: &Stats) {
-    let mut cache = Cache {
-        embedders: Vec::new(),
-        models,
-        max_models: settings.max_models,
-    };
-    while let Ok(first) = queue.recv() {
-        let mut pending = Vec::new();
-        take(first, &mut pending, &mut cache);
-        if pending.is_empty() {
-            continue;
-        }
-        gather(&queue, &settings, &mut pending, &mut cache);
+/// What the workers share.
+pub struct Pool {
+    pub queue: Mutex<Receiver<Job>>,
+    pub cache: Mutex<Cache>,
+    pub settings: Settings,
+    pub models: Arc<Models>,
+    pub stats: Arc<Stats>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each change under these locks is one call, so a panic cannot leave them
+    // half-updated: a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One worker: until the queue closes, gather a batch, then run it.
+pub fn run(pool: &Pool) {
+    let mut trimmed = false;
+    loop {
+        let pending = {
+            let queue = lock(&pool.queue);
+            let first = match queue.recv_timeout(IDLE_BEFORE_TRIM) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    if !trimmed {
+                        trim();
+                        trimmed = true;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            trimmed = false;
+            let mut pending = Vec::new();
+            take(first, &mut pending, pool);
+            if pending.is_empty() {
+                continue;
+            }
+            gather(&queue, pool, &mut pending);
+            pending
+        };
         let (live, gone): (Vec<_>, Vec<_>) = pending.into_iter().partition(|j| waiting(&j.client));
-        stats.abandoned(gone.len() as u64);
-        run_batch(live, &settings, &mut cache, stats);
-        // Decoded volumes and activations are freed into glibc's per-thread arenas,
-        // which keep them: hand the memory back, so that an idle server is small.
-        // SAFETY: a plain libc call.
-        unsafe { libc::malloc_trim(0) };
+        pool.stats.abandoned(gone.len() as u64);
+        run_batch(live, pool);
     }
 }
 
-fn take(job: Job, pending: &mut Vec<EmbedJob>, cache: &mut Cache) {
+/// How long the queue stays empty before a worker hands freed memory back.
+const IDLE_BEFORE_TRIM: Duration = Duration::from_secs(1);
+
+/// Decoded volumes and activations are freed into glibc's per-thread arenas, which
+/// keep them: an idle server hands that memory back to the system. Not after every
+/// batch: a busy server would only fault the same pages in again.
+fn trim() {
+    // SAFETY: a plain libc call.
+    unsafe { libc::malloc_trim(0) };
+}
+
+fn take(job: Job, pending: &mut Vec<EmbedJob>, pool: &Pool) {
     match job {
         Job::Embed(job) => pending.push(job),
         Job::Load {
@@ -95,25 +149,20 @@ fn take(job: Job, pending: &mut Vec<EmbedJob>, cache: &mut Cache) {
             embedder,
             reply,
         } => {
-            cache.insert(*model, *embedder);
+            lock(&pool.cache).insert(*model, *embedder, &pool.models);
             let _ = reply.send(());
         }
     }
 }
 
-/// More requests for up to `settings.wait` after the first, or until the batch is full.
-fn gather(
-    queue: &Receiver<Job>,
-    settings: &Settings,
-    pending: &mut Vec<EmbedJob>,
-    cache: &mut Cache,
-) {
-    let deadline = Instant::now() + settings.wait;
+/// More requests for up to the batch wait after the first, or until the batch is full.
+fn gather(queue: &Receiver<Job>, pool: &Pool, pending: &mut Vec<EmbedJob>) {
+    let deadline = Instant::now() + pool.settings.wait;
     let studies = |p: &Vec<EmbedJob>| p.iter().map(|j| j.studies.len()).sum::<usize>();
-    while studies(pending) < settings.batch_size {
+    while studies(pending) < pool.settings.batch_size {
         let left = deadline.saturating_duration_since(Instant::now());
         match queue.recv_timeout(left) {
-            Ok(job) => take(job, pending, cache),
+            Ok(job) => take(job, pending, pool),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
         }
     }
@@ -132,18 +181,18 @@ fn waiting(client: &UnixStream) -> bool {
     ready == 0
 }
 
-fn run_batch(mut jobs: Vec<EmbedJob>, settings: &Settings, cache: &mut Cache, stats: &Stats) {
+fn run_batch(mut jobs: Vec<EmbedJob>, pool: &Pool) {
     while let Some(model) = jobs.first().map(|j| j.model.clone()) {
         let (mine, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.model == model);
         jobs = rest;
-        let Some(embedder) = cache.get(&model) else {
+        let Some(embedder) = lock(&pool.cache).get(&model) else {
             // Evicted since the connection looked: the backend sends the model again.
             for job in mine {
                 let _ = job.reply.send(Err(Answer::NeedModel));
             }
             continue;
         };
-        run_model(embedder, mine, settings, stats);
+        run_model(&embedder.0, mine, &pool.settings, &pool.stats);
     }
 }
 

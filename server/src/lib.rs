@@ -6,8 +6,8 @@
 //! - `protocol.rs`: the messages between backends and the server;
 //! - `connection.rs`: one thread per backend connection: reads requests, decodes
 //!   studies (decoding scales with the sessions and stays out of the batch loop);
-//! - `batcher.rs`: the one thread that runs forward passes, gathering the requests
-//!   of all sessions for up to the batch wait;
+//! - `batcher.rs`: the workers that run forward passes, gathering the requests of
+//!   all sessions for up to the batch wait;
 //! - `models.rs`: which models are loaded; `stats.rs`: counters for
 //!   `m3ret_runtime_info()`.
 
@@ -30,7 +30,8 @@ pub struct Settings {
     pub socket: PathBuf,
     /// auto, cpu, cuda or cuda:N.
     pub device: String,
-    /// libtorch intra-op threads (0: one per CPU core).
+    /// CPU threads for forward passes (0: one per core): on a CPU, as many workers,
+    /// each running single-threaded passes; on a GPU, libtorch's intra-op threads.
     pub threads: usize,
     /// How long the first request of a batch waits for others.
     pub batch_wait: Duration,
@@ -44,11 +45,17 @@ pub struct Settings {
 
 /// Serves until the process ends; returns only when it cannot start.
 pub fn run(settings: &Settings) -> Result<(), String> {
+    // Decoded volumes and activations are large and short-lived. glibc raises its
+    // mmap threshold each time such a block is freed, after which they come from
+    // the arenas and stay there, fragmented (hundreds of MiB after a few CT
+    // volumes). A fixed threshold keeps every block of 1 MiB or more in its own
+    // mapping, returned to the system when freed.
+    // SAFETY: a plain libc call; this process is the server's own.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
     let threads = match settings.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    tch::set_num_threads(threads as i32);
     let device = m3ret_core::model::parse_device(&settings.device).map_err(|e| e.to_string())?;
     let socket = &settings.socket;
     // A socket left by a crashed server would make bind fail; the supervisor runs
@@ -59,19 +66,28 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("socket {}: {e}", socket.display()))?;
 
-    let stats = Arc::new(stats::Stats::new(settings, device, threads));
+    // On a CPU, one worker per thread, each single-threaded; on a GPU, one worker
+    // that gives libtorch every thread.
+    let workers = if device.is_cuda() { 1 } else { threads };
+    tch::set_num_threads(if device.is_cuda() { threads } else { 1 } as i32);
+    let stats = Arc::new(stats::Stats::new(settings, device, threads, workers));
     let models = Arc::new(models::Models::default());
     let (jobs, queue) = mpsc::channel();
-    {
-        let (models, stats) = (models.clone(), stats.clone());
-        let batching = batcher::Settings {
+    let pool = Arc::new(batcher::Pool {
+        queue: std::sync::Mutex::new(queue),
+        cache: std::sync::Mutex::new(batcher::Cache::new(settings.max_models.max(1))),
+        settings: batcher::Settings {
             wait: settings.batch_wait,
             batch_size: settings.batch_size.max(1),
-            max_models: settings.max_models.max(1),
-        };
+        },
+        models: models.clone(),
+        stats: stats.clone(),
+    });
+    for _ in 0..workers {
+        let pool = pool.clone();
         std::thread::Builder::new()
             .name("batcher".into())
-            .spawn(move || batcher::run(queue, batching, &models, &stats))
+            .spawn(move || batcher::run(&pool))
             .map_err(|e| e.to_string())?;
     }
     let shared = Arc::new(connection::Shared {

@@ -10,6 +10,7 @@ pub struct Stats {
     restarts: u64,
     device: String,
     threads: usize,
+    workers: usize,
     batch_wait_ms: u64,
     batch_size: usize,
     requests: AtomicU64,
@@ -21,13 +22,19 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn new(settings: &crate::Settings, device: tch::Device, threads: usize) -> Stats {
+    pub fn new(
+        settings: &crate::Settings,
+        device: tch::Device,
+        threads: usize,
+        workers: usize,
+    ) -> Stats {
         Stats {
             started: Instant::now(),
             started_at: SystemTime::now(),
             restarts: settings.restarts,
             device: format!("{device:?}").to_lowercase(),
             threads,
+            workers,
             batch_wait_ms: settings.batch_wait.as_millis() as u64,
             batch_size: settings.batch_size,
             requests: AtomicU64::new(0),
@@ -72,6 +79,7 @@ impl Stats {
             "pid": std::process::id(),
             "device": self.device,
             "threads": self.threads,
+            "workers": self.workers,
             "batch_wait_ms": self.batch_wait_ms,
             "batch_size": self.batch_size,
             "started_at_epoch_s": format!("{:.3}", epoch(self.started_at)),
