@@ -253,6 +253,13 @@ impl Cluster {
     /// Kills the postmaster and every process of the cluster with SIGKILL, as a power
     /// cut would, then starts it again: the restart replays the WAL.
     pub fn crash_and_restart(&self) {
+        self.crash();
+        self.pg_ctl(&["start", "-w", "-t", "120", "-l", path_str(&self.log_path())]);
+    }
+
+    /// Kills the postmaster and every process of the cluster with SIGKILL, as a power
+    /// cut would, and returns once they are gone. The cluster stays down.
+    pub fn crash(&self) {
         let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
             .expect("postmaster.pid");
         let postmaster: i32 = pid_file
@@ -280,7 +287,6 @@ impl Cluster {
         // and socket lock files both name it).
         let _ = std::fs::remove_file(self.data_dir().join("postmaster.pid"));
         let _ = std::fs::remove_file(self.dir.path().join(format!(".s.PGSQL.{}.lock", self.port)));
-        self.pg_ctl(&["start", "-w", "-t", "120", "-l", path_str(&self.log_path())]);
     }
 
     /// Stops the server at once (no shutdown checkpoint needed for a throwaway cluster).

@@ -133,3 +133,88 @@ fn a_hot_standby_serves_retrieval_and_takes_over_when_promoted() {
     standby.assert_no_backend_crashed();
     primary.assert_no_backend_crashed();
 }
+
+/// Polls `query` (one boolean) on `c` until it is true; fails after 60 s rather than hang.
+fn wait_until_true(c: &mut Client, query: &str) {
+    for _ in 0..1200 {
+        if c.query_one(query, &[]).unwrap().get::<_, bool>(0) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("gave up waiting until: {query}");
+}
+
+#[test]
+fn a_primary_crash_under_synchronous_replication_loses_no_committed_row() {
+    let primary = Cluster::start(&[]);
+    let db = primary.database("failover");
+    let mut p = db.connect();
+    p.batch_execute(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY, emb embedding({DIMS}));
+         CREATE INDEX items_idx ON items USING m3ret_hnsw (emb)"
+    ))
+    .unwrap();
+    let vectors = Clustered::new(DIMS, 20).vectors(20_000, 9);
+    copy_rows(&mut p, &vectors, 0..1_000);
+    let standby = Cluster::standby_of(&primary);
+    // From now on a commit returns only once the standby has the WAL on disk.
+    p.batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        .unwrap();
+    p.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_until_true(
+        &mut p,
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync')",
+    );
+
+    // One row per transaction, until the primary dies under the inserts.
+    let inserter = {
+        let mut c = db.connect();
+        let vectors = vectors.clone();
+        std::thread::spawn(move || {
+            let mut committed = Vec::new();
+            for (id, v) in vectors.iter().enumerate().skip(1_000) {
+                let sql = "INSERT INTO items VALUES ($1, $2::text::embedding)";
+                match c.execute(sql, &[&(id as i32), &literal(v)]) {
+                    Ok(_) => committed.push(id as i32),
+                    Err(_) => break,
+                }
+            }
+            committed
+        })
+    };
+    wait_until_true(&mut p, "SELECT count(*) >= 1300 FROM items");
+    drop(p);
+    primary.crash();
+    let committed = inserter.join().unwrap();
+    assert!(
+        committed.len() >= 300 && committed.len() < 19_000,
+        "the crash came during the inserts: {} committed",
+        committed.len()
+    );
+
+    standby.promote();
+    let mut s = standby.existing_database("failover").connect();
+    let found: i64 = s
+        .query_one(
+            "SELECT count(*) FROM items WHERE id = ANY($1) OR id < 1000",
+            &[&committed],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        found as usize,
+        1_000 + committed.len(),
+        "a committed row was lost"
+    );
+    // The index holds every row that survived, each its own nearest neighbour.
+    assert_eq!(check(&mut s).live, count(&mut s));
+    for &id in committed.iter().rev().take(50) {
+        assert_eq!(top10(&mut s, &vectors[id as usize])[0], id, "row {id}");
+    }
+    // And the promoted standby takes inserts.
+    let next = committed.last().unwrap() + 1;
+    copy_rows(&mut s, &vectors, next as usize + 1..next as usize + 101);
+    assert_eq!(check(&mut s).live, count(&mut s));
+    standby.assert_no_backend_crashed();
+}
