@@ -10,7 +10,8 @@
 use super::buffer::{self, change_pages, init_page, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap};
 use super::page::{space_for, Element, Layout, Meta, Tid};
-use super::{prepare_value, UPDATE_LOCK_BLOCK};
+use super::prepare_value;
+use super::update_lock::UpdateLock;
 use m3ret_core::hnsw::{search_layer, select_neighbors, Candidate, Graph, LevelRng, Metric};
 use pgrx::pg_sys;
 use std::cell::RefCell;
@@ -58,7 +59,7 @@ pub unsafe extern "C-unwind" fn aminsert(
 /// The first row of an index on a column without a declared dimension count fixes
 /// the count for every later row.
 pub fn set_dims(index: pg_sys::Relation, dims: usize) {
-    unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
+    let _alone = UpdateLock::exclusive(index);
     let meta = buffer::read_meta(index);
     if meta.dims == 0 {
         super::build::check_fits(dims, meta.params());
@@ -69,23 +70,17 @@ pub fn set_dims(index: pg_sys::Relation, dims: usize) {
             format!("expected {} dimensions, not {dims}", meta.dims),
         );
     }
-    unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
 }
 
 /// Links one prepared vector into the graph on disk.
 pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
-    let mut mode = pg_sys::ShareLock;
-    unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, mode as i32) };
+    let mut lock = UpdateLock::share(index);
     let mut meta = buffer::read_meta(index);
     let (layout, metric) = (meta.layout(), meta.metric());
     let level = draw_level(&layout);
     if meta.entry().is_none_or(|(_, top)| level > top) {
         // This insert may change the entry element: nobody else may meanwhile.
-        unsafe {
-            pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, mode as i32);
-            mode = pg_sys::ExclusiveLock;
-            pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, mode as i32);
-        }
+        lock.upgrade();
         meta = buffer::read_meta(index);
     }
     let links = match meta.entry() {
@@ -120,7 +115,7 @@ pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
             m.entry_level = level as i16;
         });
     }
-    unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, mode as i32) };
+    drop(lock);
 }
 
 /// The links a new element at `level` gets on each of its layers.

@@ -16,6 +16,7 @@ mod insert;
 pub mod options;
 mod page;
 mod scan;
+mod update_lock;
 mod vacuum;
 
 use crate::embedding::EmbeddingRef;
@@ -23,11 +24,6 @@ use crate::error::raise;
 use m3ret_core::hnsw::Metric;
 use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
 use pgrx::{pg_extern, FromDatum, Internal, PgBox};
-
-/// The heavyweight page lock inserts take in share mode and graph-wide changes
-/// (new entry element, VACUUM's repairs) exclusively. Block 0 is the meta page, so
-/// the tag is ours alone.
-const UPDATE_LOCK_BLOCK: u32 = 0;
 
 /// The handler `CREATE ACCESS METHOD m3ret_hnsw` names.
 #[pg_extern(sql = false)]

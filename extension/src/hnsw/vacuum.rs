@@ -19,7 +19,7 @@ use super::buffer::{self, change_pages, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap, TidSet};
 use super::insert::find_home;
 use super::page::{Layout, Meta, Tid};
-use super::UPDATE_LOCK_BLOCK;
+use super::update_lock::UpdateLock;
 use m3ret_core::hnsw::{extend_neighbors, fill_nearest, search_layer, Candidate, Graph};
 use pgrx::pg_sys;
 
@@ -37,12 +37,11 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     let is_dead = |heap: Tid| unsafe { callback(&mut heap.to_item_pointer(), callback_state) };
     let (dead, live) = find_dead(index, meta.layout(), is_dead);
     if !dead.is_empty() {
-        unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
+        let _alone = UpdateLock::exclusive(index);
         let meta = buffer::read_meta(index);
         repair_links(index, &meta, &dead);
         free_elements(index, &meta, &dead);
         relink_unreachable(index, &buffer::read_meta(index));
-        unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
     }
     unsafe {
         (*stats).tuples_removed += dead.len() as f64;
@@ -69,9 +68,8 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
         // from the neighbourhood of the links it changes); what they missed is
         // linked here, as after a bulk delete.
         if !unreached(index, &buffer::read_meta(index)).1.is_empty() {
-            unsafe { pg_sys::LockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
+            let _alone = UpdateLock::exclusive(index);
             relink_unreachable(index, &buffer::read_meta(index));
-            unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK_BLOCK, pg_sys::ExclusiveLock as i32) };
         }
         stats
     } else {
