@@ -1,3 +1,26 @@
 //! m3ret's benchmarks. The criterion benches are the `[[bench]]` targets of this
 //! package (`cargo bench -p m3ret-benches`); the SQL benchmark harness lives beside
 //! them as it is added.
+
+use m3ret_core::model::file::{self, WeightDtype};
+use m3ret_core::model::simdino::Branch;
+use m3ret_core::model::{Method, ModelConfig, Preset};
+use tch::{nn, Device};
+
+/// The small preset's encoder (ViT-S/16, 88 MB in float32) with random weights
+/// (seed 0), for the SQL benchmarks; `image_size` overrides the preset's input size.
+pub fn small_preset_model(image_size: Option<i64>) -> Vec<u8> {
+    tch::manual_seed(0);
+    let mut config = ModelConfig::new(Method::Simdino, Preset::Small);
+    if let Some(size) = image_size {
+        config.input.image_size = size;
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _ = Branch::new(vs.root(), &config.encoder, config.head.as_ref().unwrap());
+    let tensors: Vec<(String, tch::Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("encoder."))
+        .collect();
+    file::to_bytes(&config, &tensors, WeightDtype::F32).unwrap()
+}

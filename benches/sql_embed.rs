@@ -9,30 +9,15 @@
 //! scripts/install-extension.sh). M3RET_BENCH_ROWS sets the number of images (64).
 
 use m3ret_core::modality::{Modality, ModalityChoice};
-use m3ret_core::model::file::{self, WeightDtype};
-use m3ret_core::model::simdino::Branch;
-use m3ret_core::model::{Embedder, Method, ModelConfig, Preset};
+use m3ret_core::model::Embedder;
 use m3ret_core::study::{self, StudyOptions};
 use m3ret_e2e::Cluster;
 use std::time::{Duration, Instant};
-use tch::{nn, Device};
+use tch::Device;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-fn small_preset_model() -> Vec<u8> {
-    tch::manual_seed(0);
-    let config = ModelConfig::new(Method::Simdino, Preset::Small);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _ = Branch::new(vs.root(), &config.encoder, config.head.as_ref().unwrap());
-    let tensors: Vec<(String, tch::Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("encoder."))
-        .collect();
-    file::to_bytes(&config, &tensors, WeightDtype::F32).unwrap()
 }
 
 /// Real capsule endoscopy JPEGs from the corpus, or the committed fixture repeated.
@@ -74,7 +59,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
     let batch: usize = 16;
-    let model = small_preset_model();
+    let model = m3ret_benches::small_preset_model(None);
     let data = images(rows);
 
     // The baseline: m3ret-core in this process, one thread, the same batches.

@@ -16,31 +16,12 @@
 //! installed: scripts/install-extension.sh). M3RET_BENCH_CALLS sets the calls per
 //! session (8).
 
-use m3ret_core::model::file::{self, WeightDtype};
-use m3ret_core::model::simdino::Branch;
-use m3ret_core::model::{Method, ModelConfig, Preset};
 use m3ret_e2e::{shared_data, Cluster};
 use std::time::{Duration, Instant};
-use tch::{nn, Device};
 
 const SESSIONS: usize = 16;
 /// Rounds of the throughput phase; the median is reported.
 const ROUNDS: usize = 3;
-
-fn small_preset_model() -> Vec<u8> {
-    tch::manual_seed(0);
-    let mut config = ModelConfig::new(Method::Simdino, Preset::Small);
-    // The shipped model's input size, so that the two models differ in weights only.
-    config.input.image_size = 128;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _ = Branch::new(vs.root(), &config.encoder, config.head.as_ref().unwrap());
-    let tensors: Vec<(String, tch::Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("encoder."))
-        .collect();
-    file::to_bytes(&config, &tensors, WeightDtype::F32).unwrap()
-}
 
 fn images(n: usize) -> Vec<Vec<u8>> {
     let dir = shared_data().join("endoscopy/capsule-gi_normal");
@@ -236,7 +217,8 @@ fn main() {
             .join("../models/m3ret-default.safetensors"),
     )
     .unwrap();
-    let small = small_preset_model();
+    // The shipped model's input size, so that the two models differ in weights only.
+    let small = m3ret_benches::small_preset_model(Some(128));
     println!(
         "model server vs in-backend inference: {SESSIONS} sessions, {calls} calls each after one warm-up call, \
          real capsule JPEGs, this machine's {} cores",

@@ -17,7 +17,7 @@
 
 use m3ret_core::vector::synthetic::Clustered;
 use m3ret_e2e::wire::literal;
-use m3ret_e2e::Cluster;
+use m3ret_e2e::{exact_top10_cosine, Cluster};
 use postgres::Client;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -39,27 +39,6 @@ fn copy_rows(c: &mut Client, table: &str, rows: &[(usize, &Vec<f32>)]) {
         writeln!(w, "{id}\t{}", literal(v)).unwrap();
     }
     w.finish().unwrap();
-}
-
-fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
-    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (*x as f64, *y as f64);
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
-    1.0 - dot / (na.sqrt() * nb.sqrt())
-}
-
-fn exact_top10(rows: &[Vec<f32>], q: &[f32]) -> Vec<i32> {
-    let mut d: Vec<(f64, i32)> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (cosine_distance(q, v), i as i32))
-        .collect();
-    d.sort_by(|a, b| a.0.total_cmp(&b.0));
-    d.iter().take(10).map(|&(_, i)| i).collect()
 }
 
 struct Measured {
@@ -199,7 +178,10 @@ fn main() {
     let queries_n = env_or("M3RET_BENCH_QUERIES", 200);
     let data = Clustered::new(DIMS, 100).vectors(rows_n + queries_n, 17);
     let (rows, queries) = data.split_at(rows_n);
-    let truth: Vec<Vec<i32>> = queries.iter().map(|q| exact_top10(rows, q)).collect();
+    let truth: Vec<Vec<i32>> = queries
+        .iter()
+        .map(|q| exact_top10_cosine(rows, q))
+        .collect();
 
     let (single, mut c) = single_server(rows);
     let baseline = measure(&mut c, PLAIN, queries, &truth);

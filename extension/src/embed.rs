@@ -8,6 +8,7 @@
 use crate::bytea_array::elements;
 use crate::embedding::Embedding;
 use crate::error::raise;
+use crate::registry::{self, ModelRef};
 use crate::runtime;
 use crate::server_client::{self, Embedded};
 use m3ret_core::modality::ModalityChoice;
@@ -42,20 +43,19 @@ struct Unreadable(usize, String);
 /// server or in this backend as m3ret.inference says. Both give the same vectors
 /// and the same errors.
 fn embed(
-    model: Option<&str>,
+    model: &ModelRef,
     modality: &str,
     form: Form,
     buffers: &[&[u8]],
 ) -> Result<Vec<Vec<f32>>, Unreadable> {
     if runtime::uses_server() {
         modality_choice(modality);
-        let model = crate::registry::resolve(model);
-        return match server_client::embed(&model, modality, form, buffers) {
+        return match server_client::embed(model, modality, form, buffers) {
             Embedded::Vectors(v) => Ok(v),
             Embedded::BadStudy { index, error } => Err(Unreadable(index, error)),
         };
     }
-    let (_, embedder) = runtime::embedder(model);
+    let embedder = runtime::embedder(model);
     let options = options(modality, &embedder);
     let studies = match form {
         Form::One => {
@@ -93,7 +93,7 @@ fn embed_studies(embedder: &Embedder, studies: &[Study]) -> Vec<Vec<f32>> {
 }
 
 fn embed_one(data: &[u8], modality: &str, model: Option<&str>) -> Embedding {
-    match embed(model, modality, Form::One, &[data]) {
+    match embed(&registry::resolve(model), modality, Form::One, &[data]) {
         Ok(mut v) => Embedding(v.remove(0)),
         Err(Unreadable(_, e)) => study_error("cannot read the study", e),
     }
@@ -123,7 +123,7 @@ fn m3ret_embed_series(
 ) -> Option<Embedding> {
     let (data, modality) = (data?, modality?);
     let buffers = elements(data.iter(), "series");
-    match embed(model, modality, Form::Series, &buffers) {
+    match embed(&registry::resolve(model), modality, Form::Series, &buffers) {
         Ok(mut v) => Some(Embedding(v.remove(0))),
         Err(Unreadable(_, e)) => study_error("cannot read the series", e),
     }
@@ -153,7 +153,7 @@ fn m3ret_embed_batch(
 ) -> TableIterator<'static, (name!(ord, i32), name!(embedding, Embedding))> {
     // Bad arguments are errors even when every element is NULL.
     modality_choice(modality);
-    crate::registry::resolve(model);
+    let model = registry::resolve(model);
     let items: Vec<(usize, &[u8])> = data
         .iter()
         .enumerate()
@@ -164,7 +164,7 @@ fn m3ret_embed_batch(
     // A chunk at a time: memory stays at one chunk of decoded studies.
     for part in items.chunks(chunk) {
         let buffers: Vec<&[u8]> = part.iter().map(|(_, b)| *b).collect();
-        match embed(model, modality, Form::Batch, &buffers) {
+        match embed(&model, modality, Form::Batch, &buffers) {
             Ok(vectors) => {
                 for ((ord, _), emb) in part.iter().zip(vectors) {
                     rows.push((*ord as i32, Embedding(emb)));

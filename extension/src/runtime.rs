@@ -46,9 +46,8 @@ fn device_setting() -> String {
     settings::string(&settings::DEVICE).unwrap_or_else(|| "auto".to_string())
 }
 
-/// The embedder for `model` (None: the default model), loading it if needed.
-pub fn embedder(model: Option<&str>) -> (ModelRef, Rc<Embedder>) {
-    let model = registry::resolve(model);
+/// The embedder for a model version, loading it into this backend if needed.
+pub fn embedder(model: &ModelRef) -> Rc<Embedder> {
     apply_threads();
     let device_name = device_setting();
     let device = parse_device(&device_name).unwrap_or_else(|e| {
@@ -71,9 +70,9 @@ pub fn embedder(model: Option<&str>) -> (ModelRef, Rc<Embedder>) {
             let hit = rt.loaded.remove(i);
             let embedder = hit.embedder.clone();
             rt.loaded.push(hit);
-            return (model, embedder);
+            return embedder;
         }
-        let weights = registry::weights(&model);
+        let weights = registry::weights(model);
         let embedder = Embedder::from_bytes(&weights, device).unwrap_or_else(|e| {
             raise(
                 PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
@@ -92,7 +91,7 @@ pub fn embedder(model: Option<&str>) -> (ModelRef, Rc<Embedder>) {
             embedder: embedder.clone(),
             loaded_at: now,
         });
-        (model, embedder)
+        embedder
     })
 }
 

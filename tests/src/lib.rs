@@ -134,3 +134,42 @@ pub fn hnsw_check_allowing_unreachable(client: &mut postgres::Client, index: &st
     );
     check
 }
+
+/// One committed fixture per format and modality, with the modality to embed it as.
+pub const FIXTURES_BY_MODALITY: [(&str, &str); 6] = [
+    ("pmnist_train_0000.png", "xray"),
+    ("covidrepo_0637.jpg", "xray"),
+    ("wce_img1310.jpg", "endoscopy"),
+    (
+        "pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4",
+        "ultrasound",
+    ),
+    ("totalseg_example_mr_sm.nii.gz", "mri"),
+    ("totalseg_example_ct.nii.gz", "ct"),
+];
+
+/// The largest difference between two vectors of the same length.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The exact ten nearest rows to `q` by cosine distance (ids are row positions),
+/// with the distance SQL's `<=>` uses.
+pub fn exact_top10_cosine(rows: &[Vec<f32>], q: &[f32]) -> Vec<i32> {
+    let mut by_distance: Vec<(f64, i32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (
+                m3ret_core::vector::distance::cosine_distance(q, v),
+                i as i32,
+            )
+        })
+        .collect();
+    by_distance.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_distance.iter().take(10).map(|&(_, id)| id).collect()
+}

@@ -2,7 +2,10 @@
 
 use m3ret_e2e::models::{model_with, reference_embedding, small_model};
 use m3ret_e2e::wire::Vector;
-use m3ret_e2e::{error_message, expect_error, fixture, fixture_series, Cluster};
+use m3ret_e2e::{
+    error_message, expect_error, fixture, fixture_series, max_abs_diff, Cluster,
+    FIXTURES_BY_MODALITY,
+};
 use postgres::Client;
 
 /// Creates a database with the small test model imported as `test@1` (the default).
@@ -26,30 +29,9 @@ fn embed(c: &mut Client, data: &[u8], modality: &str) -> Vec<f32> {
     v.0
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
-
-/// One committed fixture per format and modality, with the modality to embed it as.
-const FIXTURES_BY_MODALITY: [(&str, &str); 6] = [
-    ("pmnist_train_0000.png", "xray"),
-    ("covidrepo_0637.jpg", "xray"),
-    ("wce_img1310.jpg", "endoscopy"),
-    (
-        "pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4",
-        "ultrasound",
-    ),
-    ("totalseg_example_mr_sm.nii.gz", "mri"),
-    ("totalseg_example_ct.nii.gz", "ct"),
-];
 
 #[test]
 fn every_modality_embeds_as_outside_postgres() {

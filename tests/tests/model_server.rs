@@ -4,25 +4,14 @@
 
 use m3ret_e2e::models::{reference_embedding, small_model};
 use m3ret_e2e::wire::Vector;
-use m3ret_e2e::{error_message, expect_error, fixture, fixture_series, Cluster};
+use m3ret_e2e::{
+    error_message, expect_error, fixture, fixture_series, max_abs_diff, Cluster,
+    FIXTURES_BY_MODALITY,
+};
 use postgres::Client;
 use serde_json::Value;
-use std::time::Duration;
 
 const PRELOAD: &str = "shared_preload_libraries = 'm3ret'";
-
-/// The committed fixtures, one per format and modality.
-const FIXTURES: [(&str, &str); 6] = [
-    ("pmnist_train_0000.png", "xray"),
-    ("covidrepo_0637.jpg", "xray"),
-    ("wce_img1310.jpg", "endoscopy"),
-    (
-        "pocus_convex_Cov_recommendations_likebutterfly_mov5.mp4",
-        "ultrasound",
-    ),
-    ("totalseg_example_mr_sm.nii.gz", "mri"),
-    ("totalseg_example_ct.nii.gz", "ct"),
-];
 
 /// A preloaded cluster with database `name` and the small test model as `test@1`.
 fn preloaded(name: &str, extra: &[&str]) -> (Cluster, Vec<u8>) {
@@ -51,21 +40,18 @@ fn info(c: &mut Client) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Polls `check` every 50 ms until it holds; fails the test after 60 s rather than hang.
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..1200 {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// Polls `check` until it holds. No deadline, as `Cluster::wait_for_replay_of`: a
+/// server that stops answering fails the queries inside `check`.
+fn wait_until(mut check: impl FnMut() -> bool) {
+    while !check() {
+        std::thread::yield_now();
     }
-    panic!("gave up waiting until {what}");
 }
 
 /// The server's counters, once it answers (it may still be starting).
 fn server_status(c: &mut Client) -> Value {
     let mut status = Value::Null;
-    wait_until("the model server answers", || {
+    wait_until(|| {
         status = info(c)["server"].clone();
         status.get("pid").is_some()
     });
@@ -78,20 +64,12 @@ fn embed(c: &mut Client, data: &[u8], modality: &str) -> Result<Vec<f32>, String
         .map_err(|e| error_message(&e))
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn the_server_embeds_as_the_backend_does() {
     let (cluster, model) = preloaded("srv_same", &[]);
     let mut c = connect(&cluster, "srv_same");
     assert_eq!(info(&mut c)["inference"], "server");
-    for (file, modality) in FIXTURES {
+    for (file, modality) in FIXTURES_BY_MODALITY {
         let data = fixture(file);
         let served = embed(&mut c, &data, modality).unwrap();
         c.batch_execute("SET m3ret.inference = backend").unwrap();
@@ -219,7 +197,7 @@ fn in_server_mode_a_backend_holds_no_model() {
         .batch_execute("SET m3ret.inference = backend")
         .unwrap();
     for (c, _) in &mut sessions[1..] {
-        for (file, modality) in FIXTURES {
+        for (file, modality) in FIXTURES_BY_MODALITY {
             embed(c, &fixture(file), modality).unwrap();
         }
     }
@@ -276,7 +254,7 @@ fn a_crashed_server_ends_no_session() {
             let mut c = connect(&cluster, "srv_crash");
             let restarted = restarted.clone();
             std::thread::spawn(move || {
-                let png = fixture(FIXTURES[i % 2].0);
+                let png = fixture(FIXTURES_BY_MODALITY[i % 2].0);
                 let (mut errors, mut after_restart) = (Vec::new(), 0);
                 // Embed until two calls succeeded after the restart.
                 while after_restart < 2 {
@@ -296,11 +274,9 @@ fn a_crashed_server_ends_no_session() {
             })
         })
         .collect();
-    wait_until("the sessions have embedded a few studies", || {
-        server_status(&mut watcher)["requests"].as_u64().unwrap() >= 8
-    });
+    wait_until(|| server_status(&mut watcher)["requests"].as_u64().unwrap() >= 8);
     unsafe { libc::kill(victim, libc::SIGSEGV) };
-    wait_until("the server runs again", || {
+    wait_until(|| {
         let status = server_status(&mut watcher);
         status["restarts"] == 1 && status["pid"] != victim
     });
@@ -325,7 +301,7 @@ fn a_crashed_server_ends_no_session() {
 
 /// The wait event of backend `pid`, once it waits on the model server.
 fn wait_for_server_wait(watcher: &mut Client, pid: i32) {
-    wait_until("the session waits on the model server", || {
+    wait_until(|| {
         let row = watcher
             .query_one(
                 "SELECT coalesce(wait_event_type, '') FROM pg_stat_activity WHERE pid = $1",
@@ -409,7 +385,7 @@ fn sessions_share_a_forward_pass_and_abandoned_requests_are_dropped() {
 fn a_server_that_cannot_start_gives_a_clear_error() {
     // No machine has a hundred CUDA devices: the server exits at start, again and again.
     let (cluster, _) = preloaded("srv_down", &["m3ret.device = 'cuda:99'"]);
-    wait_until("the supervisor reports the failed start", || {
+    wait_until(|| {
         cluster
             .log()
             .contains("exited with code 1; starting it again")

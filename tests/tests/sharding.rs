@@ -9,7 +9,7 @@
 
 use m3ret_core::vector::synthetic::Clustered;
 use m3ret_e2e::wire::literal;
-use m3ret_e2e::Cluster;
+use m3ret_e2e::{exact_top10_cosine, Cluster};
 use postgres::Client;
 use std::io::Write;
 
@@ -19,27 +19,6 @@ const ROWS: usize = 2_000;
 
 fn vectors() -> Vec<Vec<f32>> {
     Clustered::new(DIMS, 10).vectors(ROWS, 31)
-}
-
-fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64) * (*y as f64))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    1.0 - dot / (norm(a) * norm(b))
-}
-
-/// The exact ten nearest ids by cosine distance.
-fn exact_top10(rows: &[Vec<f32>], q: &[f32]) -> Vec<i32> {
-    let mut by_distance: Vec<(f64, i32)> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (cosine_distance(q, v), i as i32))
-        .collect();
-    by_distance.sort_by(|a, b| a.0.total_cmp(&b.0));
-    by_distance.iter().take(10).map(|&(_, id)| id).collect()
 }
 
 /// The ids a query with the vector `q` as `$1` returns, in order.
@@ -138,7 +117,7 @@ fn a_coordinator_over_fdw_shards_returns_the_exact_top_10() {
 
     let query = "SELECT id FROM studies ORDER BY emb <=> $1::text::embedding LIMIT 10";
     for q in rows.iter().step_by(100) {
-        assert_eq!(ids(&mut c, query, q), exact_top10(&rows, q));
+        assert_eq!(ids(&mut c, query, q), exact_top10_cosine(&rows, q));
     }
 
     // The distance sort runs on the shards: each remote query orders by `<=>`.
@@ -167,7 +146,7 @@ fn a_coordinator_over_fdw_shards_returns_the_exact_top_10() {
         .join(" UNION ALL ");
     let per_shard = format!("SELECT id FROM ({per_shard}) AS nearest ORDER BY d LIMIT 10");
     for q in rows.iter().step_by(100) {
-        assert_eq!(ids(&mut c, &per_shard, q), exact_top10(&rows, q));
+        assert_eq!(ids(&mut c, &per_shard, q), exact_top10_cosine(&rows, q));
     }
     let (plan_lines, remote) = plan(&mut c, &per_shard, &rows[0]);
     assert_eq!(remote.len(), SHARDS, "{plan_lines:#?}");
