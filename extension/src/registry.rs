@@ -35,6 +35,31 @@ pub fn parse_ref(model: &str) -> (String, Option<i32>) {
     }
 }
 
+/// `object` (a table or function of the extension) qualified with the extension's
+/// schema. m3ret's own queries must not depend on the caller's search_path:
+/// postgres_fdw, for one, evaluates the parameters it sends to a shard (such as the
+/// query image's `(SELECT m3ret_embed(...))`) with search_path set to pg_catalog.
+fn qualified(object: &str) -> String {
+    let schema = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'm3ret'",
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one::<String>()
+    });
+    match schema {
+        Ok(Some(schema)) => format!("{schema}.{object}"),
+        _ => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "the m3ret extension is not installed in this database (CREATE EXTENSION m3ret)",
+        ),
+    }
+}
+
 // The registry is read with read-only SPI (`select`): pgrx's `Spi::get_*` helpers
 // run every query as an update, which assigns a transaction ID. That made
 // m3ret_embed fail on a standby ("cannot assign TransactionIds during recovery")
@@ -42,11 +67,12 @@ pub fn parse_ref(model: &str) -> (String, Option<i32>) {
 
 /// The version `model` names (the latest when no version is given), or the default.
 pub fn resolve(model: Option<&str>) -> ModelRef {
+    let models = qualified("m3ret_models");
     let row = match model {
         None => Spi::connect(|client| {
             client
                 .select(
-                    "SELECT name, version, sha256 FROM m3ret_models WHERE is_default",
+                    &format!("SELECT name, version, sha256 FROM {models} WHERE is_default"),
                     Some(1),
                     &[],
                 )?
@@ -58,8 +84,10 @@ pub fn resolve(model: Option<&str>) -> ModelRef {
             Spi::connect(|client| {
                 client
                     .select(
-                        "SELECT name, version, sha256 FROM m3ret_models \
-                         WHERE name = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
+                        &format!(
+                            "SELECT name, version, sha256 FROM {models} \
+                             WHERE name = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1"
+                        ),
                         Some(1),
                         &[name.into(), version.into()],
                     )?
@@ -95,12 +123,13 @@ struct AsRegistryOwner {
 
 impl AsRegistryOwner {
     fn begin() -> AsRegistryOwner {
+        let models = qualified("m3ret_models");
         let owner = Spi::connect(|client| {
             client
                 .select(
-                    "SELECT relowner FROM pg_class WHERE oid = 'm3ret_models'::regclass",
+                    "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1::pg_catalog.regclass",
                     Some(1),
-                    &[],
+                    &[models.into()],
                 )?
                 .first()
                 .get_one::<pg_sys::Oid>()
@@ -145,7 +174,10 @@ fn weights_as_current_user(model: &ModelRef) -> Vec<u8> {
     Spi::connect(|client| {
         client
             .select(
-                "SELECT weights FROM m3ret_models WHERE name = $1 AND version = $2",
+                &format!(
+                    "SELECT weights FROM {} WHERE name = $1 AND version = $2",
+                    qualified("m3ret_models")
+                ),
                 Some(1),
                 &[model.name.clone().into(), model.version.into()],
             )?
@@ -217,7 +249,7 @@ fn m3ret_model_import_file(name: &str, path: &str) -> String {
         )
     });
     Spi::get_one_with_args::<String>(
-        "SELECT m3ret_model_import($1, $2)",
+        &format!("SELECT {}($1, $2)", qualified("m3ret_model_import")),
         &[name.into(), bytes.into()],
     )
     .ok()
@@ -233,9 +265,10 @@ fn m3ret_model_import_file(name: &str, path: &str) -> String {
 /// Superusers and members of m3ret_admin only: the registry's own check
 /// (m3ret_require_admin in sql/registry.sql), which raises the ERROR itself.
 pub fn require_admin(action: &str) {
-    if let Err(e) =
-        Spi::get_one_with_args::<String>("SELECT m3ret_require_admin($1)::text", &[action.into()])
-    {
+    if let Err(e) = Spi::get_one_with_args::<String>(
+        &format!("SELECT {}($1)::text", qualified("m3ret_require_admin")),
+        &[action.into()],
+    ) {
         raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("checking privileges: {e}"),

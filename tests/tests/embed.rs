@@ -479,6 +479,24 @@ fn embedding_assigns_no_transaction_id() {
     tx.commit().unwrap();
 }
 
+/// m3ret finds its registry whatever the caller's search_path: postgres_fdw evaluates
+/// a sharded query's parameters, such as `(SELECT m3ret_embed(...))`, with
+/// search_path = pg_catalog (tests/tests/sharding.rs runs that case itself).
+#[test]
+fn embedding_does_not_depend_on_the_search_path() {
+    let (_db, mut c, _) = setup("embed_search_path");
+    let png = fixture("pmnist_train_0000.png");
+    let expected = embed(&mut c, &png, "xray");
+    c.batch_execute("SET search_path = pg_catalog").unwrap();
+    for sql in [
+        "SELECT public.m3ret_embed($1::bytea, 'xray')",
+        "SELECT public.m3ret_embed($1::bytea, 'xray', 'test@1')",
+    ] {
+        let v: Vector = c.query_one(sql, &[&png]).unwrap().get(0);
+        assert_eq!(v.0, expected, "{sql}");
+    }
+}
+
 #[test]
 fn runtime_info_reports_the_loaded_model() {
     let (_db, mut c, _) = setup("embed_runtime_info");

@@ -8,8 +8,9 @@
 //! subquery of its own (the second form below), so that each uses its index.
 
 use m3ret_core::vector::synthetic::Clustered;
+use m3ret_e2e::models::small_model;
 use m3ret_e2e::wire::literal;
-use m3ret_e2e::{exact_top10_cosine, Cluster};
+use m3ret_e2e::{exact_top10_cosine, expect_error, fixture, Cluster, FIXTURES_BY_MODALITY};
 use postgres::Client;
 use std::io::Write;
 
@@ -156,6 +157,152 @@ fn a_coordinator_over_fdw_shards_returns_the_exact_top_10() {
             .all(|l| l.contains("ORDER BY") && l.contains("LIMIT 10")),
         "a shard was not sent its LIMIT: {plan_lines:#?}"
     );
+    for cluster in shards.iter().chain([&head]) {
+        cluster.assert_no_backend_crashed();
+    }
+}
+
+/// How many `m3ret_embed` calls this session has counted and not yet reported to the
+/// statistics system (`track_functions = 'all'` counts C functions too). A session
+/// reports only when idle between transactions, so within one transaction the
+/// difference of two readings is what happened between them.
+fn embed_calls_pending(t: &mut postgres::Transaction) -> i64 {
+    t.query_opt(
+        "SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = 'm3ret_embed'",
+        &[],
+    )
+    .unwrap()
+    .map_or(0, |r| r.get(0))
+}
+
+/// The ids `sql` returns for the study `data` as `$1`, and how many times the
+/// coordinator called `m3ret_embed` to answer it.
+fn ids_and_embed_calls(c: &mut Client, sql: &str, data: &[u8]) -> (Vec<i32>, i64) {
+    let mut t = c.transaction().unwrap();
+    t.batch_execute("SET LOCAL track_functions = 'all'")
+        .unwrap();
+    let before = embed_calls_pending(&mut t);
+    let ids = t
+        .query(sql, &[&data])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let calls = embed_calls_pending(&mut t) - before;
+    t.commit().unwrap();
+    (ids, calls)
+}
+
+/// A query image embedded in the statement itself (README: "Embedding the query image
+/// in the same statement"): as a scalar subquery it is embedded once, on the
+/// coordinator, and reaches the shards as a parameter. The shards hold no model, so a
+/// call there would fail the query.
+#[test]
+fn a_query_image_is_embedded_once_on_the_coordinator() {
+    let shards: Vec<Cluster> = (0..SHARDS).map(|_| Cluster::start(&[])).collect();
+    let dims = 192; // the small test model's embedding
+    for (i, cluster) in shards.iter().enumerate() {
+        cluster
+            .database("warehouse")
+            .connect()
+            .batch_execute(&format!(
+                "CREATE TABLE studies_p{i} (id int PRIMARY KEY, emb embedding({dims}));
+                 CREATE INDEX ON studies_p{i} USING m3ret_hnsw (emb);"
+            ))
+            .unwrap();
+    }
+    let head = Cluster::start(&[]);
+    let mut c = head.database("warehouse").connect();
+    c.query_one("SELECT m3ret_model_import('test', $1)", &[&small_model(1)])
+        .unwrap();
+    c.batch_execute(&format!(
+        "CREATE EXTENSION postgres_fdw;
+         CREATE TABLE studies (id int, emb embedding({dims})) PARTITION BY HASH (id);"
+    ))
+    .unwrap();
+    for (i, shard) in shards.iter().enumerate() {
+        c.batch_execute(&format!(
+            "CREATE SERVER shard{i} FOREIGN DATA WRAPPER postgres_fdw
+                 OPTIONS (host '127.0.0.1', port '{port}', dbname 'warehouse', extensions 'm3ret');
+             CREATE USER MAPPING FOR CURRENT_USER SERVER shard{i} OPTIONS (user 'postgres');
+             CREATE FOREIGN TABLE studies_p{i} PARTITION OF studies
+                 FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {i})
+                 SERVER shard{i} OPTIONS (table_name 'studies_p{i}');",
+            port = shard.port()
+        ))
+        .unwrap();
+    }
+    // The fixtures, embedded on the coordinator, stored on the shards.
+    for (id, (file, modality)) in FIXTURES_BY_MODALITY.iter().enumerate() {
+        c.execute(
+            "INSERT INTO studies VALUES ($1, m3ret_embed($2::bytea, $3))",
+            &[&(id as i32), &fixture(file), modality],
+        )
+        .unwrap();
+    }
+    let no_model = expect_error(
+        &mut shards[0].existing_database("warehouse").connect(),
+        "SELECT m3ret_embed('\\x00'::bytea, 'xray')",
+    );
+    assert!(no_model.contains("no default model"), "{no_model}");
+
+    let xray = fixture(FIXTURES_BY_MODALITY[0].0);
+    let plain = "SELECT id FROM studies
+                 ORDER BY emb <=> (SELECT m3ret_embed($1::bytea, 'xray')) LIMIT 3";
+    let (ids, calls) = ids_and_embed_calls(&mut c, plain, &xray);
+    assert_eq!(ids[0], 0, "the X-ray is not its own nearest: {ids:?}");
+    assert_eq!(ids.len(), 3);
+    assert_eq!(calls, 1, "the query image was embedded {calls} times");
+
+    // The per-partition form (a LIMIT per shard): the embedding in a CTE, read by
+    // every partition's subquery.
+    let per_shard = (0..SHARDS)
+        .map(|i| {
+            format!(
+                "(SELECT id, emb <=> (SELECT e FROM q) AS d FROM studies_p{i} ORDER BY d LIMIT 3)"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let per_shard = format!(
+        "WITH q AS MATERIALIZED (SELECT m3ret_embed($1::bytea, 'xray') AS e)
+         SELECT id FROM ({per_shard}) AS nearest ORDER BY d LIMIT 3"
+    );
+    let (per_shard_ids, calls) = ids_and_embed_calls(&mut c, &per_shard, &xray);
+    assert_eq!(per_shard_ids, ids);
+    assert_eq!(calls, 1, "the query image was embedded {calls} times");
+
+    // What the shards were sent: a parameter, never the function.
+    let explain: Vec<String> = c
+        .query(
+            &format!(
+                "EXPLAIN (VERBOSE, COSTS OFF) {}",
+                plain.replace("$1::bytea", "'\\x00'::bytea")
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let remote: Vec<&String> = explain
+        .iter()
+        .filter(|l| l.contains("Remote SQL"))
+        .collect();
+    assert_eq!(remote.len(), SHARDS, "{explain:#?}");
+    assert!(
+        remote
+            .iter()
+            .all(|l| l.contains("$1") && !l.contains("m3ret_embed")),
+        "{explain:#?}"
+    );
+
+    // Written straight into the ORDER BY (not shippable: STABLE), the function is
+    // called for every row the shards send: what the README warns of.
+    let direct = "SELECT id FROM studies ORDER BY emb <=> m3ret_embed($1::bytea, 'xray') LIMIT 3";
+    let (direct_ids, calls) = ids_and_embed_calls(&mut c, direct, &xray);
+    assert_eq!(direct_ids, ids);
+    assert!(calls > 1, "embedded {calls} times");
     for cluster in shards.iter().chain([&head]) {
         cluster.assert_no_backend_crashed();
     }
