@@ -46,6 +46,37 @@ pub fn embed_by_modality(client: &mut postgres::Client, table: &str) {
         .unwrap();
 }
 
+/// Copies every 2D study of the shared corpus (`manifest.csv`, kind `image2d`) into
+/// `table (id, modality, data)`, ids from 0 in manifest order; returns how many.
+pub fn copy_corpus_2d(client: &mut postgres::Client, table: &str) -> i32 {
+    use std::io::Write;
+    let root = shared_data();
+    let manifest = std::fs::read_to_string(root.join("manifest.csv")).unwrap();
+    let mut w = client
+        .copy_in(&format!(
+            "COPY {table} (id, modality, data) FROM STDIN WITH (FORMAT binary)"
+        ))
+        .unwrap();
+    w.write_all(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0").unwrap();
+    let mut n = 0i32;
+    for line in manifest.lines().skip(1) {
+        let f: Vec<&str> = line.splitn(8, ',').collect();
+        if f.len() < 8 || f[6] != "image2d" {
+            continue;
+        }
+        let data = std::fs::read(root.join(f[0])).unwrap();
+        w.write_all(&3i16.to_be_bytes()).unwrap();
+        for field in [&n.to_be_bytes()[..], f[1].as_bytes(), &data] {
+            w.write_all(&(field.len() as i32).to_be_bytes()).unwrap();
+            w.write_all(field).unwrap();
+        }
+        n += 1;
+    }
+    w.write_all(&(-1i16).to_be_bytes()).unwrap();
+    w.finish().unwrap();
+    n
+}
+
 /// The repository's committed fixtures (real files with attribution).
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -150,7 +150,7 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
     }
     if !(2..=100).contains(&meta.m)
         || meta.dims as usize > m3ret_core::vector::MAX_DIMS
-        || super::metric_from_code(meta.metric).is_none()
+        || super::page::metric_from_code(meta.metric).is_none()
     {
         corrupt(
             index,
@@ -335,4 +335,21 @@ pub fn prefetch_elements(
 /// Blocks in the index's main fork.
 pub fn block_count(index: pg_sys::Relation) -> u32 {
     unsafe { pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM) }
+}
+
+/// Adds an element tuple to a page that was checked to have room for it.
+pub fn add_item(index: pg_sys::Relation, page: pg_sys::Page, bytes: &[u8]) -> u16 {
+    let offset = unsafe {
+        pg_sys::PageAddItemExtended(
+            page,
+            bytes.as_ptr() as pg_sys::Item,
+            bytes.len(),
+            pg_sys::InvalidOffsetNumber,
+            0,
+        )
+    };
+    if offset == pg_sys::InvalidOffsetNumber {
+        corrupt(index, "no room for an element on a page that had room");
+    }
+    offset
 }

@@ -6,10 +6,13 @@
 //! graph would outgrow `maintenance_work_mem`, what was read so far is written out
 //! and the rest of the table is inserted on disk, one row at a time, with a NOTICE.
 
-use super::buffer::{self, init_page, meta_of, Locked};
-use super::insert::{add_item, draw_level, insert_vector, set_dims};
-use super::page::{self, page_capacity, space_for, Layout, Meta, Tid};
-use super::{metric_code, metric_of, options, prepare_value};
+use super::buffer::{self, add_item, init_page, meta_of, Locked};
+use super::graph::{draw_level, prepare_value};
+use super::insert::{insert_vector, set_dims};
+use super::options;
+use super::page::{
+    self, check_fits, metric_code, metric_of, page_capacity, space_for, Layout, Meta, Tid,
+};
 use crate::error::raise;
 use m3ret_core::hnsw::{MemoryGraph, Metric, Params};
 use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
@@ -145,24 +148,6 @@ pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
 fn declared_dims(index: pg_sys::Relation) -> usize {
     let typmod = unsafe { (*(*index).rd_att).attrs.as_slice(1)[0].atttypmod };
     typmod.max(0) as usize
-}
-
-/// ERROR unless an element of `dims` dimensions fits on a page.
-pub fn check_fits(dims: usize, params: Params) {
-    let layout = Layout { dims, params };
-    if layout.max_level().is_none() {
-        let most = (0..dims)
-            .rev()
-            .find(|&d| Layout { dims: d, params }.max_level().is_some())
-            .unwrap_or(0);
-        raise(
-            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!(
-                "m3ret_hnsw indexes at most {most} dimensions with m = {}, not {dims}",
-                params.m
-            ),
-        );
-    }
 }
 
 /// Block 0 of a fresh fork: the meta page of an empty index.

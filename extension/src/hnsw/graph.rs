@@ -3,8 +3,12 @@
 
 use super::buffer::{self, with_element};
 use super::page::{Layout, Meta, Tid};
-use m3ret_core::hnsw::{descend, Candidate, Graph, Metric};
-use pgrx::pg_sys;
+use crate::embedding::EmbeddingRef;
+use crate::error::raise;
+use m3ret_core::hnsw::{descend, Candidate, Graph, LevelRng, Metric};
+use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
+use pgrx::FromDatum;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -100,4 +104,32 @@ impl Graph for DiskGraph {
     fn prefetch(&mut self, ids: &[Tid]) {
         buffer::prefetch_elements(self.index, ids, self.nblocks, &mut self.prefetched);
     }
+}
+
+thread_local! {
+    static LEVELS: RefCell<LevelRng> = RefCell::new(LevelRng::new(std::process::id() as u64 ^ unsafe { pg_sys::GetCurrentTimestamp() } as u64));
+}
+
+/// A level for a new element, as the paper draws it, capped so its tuple fits a page.
+pub fn draw_level(layout: &Layout) -> usize {
+    let cap = layout.max_level().unwrap_or(0);
+    LEVELS.with(|rng| layout.params.level_for(rng.borrow_mut().next_unit(), cap))
+}
+
+/// An `embedding` datum as the graph stores it; ERROR on a wrong dimension count
+/// (`dims` 0: any) or, under cosine, a zero vector.
+pub fn prepare_value(datum: pg_sys::Datum, metric: Metric, dims: usize) -> Vec<f32> {
+    let value = unsafe { EmbeddingRef::from_polymorphic_datum(datum, false, pg_sys::InvalidOid) }
+        .expect("not null");
+    let mut vector = value.values().to_vec();
+    if dims != 0 && vector.len() != dims {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!("expected {dims} dimensions, not {}", vector.len()),
+        );
+    }
+    if let Err(e) = metric.prepare(&mut vector) {
+        raise(PgSqlErrorCode::ERRCODE_DATA_EXCEPTION, e);
+    }
+    vector
 }

@@ -7,24 +7,12 @@
 //! it repairs links. Pages are locked one at a time and each change is one
 //! GenericXLog record; a neighbour list changed meanwhile by someone else is re-read.
 
-use super::buffer::{self, change_pages, init_page, update_meta, Lock, Locked};
-use super::graph::{DiskGraph, TidMap};
+use super::buffer::{self, add_item, change_pages, init_page, update_meta, Lock, Locked};
+use super::graph::{draw_level, prepare_value, DiskGraph, TidMap};
 use super::page::{space_for, Element, Layout, Meta, Tid};
-use super::prepare_value;
 use super::update_lock::UpdateLock;
-use m3ret_core::hnsw::{search_layer, select_neighbors, Candidate, Graph, LevelRng, Metric};
+use m3ret_core::hnsw::{search_layer, select_neighbors, Candidate, Graph, Metric};
 use pgrx::pg_sys;
-use std::cell::RefCell;
-
-thread_local! {
-    static LEVELS: RefCell<LevelRng> = RefCell::new(LevelRng::new(std::process::id() as u64 ^ unsafe { pg_sys::GetCurrentTimestamp() } as u64));
-}
-
-/// A level for a new element, as the paper draws it, capped so its tuple fits a page.
-pub fn draw_level(layout: &Layout) -> usize {
-    let cap = layout.max_level().unwrap_or(0);
-    LEVELS.with(|rng| layout.params.level_for(rng.borrow_mut().next_unit(), cap))
-}
 
 /// `aminsert`.
 // The signature is PostgreSQL's.
@@ -62,7 +50,7 @@ pub fn set_dims(index: pg_sys::Relation, dims: usize) {
     let _alone = UpdateLock::exclusive(index);
     let meta = buffer::read_meta(index);
     if meta.dims == 0 {
-        super::build::check_fits(dims, meta.params());
+        super::page::check_fits(dims, meta.params());
         update_meta(index, |m| m.dims = dims as u32);
     } else if meta.dims as usize != dims {
         crate::error::raise(
@@ -261,22 +249,6 @@ fn reusable_slot(
         freed.push((offset, layout.tuple_len(e.capacity())));
     }
     (None, freed)
-}
-
-pub fn add_item(index: pg_sys::Relation, page: pg_sys::Page, bytes: &[u8]) -> u16 {
-    let offset = unsafe {
-        pg_sys::PageAddItemExtended(
-            page,
-            bytes.as_ptr() as pg_sys::Item,
-            bytes.len(),
-            pg_sys::InvalidOffsetNumber,
-            0,
-        )
-    };
-    if offset == pg_sys::InvalidOffsetNumber {
-        buffer::corrupt(index, "no room for an element on a page that had room");
-    }
-    offset
 }
 
 /// A link from an existing element `to` back to the element just placed.

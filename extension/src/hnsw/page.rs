@@ -12,8 +12,9 @@
 //! a tuple freed by VACUUM can take a new element of any lower level in place.
 //! Element tuples never move, so a [`Tid`] (block, offset) names an element for good.
 
-use m3ret_core::hnsw::{Params, MAX_LEVEL};
-use pgrx::pg_sys;
+use crate::error::raise;
+use m3ret_core::hnsw::{Metric, Params, MAX_LEVEL};
+use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
 
 pub const META_BLOCK: u32 = 0;
 pub const MAGIC: u32 = 0x4D33_484E;
@@ -127,7 +128,7 @@ impl Meta {
 
     /// The distance the index orders by (`read_meta` has checked the code).
     pub fn metric(&self) -> m3ret_core::hnsw::Metric {
-        super::metric_from_code(self.metric).expect("checked by read_meta")
+        metric_from_code(self.metric).expect("checked by read_meta")
     }
 }
 
@@ -326,5 +327,65 @@ impl<'a> ElementMut<'a> {
         for slot in self.bytes[slots..].chunks_exact_mut(SLOT_BYTES) {
             Tid::INVALID.write(slot);
         }
+    }
+}
+
+// The distance codes: what support function 1 of each opclass returns (mod.rs)
+// and what the meta page stores.
+pub const METRIC_L2: i32 = 0;
+pub const METRIC_IP: i32 = 1;
+pub const METRIC_COSINE: i32 = 2;
+
+/// The distance of an index's opclass (its support function 1).
+pub fn metric_of(index: pg_sys::Relation) -> Metric {
+    let code = unsafe {
+        let proc = pg_sys::index_getprocinfo(index, 1, 1);
+        pg_sys::FunctionCall1Coll(proc, pg_sys::InvalidOid, pg_sys::Datum::from(0)).value() as i32
+    };
+    u8::try_from(code)
+        .ok()
+        .and_then(metric_from_code)
+        .unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("m3ret_hnsw: unknown distance {code} in the operator class"),
+            )
+        })
+}
+
+/// How the meta page stores an index's distance (fixed at CREATE INDEX: later
+/// operations read it there instead of calling the opclass's support function).
+pub fn metric_code(metric: Metric) -> u8 {
+    match metric {
+        Metric::L2 => METRIC_L2 as u8,
+        Metric::InnerProduct => METRIC_IP as u8,
+        Metric::Cosine => METRIC_COSINE as u8,
+    }
+}
+
+pub fn metric_from_code(code: u8) -> Option<Metric> {
+    match code as i32 {
+        METRIC_L2 => Some(Metric::L2),
+        METRIC_IP => Some(Metric::InnerProduct),
+        METRIC_COSINE => Some(Metric::Cosine),
+        _ => None,
+    }
+}
+
+/// ERROR unless an element of `dims` dimensions fits on a page.
+pub fn check_fits(dims: usize, params: Params) {
+    let layout = Layout { dims, params };
+    if layout.max_level().is_none() {
+        let most = (0..dims)
+            .rev()
+            .find(|&d| Layout { dims: d, params }.max_level().is_some())
+            .unwrap_or(0);
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "m3ret_hnsw indexes at most {most} dimensions with m = {}, not {dims}",
+                params.m
+            ),
+        );
     }
 }

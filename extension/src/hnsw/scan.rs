@@ -3,18 +3,18 @@
 //! The first round is the paper's search with `m3ret.ef_search` candidates. When
 //! the executor wants more (a WHERE clause rejected rows), the search runs again
 //! with twice the candidates, and so on, until `m3ret.max_scan_tuples` elements have
-//! been visited in all (or not at all if `m3ret.iterative_scan` is off). A round
-//! with more candidates finds nearly all the nearest elements the rounds before it
-//! did, plus the next ones; each round returns its nearer half (the part it is
-//! sure of) and leaves the rest to the next. The repeated work is at most as much
+//! been visited in all (or not at all if `m3ret.iterative_scan` is off). The first
+//! round returns all its candidates (a LIMIT within ef_search costs one search). A
+//! round with more candidates finds nearly all the nearest elements the rounds
+//! before it did, plus the next ones; each later round returns its nearer half (the
+//! part it is sure of) and leaves the rest to the next. The repeated work is at most as much
 //! again as the last round. Rows come out in non-decreasing distance: an
 //! element a later round finds nearer than one already returned is skipped, so
 //! ORDER BY is never violated.
 
 use super::buffer;
-use super::graph::{DiskGraph, TidSet};
+use super::graph::{prepare_value, DiskGraph, TidSet};
 use super::page::{Layout, Tid};
-use super::prepare_value;
 use crate::settings;
 use m3ret_core::hnsw::{search_layer_bounded, Candidate, Graph};
 use pgrx::pg_sys;
@@ -114,6 +114,7 @@ pub unsafe extern "C-unwind" fn amgettuple(
 
 /// Reads the query and finds where the search starts.
 fn start(scan: &pg_sys::IndexScanDescData) -> Walk {
+    refuse_non_mvcc_snapshot(scan.xs_snapshot);
     let index = scan.indexRelation;
     let meta = buffer::read_meta(index);
     if scan.numberOfOrderBys < 1 {
@@ -149,6 +150,23 @@ fn start(scan: &pg_sys::IndexScanDescData) -> Walk {
         last: f32::NEG_INFINITY,
         done: false,
     })
+}
+
+/// A scan holds element tids between calls; VACUUM may free one of them meanwhile
+/// and an insert reuse its slot for another row. Under an MVCC snapshot that does
+/// no harm: VACUUM frees only rows dead to every snapshot, and a row inserted after
+/// the scan's snapshot is invisible to it. Under any other snapshot the scan could
+/// return the new row at the old row's distance, so it refuses them, as pgvector does.
+fn refuse_non_mvcc_snapshot(snapshot: pg_sys::Snapshot) {
+    use pg_sys::SnapshotType::{SNAPSHOT_HISTORIC_MVCC, SNAPSHOT_MVCC};
+    // SAFETY: the executor gives every index scan a valid snapshot, or none.
+    let kind = (!snapshot.is_null()).then(|| unsafe { (*snapshot).snapshot_type });
+    if !matches!(kind, Some(SNAPSHOT_MVCC | SNAPSHOT_HISTORIC_MVCC)) {
+        crate::error::raise(
+            pgrx::pg_sys::errcodes::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "m3ret_hnsw scans need an MVCC snapshot",
+        );
+    }
 }
 
 /// Searches of layer 0 with more and more candidates.
@@ -189,7 +207,8 @@ impl Rounds {
 
     fn search_round(&mut self) {
         let max_visited = settings::MAX_SCAN_TUPLES.get().max(1) as usize;
-        self.ef = if self.ef == 0 {
+        let first = self.ef == 0;
+        self.ef = if first {
             settings::EF_SEARCH.get().max(1) as usize
         } else {
             self.ef * 2
@@ -208,9 +227,12 @@ impl Rounds {
         // A round that found no more than there are candidates saw the whole graph.
         self.done =
             !settings::ITERATIVE_SCAN.get() || self.visited >= max_visited || found.len() < self.ef;
-        // The far end of a round is where it is least sure of having found
-        // everything; the next, wider round returns that part.
-        let reliable = if self.done {
+        // The first round returns all it found, as a plain HNSW search does: a query
+        // whose LIMIT fits in ef_search costs one search. A later round runs only
+        // when the executor wants more rows (a WHERE clause rejected some); the far
+        // end of a round is where it is least sure of having found everything, so
+        // a later round returns its nearer half and leaves the rest to the next.
+        let reliable = if self.done || first {
             found.len()
         } else {
             (self.ef / 2).max(1)
