@@ -1,32 +1,101 @@
-//! The SQL benchmark of m3ret_hnsw (issue: HNSW index), in one run:
-//! - on N x 384 clustered vectors (default N = 100,000; M3RET_BENCH_ROWS), fixed seed;
-//! - `hnsw_rs` in memory on the same data and parameters (m = 16, ef_construction = 64,
-//!   cosine as a dot product of unit vectors, the same thread count) as the upper bound;
-//! - m3ret_hnsw: CREATE INDEX time and index size; then for ef_search 20, 40, 80 and
-//!   160, queries per second (one session, prepared `ORDER BY emb <=> $1 LIMIT 10`)
-//!   and recall@10 against exact search; the exact scan's queries per second; and
-//!   the round trip alone (the same prepared call and vector, no search), to show
-//!   what a query costs before the index does anything.
+//! The SQL benchmark of m3ret_hnsw against pgvector's `hnsw`, side by side in one
+//! cluster on the same table (issue 13), with `hnsw_rs` in memory as the upper bound.
 //!
-//! Medians of M3RET_BENCH_ROUNDS (3) rounds. `cargo bench -p m3ret-benches --bench
-//! sql_hnsw` (the extension must be installed: scripts/install-extension.sh).
+//! Three data sets, each with queries that are not in the table (cosine distance):
+//! - `near-duplicates`: 20,000 x 64 rows of `synthetic::near_duplicates` (most rows
+//!   nearly parallel; the rows on which graphs orphan elements), queries drawn with
+//!   another seed;
+//! - `isotropic`: N x 384 isotropic Gaussian clusters (default N = 100,000;
+//!   M3RET_BENCH_ROWS), 100 clusters, sigma 0.5: a full-rank spread, not saturated at
+//!   low ef_search;
+//! - `corpus`: the 2D studies of the shared corpus embedded with the shipped default
+//!   model (every 40th study held out as a query); the embeddings are cached under
+//!   $M3RET_CACHE/bench (default /var/cache/m3ret/bench), keyed by the model's sha256.
+//!
+//! Both indexes: m = 16, ef_construction = 64, the same build threads (the leader and
+//! one maintenance worker). Per data set: build time (median of M3RET_BENCH_ROUNDS,
+//! default 3) and size of each index; per ef_search, recall@10 against exact search
+//! and queries per second with 1 and 4 clients (a prepared
+//! `ORDER BY col <=> $1 LIMIT 10`, the query vector sent as text to both, with
+//! `enable_seqscan = off` so that the index is what is measured); then each
+//! index's QPS interpolated at equal recall (0.90, 0.95, 0.99) and their ratio.
+//! Choose data sets with M3RET_BENCH_DATASETS (comma-separated names).
+//!
+//! `cargo bench -p m3ret-benches --bench sql_hnsw`. m3ret must be installed
+//! (scripts/install-extension.sh); pgvector is built from ../shared/peers/pgvector by
+//! scripts/install-pgvector.sh when it is not installed yet.
 
 use hnsw_rs::prelude::{DistDot, Hnsw};
 use m3ret_core::hnsw::Metric;
-use m3ret_core::vector::synthetic::Clustered;
-use m3ret_e2e::wire::Vector;
+use m3ret_core::vector::synthetic;
+use m3ret_e2e::wire::{literal, Vector};
 use m3ret_e2e::Cluster;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
+use std::path::PathBuf;
+use std::sync::Barrier;
 use std::time::Instant;
 
-const DIMS: usize = 384;
 const M: usize = 16;
 const EF_CONSTRUCTION: usize = 64;
 const K: usize = 10;
-const EF_SEARCH: [usize; 4] = [20, 40, 80, 160];
-/// Threads for both builds: PostgreSQL's leader plus one maintenance worker.
+const EF_SEARCH: [usize; 6] = [10, 20, 40, 80, 160, 320];
+/// Threads for every build: PostgreSQL's leader plus one maintenance worker.
 const THREADS: usize = 2;
+const CLIENTS: usize = 4;
+const RECALL_LEVELS: [f64; 3] = [0.90, 0.95, 0.99];
+
+struct DataSet {
+    name: &'static str,
+    data: Vec<Vec<f32>>,
+    queries: Vec<Vec<f32>>,
+}
+
+/// One index under test: how to build it and how to query it.
+struct Contender {
+    name: &'static str,
+    column: &'static str,
+    create: &'static str,
+    ef_setting: &'static str,
+    query_type: &'static str,
+}
+
+const CONTENDERS: [Contender; 2] = [
+    Contender {
+        name: "m3ret_hnsw",
+        column: "emb",
+        create: "CREATE INDEX items_emb_idx ON items USING m3ret_hnsw (emb embedding_cosine_ops) WITH (m = 16, ef_construction = 64)",
+        ef_setting: "m3ret.ef_search",
+        query_type: "embedding",
+    },
+    Contender {
+        name: "pgvector",
+        column: "v",
+        create: "CREATE INDEX items_v_idx ON items USING hnsw (v vector_cosine_ops) WITH (m = 16, ef_construction = 64)",
+        ef_setting: "hnsw.ef_search",
+        query_type: "vector",
+    },
+];
+
+#[derive(Clone, Copy)]
+struct Point {
+    recall: f64,
+    qps: f64,
+    qps_clients: f64,
+}
+
+struct Measured {
+    build_s: f64,
+    size_mib: f64,
+    points: Vec<Point>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -65,83 +134,239 @@ fn recall(found: &[Vec<usize>], truth: &[Vec<usize>]) -> f64 {
     hits as f64 / (K * truth.len()) as f64
 }
 
-struct Point {
-    qps: f64,
-    recall: f64,
+/// QPS at `level` recall, linear between the two settings that bracket it; the
+/// fastest setting's QPS when even that one reaches it; None when none does.
+fn qps_at_recall(points: &[Point], level: f64, qps: fn(&Point) -> f64) -> Option<f64> {
+    if points[0].recall >= level {
+        return Some(qps(&points[0]));
+    }
+    points.windows(2).find_map(|w| {
+        let (a, b) = (&w[0], &w[1]);
+        (a.recall < level && b.recall >= level)
+            .then(|| qps(a) + (qps(b) - qps(a)) * (level - a.recall) / (b.recall - a.recall))
+    })
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rows: usize = std::env::var("M3RET_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let rounds: usize = std::env::var("M3RET_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let shape = Clustered::new(DIMS, 100);
-    let data: Vec<Vec<f32>> = shape.vectors(rows, 1).iter().map(|v| unit(v)).collect();
-    let queries: Vec<Vec<f32>> = shape.vectors(200, 2).iter().map(|v| unit(v)).collect();
-    let truth = ground_truth(&data, &queries);
-    eprintln!(
-        "[bench] {rows} x {DIMS} vectors, {} queries, ground truth ready",
-        queries.len()
+    let rounds: usize = env_or("M3RET_BENCH_ROUNDS", 3);
+    let chosen: String = env_or(
+        "M3RET_BENCH_DATASETS",
+        "near-duplicates,isotropic,corpus".to_string(),
     );
-
-    let (mem_build, mem_points) = bench_hnsw_rs(&data, &queries, &truth, rounds);
+    ensure_pgvector();
     let cluster = Cluster::start(&[
         "shared_buffers = 2GB",
         "maintenance_work_mem = 2GB",
         "max_parallel_maintenance_workers = 1",
         "jit = off",
     ]);
-    let (sql_build, index_mb, sql_points, exact_qps, floor_qps) =
-        bench_sql(&cluster, &data, &queries, &truth, rounds);
-
-    println!("\nm3ret_hnsw vs hnsw_rs (in memory), {rows} x {DIMS} clustered, m = {M}, ef_construction = {EF_CONSTRUCTION}, {THREADS} build threads, medians of {rounds}");
-    println!("build: m3ret_hnsw {sql_build:.1} s, hnsw_rs {mem_build:.1} s, ratio {:.2} (target <= 1.5); index size {index_mb:.1} MiB", sql_build / mem_build);
-    println!("| ef_search | m3ret_hnsw QPS | recall@10 | hnsw_rs QPS | recall@10 | QPS ratio |");
-    println!("|---|---|---|---|---|---|");
-    for ((ef, s), m) in EF_SEARCH.iter().zip(&sql_points).zip(&mem_points) {
-        println!(
-            "| {ef} | {:.0} | {:.3} | {:.0} | {:.3} | {:.2} |",
-            s.qps,
-            s.recall,
-            m.qps,
-            m.recall,
-            s.qps / m.qps
-        );
+    for name in chosen.split(',') {
+        let set = match name {
+            "near-duplicates" => DataSet {
+                name: "near-duplicates",
+                data: synthetic::near_duplicates(20_000, 64, 1),
+                queries: synthetic::near_duplicates(200, 64, 2),
+            },
+            "isotropic" => DataSet {
+                name: "isotropic",
+                data: synthetic::isotropic_clusters(
+                    env_or("M3RET_BENCH_ROWS", 100_000),
+                    384,
+                    100,
+                    0.5,
+                    1,
+                ),
+                queries: synthetic::isotropic_clusters(200, 384, 100, 0.5, 2),
+            },
+            "corpus" => corpus(&cluster),
+            other => panic!("unknown data set {other}: near-duplicates, isotropic or corpus"),
+        };
+        bench_data_set(&cluster, set, rounds);
     }
-    println!("exact scan (seq scan + sort): {exact_qps:.1} QPS");
-    println!(
-        "round trip alone (the same prepared call and query vector, no search): {floor_qps:.0} QPS"
+    cluster.assert_no_backend_crashed();
+}
+
+fn bench_data_set(cluster: &Cluster, set: DataSet, rounds: usize) {
+    let data: Vec<Vec<f32>> = set.data.iter().map(|v| unit(v)).collect();
+    let queries: Vec<Vec<f32>> = set.queries.iter().map(|v| unit(v)).collect();
+    let dims = data[0].len();
+    let truth = ground_truth(&data, &queries);
+    eprintln!(
+        "[bench] {}: {} x {dims}, {} queries, ground truth ready",
+        set.name,
+        data.len(),
+        queries.len()
     );
-    // At equal recall: each side's fastest setting that reaches a recall level.
-    let fastest = |points: &[Point], level: f64| {
-        points
-            .iter()
-            .zip(EF_SEARCH)
-            .filter(|(p, _)| p.recall >= level)
-            .max_by(|a, b| a.0.qps.total_cmp(&b.0.qps))
-            .map(|(p, ef)| (p.qps, ef))
-    };
-    for level in [0.90, 0.95, 0.97] {
-        match (fastest(&sql_points, level), fastest(&mem_points, level)) {
-            (Some((s, se)), Some((m, me))) => println!(
-                "recall@10 >= {level:.2}: m3ret_hnsw {s:.0} QPS (ef {se}) vs hnsw_rs {m:.0} QPS (ef {me}): ratio {:.2} (target >= 0.5)",
-                s / m
-            ),
-            (s, m) => {
-                let show = |p: Option<(f64, usize)>| p.map_or("never reaches it".to_string(), |(q, ef)| format!("{q:.0} QPS (ef {ef})"));
-                println!("recall@10 >= {level:.2}: m3ret_hnsw {}, hnsw_rs {} with ef_search up to 160", show(s), show(m));
+    let db = cluster.database("bench_hnsw");
+    load(&mut db.connect(), &data);
+    let measured: Vec<Measured> = CONTENDERS
+        .iter()
+        .map(|c| bench_index(cluster, c, &queries, &truth, rounds))
+        .collect();
+    let (memory_build, memory) = bench_hnsw_rs(&data, &queries, &truth, rounds);
+    report(&set, dims, &measured, memory_build, &memory, rounds);
+}
+
+/// `items (id, emb embedding, v vector)`: the same rows in both types.
+fn load(c: &mut postgres::Client, data: &[Vec<f32>]) {
+    let dims = data[0].len();
+    c.batch_execute(&format!(
+        "CREATE EXTENSION vector; CREATE TABLE staging (id int, emb embedding({dims}))"
+    ))
+    .unwrap();
+    let emb_type = c.prepare("SELECT $1::embedding").unwrap().params()[0].clone();
+    let writer = c
+        .copy_in("COPY staging (id, emb) FROM STDIN (FORMAT binary)")
+        .unwrap();
+    let mut writer = BinaryCopyInWriter::new(writer, &[Type::INT4, emb_type]);
+    for (i, v) in data.iter().enumerate() {
+        writer.write(&[&(i as i32), &Vector(v.clone())]).unwrap();
+    }
+    writer.finish().unwrap();
+    c.batch_execute(&format!(
+        "CREATE TABLE items AS SELECT id, emb, emb::text::vector({dims}) AS v FROM staging;
+         DROP TABLE staging"
+    ))
+    .unwrap();
+    c.batch_execute("VACUUM ANALYZE items").unwrap();
+}
+
+fn bench_index(
+    cluster: &Cluster,
+    contender: &Contender,
+    queries: &[Vec<f32>],
+    truth: &[Vec<usize>],
+    rounds: usize,
+) -> Measured {
+    let mut c = cluster.existing_database("bench_hnsw").connect();
+    let index = contender.create.split_whitespace().nth(2).unwrap();
+    let mut builds = Vec::new();
+    for _ in 0..rounds {
+        c.batch_execute(&format!("DROP INDEX IF EXISTS {index}"))
+            .unwrap();
+        let start = Instant::now();
+        c.batch_execute(contender.create).unwrap();
+        builds.push(start.elapsed().as_secs_f64());
+    }
+    let size: i64 = c
+        .query_one(&format!("SELECT pg_relation_size('{index}')"), &[])
+        .unwrap()
+        .get(0);
+    eprintln!(
+        "[bench] {} build {:.1} s, {:.1} MiB",
+        contender.name,
+        median(builds.clone()),
+        size as f64 / 1048576.0
+    );
+    let texts: Vec<String> = queries.iter().map(|q| literal(q)).collect();
+    let sql = format!(
+        "SELECT id FROM items ORDER BY {} <=> $1::text::{} LIMIT {K}",
+        contender.column, contender.query_type
+    );
+    let mut sessions: Vec<postgres::Client> = (0..CLIENTS)
+        .map(|_| cluster.existing_database("bench_hnsw").connect())
+        .collect();
+    run_queries(&mut c, contender, 40, &sql, &texts); // warm the buffer cache
+    let points = EF_SEARCH
+        .iter()
+        .map(|&ef| {
+            let mut qps = Vec::new();
+            let mut found = Vec::new();
+            for _ in 0..rounds {
+                let (q, f) = run_queries(&mut c, contender, ef, &sql, &texts);
+                qps.push(q);
+                found = f;
             }
-        }
+            let qps_clients = median(
+                (0..rounds)
+                    .map(|_| concurrent_qps(&mut sessions, contender, ef, &sql, &texts))
+                    .collect(),
+            );
+            Point {
+                recall: recall(&found, truth),
+                qps: median(qps),
+                qps_clients,
+            }
+        })
+        .collect();
+    c.batch_execute(&format!("DROP INDEX {index}")).unwrap();
+    Measured {
+        build_s: median(builds),
+        size_mib: size as f64 / 1048576.0,
+        points,
     }
 }
 
+/// One session runs every query once: (queries per second, the ids each found).
+fn run_queries(
+    c: &mut postgres::Client,
+    contender: &Contender,
+    ef: usize,
+    sql: &str,
+    texts: &[String],
+) -> (f64, Vec<Vec<usize>>) {
+    c.batch_execute(&format!(
+        "SET {} = {ef}; SET enable_seqscan = off",
+        contender.ef_setting
+    ))
+    .unwrap();
+    let search = c.prepare(sql).unwrap();
+    let start = Instant::now();
+    let found = texts
+        .iter()
+        .map(|q| {
+            c.query(&search, &[q])
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, i32>(0) as usize)
+                .collect()
+        })
+        .collect();
+    (texts.len() as f64 / start.elapsed().as_secs_f64(), found)
+}
+
+/// The CLIENTS sessions each run every query once, started together: total
+/// queries per second. The sessions stay open from one setting to the next: a new
+/// session's first query loads the extension's library (for m3ret, libtorch with
+/// it), and an ending one unloads it, which is not what this measures.
+fn concurrent_qps(
+    sessions: &mut [postgres::Client],
+    contender: &Contender,
+    ef: usize,
+    sql: &str,
+    texts: &[String],
+) -> f64 {
+    let ready = Barrier::new(sessions.len() + 1);
+    let done = Barrier::new(sessions.len() + 1);
+    std::thread::scope(|s| {
+        for c in sessions.iter_mut() {
+            let (ready, done) = (&ready, &done);
+            s.spawn(move || {
+                c.batch_execute(&format!(
+                    "SET {} = {ef}; SET enable_seqscan = off",
+                    contender.ef_setting
+                ))
+                .unwrap();
+                let search = c.prepare(sql).unwrap();
+                c.query(&search, &[&texts[0]]).unwrap();
+                ready.wait();
+                for q in texts {
+                    c.query(&search, &[q]).unwrap();
+                }
+                done.wait();
+            });
+        }
+        ready.wait();
+        let start = Instant::now();
+        done.wait();
+        (CLIENTS * texts.len()) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// hnsw_rs in memory, same parameters and build threads, one query thread.
 fn bench_hnsw_rs(
     data: &[Vec<f32>],
     queries: &[Vec<f32>],
@@ -163,7 +388,6 @@ fn bench_hnsw_rs(
         index = Some(hnsw);
     }
     let hnsw = index.unwrap();
-    eprintln!("[bench] hnsw_rs build {:.1} s", median(builds.clone()));
     let points = EF_SEARCH
         .iter()
         .map(|&ef| {
@@ -178,112 +402,140 @@ fn bench_hnsw_rs(
                 qps.push(queries.len() as f64 / start.elapsed().as_secs_f64());
             }
             Point {
-                qps: median(qps),
                 recall: recall(&found, truth),
+                qps: median(qps),
+                qps_clients: f64::NAN,
             }
         })
         .collect();
     (median(builds), points)
 }
 
-/// Build seconds, index MiB, a point per ef_search, exact-scan QPS, round-trip QPS.
-fn bench_sql(
-    cluster: &Cluster,
-    data: &[Vec<f32>],
-    queries: &[Vec<f32>],
-    truth: &[Vec<usize>],
+fn report(
+    set: &DataSet,
+    dims: usize,
+    measured: &[Measured],
+    memory_build: f64,
+    memory: &[Point],
     rounds: usize,
-) -> (f64, f64, Vec<Point>, f64, f64) {
-    let db = cluster.database("bench_hnsw");
-    let mut c = db.connect();
-    c.batch_execute(&format!(
-        "CREATE TABLE items (id int, emb embedding({DIMS}))"
-    ))
-    .unwrap();
-    let emb_type = c.prepare("SELECT $1::embedding").unwrap().params()[0].clone();
+) {
+    let (ours, peer) = (&measured[0], &measured[1]);
+    println!(
+        "\n## {}: {} x {dims}, {} queries, m = {M}, ef_construction = {EF_CONSTRUCTION}, {THREADS} build threads, medians of {rounds}",
+        set.name,
+        set.data.len(),
+        set.queries.len()
+    );
+    println!(
+        "build: m3ret_hnsw {:.1} s, pgvector {:.1} s (ratio {:.2}), hnsw_rs in memory {memory_build:.1} s; size: m3ret_hnsw {:.1} MiB, pgvector {:.1} MiB (ratio {:.2})",
+        ours.build_s,
+        peer.build_s,
+        ours.build_s / peer.build_s,
+        ours.size_mib,
+        peer.size_mib,
+        ours.size_mib / peer.size_mib
+    );
+    println!("| ef_search | m3ret_hnsw recall@10 | QPS 1 client | QPS {CLIENTS} clients | pgvector recall@10 | QPS 1 client | QPS {CLIENTS} clients | hnsw_rs recall@10 | QPS |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (i, ef) in EF_SEARCH.iter().enumerate() {
+        let (o, p, m) = (ours.points[i], peer.points[i], memory[i]);
+        println!(
+            "| {ef} | {:.3} | {:.0} | {:.0} | {:.3} | {:.0} | {:.0} | {:.3} | {:.0} |",
+            o.recall, o.qps, o.qps_clients, p.recall, p.qps, p.qps_clients, m.recall, m.qps
+        );
+    }
+    for level in RECALL_LEVELS {
+        for (clients, qps) in [
+            (1, (|p: &Point| p.qps) as fn(&Point) -> f64),
+            (CLIENTS, |p: &Point| p.qps_clients),
+        ] {
+            let show = |v: Option<f64>| v.map_or("not reached".to_string(), |q| format!("{q:.0}"));
+            let (o, p) = (
+                qps_at_recall(&ours.points, level, qps),
+                qps_at_recall(&peer.points, level, qps),
+            );
+            let ratio = match (o, p) {
+                (Some(o), Some(p)) => format!("{:.2}", o / p),
+                _ => "-".to_string(),
+            };
+            println!(
+                "QPS at recall@10 {level:.2}, {clients} client(s): m3ret_hnsw {}, pgvector {}, ratio {ratio}",
+                show(o),
+                show(p)
+            );
+        }
+    }
+}
+
+/// Builds and installs pgvector when the system PostgreSQL does not have it yet.
+fn ensure_pgvector() {
+    let sharedir = std::process::Command::new("pg_config")
+        .arg("--sharedir")
+        .output()
+        .expect("pg_config");
+    let sharedir = String::from_utf8(sharedir.stdout).unwrap();
+    if PathBuf::from(sharedir.trim())
+        .join("extension/vector.control")
+        .exists()
     {
-        let writer = c
-            .copy_in("COPY items (id, emb) FROM STDIN (FORMAT binary)")
-            .unwrap();
-        let mut writer = BinaryCopyInWriter::new(writer, &[Type::INT4, emb_type]);
-        for (i, v) in data.iter().enumerate() {
-            writer.write(&[&(i as i32), &Vector(v.clone())]).unwrap();
-        }
-        writer.finish().unwrap();
+        return;
     }
-    c.batch_execute("VACUUM ANALYZE items").unwrap();
-    let mut builds = Vec::new();
-    for r in 0..rounds {
-        if r > 0 {
-            c.batch_execute("DROP INDEX items_idx").unwrap();
-        }
-        let start = Instant::now();
-        c.batch_execute(
-            "CREATE INDEX items_idx ON items USING m3ret_hnsw (emb embedding_cosine_ops)",
-        )
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-pgvector.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .status()
         .unwrap();
-        builds.push(start.elapsed().as_secs_f64());
-    }
-    eprintln!("[bench] m3ret_hnsw build {:.1} s", median(builds.clone()));
-    let size: i64 = c
-        .query_one("SELECT pg_relation_size('items_idx')", &[])
-        .unwrap()
-        .get(0);
-    let sql = format!("SELECT id FROM items ORDER BY emb <=> $1 LIMIT {K}");
-    // Prepared per run: a cached plan would not see `enable_indexscan` change.
-    let run = |c: &mut postgres::Client, qs: &[Vec<f32>]| -> (f64, Vec<Vec<usize>>) {
-        let search = c.prepare(&sql).unwrap();
-        let start = Instant::now();
-        let found = qs
-            .iter()
-            .map(|q| {
-                c.query(&search, &[&Vector(q.clone())])
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get::<_, i32>(0) as usize)
-                    .collect()
-            })
-            .collect();
-        (qs.len() as f64 / start.elapsed().as_secs_f64(), found)
-    };
-    run(&mut c, queries); // warm the buffer cache
-    let points = EF_SEARCH
-        .iter()
-        .map(|&ef| {
-            c.batch_execute(&format!("SET m3ret.ef_search = {ef}"))
+    assert!(status.success(), "scripts/install-pgvector.sh failed");
+}
+
+/// The shipped model's embeddings of the corpus's 2D studies (cached), every 40th
+/// held out as a query.
+fn corpus(cluster: &Cluster) -> DataSet {
+    let model_path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/m3ret-default.safetensors");
+    let model = std::fs::read(&model_path).unwrap();
+    let sha = m3ret_core::model::file::sha256_hex(&model);
+    let cache_dir =
+        PathBuf::from(std::env::var("M3RET_CACHE").unwrap_or("/var/cache/m3ret".into()))
+            .join("bench");
+    let cache = cache_dir.join(format!("corpus-2d-{}.json", &sha[..16]));
+    let all: Vec<Vec<f32>> = match std::fs::read(&cache) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
+        Err(_) => {
+            eprintln!(
+                "[bench] embedding the corpus's 2D studies (minutes; cached in {})",
+                cache.display()
+            );
+            let db = cluster.database("bench_corpus");
+            let mut c = db.connect();
+            c.execute("SELECT m3ret_model_import('m3ret-default', $1)", &[&model])
                 .unwrap();
-            let mut qps = Vec::new();
-            let mut found = Vec::new();
-            for _ in 0..rounds {
-                let (q, f) = run(&mut c, queries);
-                qps.push(q);
-                found = f;
-            }
-            Point {
-                qps: median(qps),
-                recall: recall(&found, truth),
-            }
-        })
-        .collect();
-    c.batch_execute("SET enable_indexscan = off").unwrap();
-    let exact: Vec<f64> = (0..rounds).map(|_| run(&mut c, &queries[..5]).0).collect();
-    // What a query costs before any search: the client, the protocol and the executor.
-    let round_trip = c.prepare("SELECT $1::embedding IS NULL").unwrap();
-    let floor: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let start = Instant::now();
-            queries
+            c.batch_execute("CREATE TABLE studies (id int PRIMARY KEY, modality text, data bytea, emb embedding)")
+                .unwrap();
+            m3ret_e2e::copy_corpus_2d(&mut c, "studies");
+            m3ret_e2e::embed_by_modality(&mut c, "studies");
+            let all: Vec<Vec<f32>> = c
+                .query("SELECT emb::real[] FROM studies ORDER BY id", &[])
+                .unwrap()
                 .iter()
-                .for_each(|q| _ = c.query(&round_trip, &[&Vector(q.clone())]).unwrap());
-            queries.len() as f64 / start.elapsed().as_secs_f64()
-        })
-        .collect();
-    db.cluster.assert_no_backend_crashed();
-    (
-        median(builds),
-        size as f64 / (1024.0 * 1024.0),
-        points,
-        median(exact),
-        median(floor),
-    )
+                .map(|r| r.get(0))
+                .collect();
+            std::fs::create_dir_all(&cache_dir).unwrap();
+            std::fs::write(&cache, serde_json::to_vec(&all).unwrap()).unwrap();
+            all
+        }
+    };
+    let (mut data, mut queries) = (Vec::new(), Vec::new());
+    for (i, v) in all.into_iter().enumerate() {
+        if i % 40 == 0 {
+            queries.push(v);
+        } else {
+            data.push(v);
+        }
+    }
+    DataSet {
+        name: "corpus",
+        data,
+        queries,
+    }
 }
