@@ -34,12 +34,15 @@ impl Locked {
         } else {
             pg_sys::BUFFER_LOCK_EXCLUSIVE
         };
+        // SAFETY: the caller pinned `buffer`; the lock is released in Drop.
         unsafe { pg_sys::LockBuffer(buffer, mode as i32) };
         Locked { buffer }
     }
 
     /// A new page at the end of the index, locked exclusively, not yet initialised.
     pub fn extend(index: pg_sys::Relation) -> Locked {
+        // SAFETY: `index` is open; the extension lock is held only while the new
+        // block is added, and the new buffer's pin and lock go with the guard.
         unsafe {
             pg_sys::LockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
             let buffer = pg_sys::ReadBufferExtended(
@@ -56,21 +59,26 @@ impl Locked {
     }
 
     pub fn block(&self) -> u32 {
+        // SAFETY: the guard holds a pin on its buffer.
         unsafe { pg_sys::BufferGetBlockNumber(self.buffer) }
     }
 
     pub fn page(&self) -> pg_sys::Page {
+        // SAFETY: the guard holds a pin on its buffer.
         unsafe { pg_sys::BufferGetPage(self.buffer) }
     }
 }
 
 impl Drop for Locked {
     fn drop(&mut self) {
+        // SAFETY: the guard holds this buffer's pin and lock, and drops them once.
         unsafe { pg_sys::UnlockReleaseBuffer(self.buffer) };
     }
 }
 
 fn pin(index: pg_sys::Relation, block: u32) -> pg_sys::Buffer {
+    // SAFETY: `index` is open; callers check `block` against the index size
+    // first, and ReadBufferExtended raises an ERROR past the end anyway.
     unsafe {
         pg_sys::ReadBufferExtended(
             index,
@@ -89,6 +97,9 @@ pub fn change_pages<R>(
     new_page: bool,
     f: impl FnOnce(&[pg_sys::Page]) -> R,
 ) -> R {
+    // SAFETY: every page is locked exclusively by the caller's guards, which
+    // outlive the record; `f` changes only the registered copies, and an ERROR
+    // inside it aborts the record with the transaction.
     unsafe {
         let state = pg_sys::GenericXLogStart(index);
         let flags = if new_page {
@@ -108,6 +119,8 @@ pub fn change_pages<R>(
 
 /// Formats an empty page of ours.
 pub fn init_page(page: pg_sys::Page) {
+    // SAFETY: `page` is a whole, exclusively locked page (or its WAL copy), and
+    // PageInit reserves room for `Special` before it is written.
     unsafe {
         pg_sys::PageInit(
             page,
@@ -121,6 +134,7 @@ pub fn init_page(page: pg_sys::Page) {
 }
 
 pub fn corrupt(index: pg_sys::Relation, what: impl std::fmt::Display) -> ! {
+    // SAFETY: an open relation's name is a NUL-terminated NameData.
     let name = unsafe { std::ffi::CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()) }
         .to_string_lossy()
         .into_owned();
@@ -132,11 +146,14 @@ pub fn corrupt(index: pg_sys::Relation, what: impl std::fmt::Display) -> ! {
 
 /// The meta page's contents.
 pub fn meta_of(page: pg_sys::Page) -> *mut Meta {
+    // SAFETY: pointer arithmetic only; callers read or write through it under the
+    // meta page's lock.
     unsafe { pg_sys::PageGetContents(page) as *mut Meta }
 }
 
 pub fn read_meta(index: pg_sys::Relation) -> Meta {
     let locked = Locked::new(index, page::META_BLOCK, Lock::Share);
+    // SAFETY: the meta page is share-locked, and `Meta` is plain data read by copy.
     let meta = unsafe { *meta_of(locked.page()) };
     drop(locked);
     if meta.magic != page::MAGIC || meta.version != page::FORMAT_VERSION {
@@ -167,17 +184,23 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
 pub fn update_meta(index: pg_sys::Relation, f: impl FnOnce(&mut Meta)) {
     let locked = Locked::new(index, page::META_BLOCK, Lock::Exclusive);
     change_pages(index, &[&locked], false, |pages| {
+        // SAFETY: the WAL copy of the exclusively locked meta page.
         f(unsafe { &mut *meta_of(pages[0]) })
     });
 }
 
 /// Number of item slots on a page.
 pub fn max_offset(page: pg_sys::Page) -> u16 {
+    // SAFETY: callers hold at least a pin on the page.
     unsafe { pg_sys::PageGetMaxOffsetNumber(page) }
 }
 
 /// The bytes of item `offset`, if it is a live item.
 pub fn item_bytes<'p>(page: pg_sys::Page, offset: u16) -> Option<&'p mut [u8]> {
+    // SAFETY: the offset is checked against the page's line pointers and the item
+    // is a normal one, whose bytes lie inside the page. The caller holds the page's
+    // lock for as long as it uses the slice (share for reads, exclusive or a WAL
+    // copy for writes); the lifetime `'p` is not tied to that lock (issue 17).
     unsafe {
         if offset == 0 || offset > max_offset(page) {
             return None;
@@ -306,6 +329,7 @@ pub fn prefetch_elements(
 ) {
     // Every pin is normally taken over by its read; any left are released here.
     for (_, buffer) in prefetched.0.drain(..) {
+        // SAFETY: each was pinned below by this backend and not yet released.
         unsafe { pg_sys::ReleaseBuffer(buffer) };
     }
     for &tid in tids
@@ -313,6 +337,9 @@ pub fn prefetch_elements(
         .filter(|t| t.block != page::META_BLOCK && t.block < nblocks)
     {
         let buffer = pin(index, tid.block);
+        // SAFETY (this loop and the next): the buffers are pinned, so their pages
+        // stay in memory; line pointers are only read, and a hint from one that
+        // changes meanwhile prefetches harmless bytes inside the same page.
         let page = unsafe { pg_sys::BufferGetPage(buffer) };
         prefetch(
             unsafe { pg_sys::PageGetItemId(page, tid.offset) } as *const u8,
@@ -334,11 +361,14 @@ pub fn prefetch_elements(
 
 /// Blocks in the index's main fork.
 pub fn block_count(index: pg_sys::Relation) -> u32 {
+    // SAFETY: `index` is open.
     unsafe { pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM) }
 }
 
 /// Adds an element tuple to a page that was checked to have room for it.
 pub fn add_item(index: pg_sys::Relation, page: pg_sys::Page, bytes: &[u8]) -> u16 {
+    // SAFETY: the caller holds the page's exclusive lock (or its WAL copy) and
+    // checked the room; `bytes` is copied into the page.
     let offset = unsafe {
         pg_sys::PageAddItemExtended(
             page,

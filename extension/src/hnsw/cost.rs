@@ -17,6 +17,8 @@ pub unsafe extern "C-unwind" fn amcostestimate(
     correlation: *mut f64,
     pages: *mut f64,
 ) {
+    // SAFETY (every block of this function): the planner passes a valid path and
+    // output pointers, and the cost settings are plain globals of this backend.
     let path = unsafe { &*path };
     unsafe {
         *selectivity = 1.0;
@@ -51,6 +53,7 @@ pub unsafe extern "C-unwind" fn amcostestimate(
 
 /// The index's `m` (the planner already holds a lock on it).
 fn index_m(oid: pg_sys::Oid) -> usize {
+    // SAFETY: the planner holds a lock on the index, so it can be opened without one.
     unsafe {
         let index = pg_sys::index_open(oid, pg_sys::NoLock as i32);
         let (m, _) = super::options::of(index);

@@ -107,6 +107,7 @@ impl Graph for DiskGraph {
 }
 
 thread_local! {
+    // SAFETY (GetCurrentTimestamp): reads the clock, no shared state.
     static LEVELS: RefCell<LevelRng> = RefCell::new(LevelRng::new(std::process::id() as u64 ^ unsafe { pg_sys::GetCurrentTimestamp() } as u64));
 }
 
@@ -119,6 +120,8 @@ pub fn draw_level(layout: &Layout) -> usize {
 /// An `embedding` datum as the graph stores it; ERROR on a wrong dimension count
 /// (`dims` 0: any) or, under cosine, a zero vector.
 pub fn prepare_value(datum: pg_sys::Datum, metric: Metric, dims: usize) -> Vec<f32> {
+    // SAFETY: the callers pass a non-null datum of the indexed column or of the
+    // ORDER BY argument, both of type embedding.
     let value = unsafe { EmbeddingRef::from_polymorphic_datum(datum, false, pg_sys::InvalidOid) }
         .expect("not null");
     let mut vector = value.values().to_vec();

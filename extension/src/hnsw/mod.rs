@@ -27,6 +27,8 @@ use pgrx::{pg_extern, Internal, PgBox};
 /// The handler `CREATE ACCESS METHOD m3ret_hnsw` names.
 #[pg_extern(sql = false)]
 fn m3ret_hnsw_handler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRoutine> {
+    // SAFETY: allocates a zeroed node in the current memory context, which
+    // PostgreSQL takes over as the handler's result.
     let mut am =
         unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
     am.amstrategies = 0;

@@ -19,6 +19,8 @@ static KIND: OnceLock<pg_sys::relopt_kind::Type> = OnceLock::new();
 
 /// Registers the options; called from `_PG_init`.
 pub fn register() {
+    // SAFETY: called once from _PG_init, in the postmaster or a backend's own
+    // start, with static C strings; PostgreSQL keeps the options for the process.
     let kind = *KIND.get_or_init(|| unsafe { pg_sys::add_reloption_kind() });
     unsafe {
         pg_sys::add_int_reloption(
@@ -61,6 +63,8 @@ pub unsafe extern "C-unwind" fn amoptions(
         },
     ];
     let kind = *KIND.get().expect("reloptions registered in _PG_init");
+    // SAFETY: `table` describes the fields of `Options`, which matches the struct
+    // build_reloptions fills (its size is passed with it).
     unsafe {
         pg_sys::build_reloptions(
             reloptions,
@@ -75,6 +79,8 @@ pub unsafe extern "C-unwind" fn amoptions(
 
 /// `(m, ef_construction)` of an index, defaults when it was created without options.
 pub fn of(index: pg_sys::Relation) -> (usize, usize) {
+    // SAFETY: `index` is an open relation; rd_options is null or what amoptions
+    // built for it, an `Options`.
     let options = unsafe { (*index).rd_options as *const Options };
     if options.is_null() {
         (DEFAULT_M as usize, DEFAULT_EF_CONSTRUCTION as usize)

@@ -141,12 +141,14 @@ pub struct Special {
 
 /// Bytes available for items on an empty element page (one line pointer each).
 pub fn page_capacity() -> usize {
+    // SAFETY: size arithmetic on constants; nothing is read or written.
     let header = unsafe { pg_sys::SizeOfPageHeaderData() };
     BLCKSZ - header - unsafe { pg_sys::MAXALIGN(std::mem::size_of::<Special>()) }
 }
 
 /// Space one tuple of `len` bytes takes on a page, line pointer included.
 pub fn space_for(len: usize) -> usize {
+    // SAFETY: alignment arithmetic only.
     (unsafe { pg_sys::MAXALIGN(len) }) + std::mem::size_of::<pg_sys::ItemIdData>()
 }
 
@@ -257,6 +259,8 @@ impl<'a> Element<'a> {
         let bytes = &self.bytes[HEADER_BYTES..HEADER_BYTES + 4 * self.layout.dims];
         // Items start MAXALIGNed and the header is 8 bytes, so the floats are aligned.
         assert_eq!(bytes.as_ptr() as usize % 4, 0, "misaligned element vector");
+        // SAFETY: `bytes` holds exactly `dims` floats (its length is checked when the
+        // element is parsed), aligned as asserted, and lives as long as `self`.
         unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, self.layout.dims) }
     }
 
@@ -338,6 +342,8 @@ pub const METRIC_COSINE: i32 = 2;
 
 /// The distance of an index's opclass (its support function 1).
 pub fn metric_of(index: pg_sys::Relation) -> Metric {
+    // SAFETY: `index` is open; every m3ret_hnsw opclass has support function 1,
+    // which takes an unused argument and returns an int4.
     let code = unsafe {
         let proc = pg_sys::index_getprocinfo(index, 1, 1);
         pg_sys::FunctionCall1Coll(proc, pg_sys::InvalidOid, pg_sys::Datum::from(0)).value() as i32
