@@ -211,6 +211,41 @@ fn in_server_mode_a_backend_holds_no_model() {
     );
 }
 
+/// A role that may not read the weights embeds in server mode, and is the first to
+/// need the model: its backend hands the model to the server, reading it with the
+/// registry owner's rights, and gives the role its own rights back.
+#[test]
+fn a_plain_role_embeds_through_the_server() {
+    let (cluster, model) = preloaded("srv_plain", &[]);
+    connect(&cluster, "srv_plain")
+        .batch_execute("CREATE ROLE carol LOGIN; GRANT USAGE ON SCHEMA public TO carol")
+        .unwrap();
+    let mut carol = Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=carol dbname=srv_plain",
+            cluster.port()
+        ),
+        postgres::NoTls,
+    )
+    .unwrap();
+    assert_eq!(info(&mut carol)["inference"], "server");
+    let png = fixture("pmnist_train_0000.png");
+    let v = embed(&mut carol, &png, "xray").unwrap();
+    assert!(max_abs_diff(&v, &reference_embedding(&model, &[&png], "xray")) < 1e-5);
+    assert_eq!(server_status(&mut carol)["model_loads"], 1);
+    let me: String = carol
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(me, "carol");
+    let err = expect_error(&mut carol, "SELECT weights FROM m3ret_models");
+    assert!(
+        err.contains("permission denied for table m3ret_models"),
+        "{err}"
+    );
+    cluster.assert_no_backend_crashed();
+}
+
 #[test]
 fn a_new_default_and_a_dropped_model_take_effect_at_once() {
     let (cluster, first) = preloaded("srv_models", &[]);
