@@ -2,7 +2,8 @@
 //! exact search, for the three metrics, and the resumable search's later batches.
 
 use m3ret_core::hnsw::{
-    descend, search_layer_bounded, Candidate, Graph, LevelRng, MemoryGraph, Metric, Params,
+    descend, reselect, search_layer_bounded, select_neighbors, Candidate, Graph, LevelRng,
+    MemoryGraph, Metric, Params, ScoredLink,
 };
 use std::time::Duration;
 
@@ -308,4 +309,43 @@ fn cosine_refuses_a_zero_vector() {
     let mut v = vec![3.0f32, 4.0];
     Metric::Cosine.prepare(&mut v).unwrap();
     assert_eq!(v, vec![0.6, 0.8]);
+}
+
+/// A full list gaining one candidate at a time, re-selected with the verdicts kept
+/// from its last selection, keeps exactly what selecting afresh keeps, in order.
+#[test]
+fn reselecting_with_known_verdicts_keeps_what_selecting_afresh_keeps() {
+    for (dims, clusters) in [(8, 3), (64, 1), (2, 20)] {
+        let points = clustered(400, dims, clusters, 7);
+        let between =
+            |a: u32, b: u32| Metric::L2.graph_distance(&points[a as usize], &points[b as usize]);
+        let link = |id: u32| ScoredLink {
+            id,
+            distance: between(0, id),
+            accepted: false,
+        };
+        let m = 6;
+        let mut list: Vec<ScoredLink<u32>> = (1..=m as u32).map(link).collect();
+        let mut known = false;
+        for new in m as u32 + 1..400 {
+            let mut candidates = list.clone();
+            candidates.push(link(new));
+            candidates.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+            let afresh: Vec<Candidate<u32>> = candidates
+                .iter()
+                .map(|l| Candidate {
+                    distance: l.distance,
+                    id: l.id,
+                })
+                .collect();
+            let expected: Vec<u32> = select_neighbors(&afresh, m, between)
+                .iter()
+                .map(|c| c.id)
+                .collect();
+            list = reselect(&mut candidates, m, known, new, between);
+            let kept: Vec<u32> = list.iter().map(|l| l.id).collect();
+            assert_eq!(kept, expected, "{dims} dims, after candidate {new}");
+            known = true;
+        }
+    }
 }

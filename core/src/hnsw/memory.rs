@@ -5,11 +5,41 @@
 //! elements at once (as hnswlib does); a search may see an element whose links are
 //! not written yet, which only costs a little recall, never correctness.
 
-use super::{descend, search_layer, select_neighbors, Candidate, Graph, Metric, Params};
+use super::select::{reselect, ScoredLink};
+use super::{descend, search_layer_afresh, select_neighbors, Candidate, Graph, Metric, Params};
 use crate::vector::prefetch::prefetch_vector;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
+
+/// One element's links on one layer, each with its distance to the element, so
+/// that a full list gaining a candidate is re-selected without computing them
+/// again, and with the heuristic's last verdicts ([`reselect`]).
+#[derive(Clone, Default)]
+struct List {
+    links: Vec<ScoredLink<u32>>,
+    /// Every link's `accepted` flag is from the list's last selection: false after
+    /// any other change to the list.
+    verdicts_known: bool,
+}
+
+impl List {
+    fn contains(&self, id: u32) -> bool {
+        self.links.iter().any(|l| l.id == id)
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.links.iter().map(|l| l.id)
+    }
+}
+
+fn scored(c: &Candidate<u32>) -> ScoredLink<u32> {
+    ScoredLink {
+        id: c.id,
+        distance: c.distance,
+        accepted: false,
+    }
+}
 
 pub struct MemoryGraph {
     metric: Metric,
@@ -19,7 +49,7 @@ pub struct MemoryGraph {
     vectors: Vec<f32>,
     levels: Vec<u8>,
     /// Per element, its links on each of its levels.
-    links: Vec<RwLock<Vec<Vec<u32>>>>,
+    links: Vec<RwLock<Vec<List>>>,
     /// Per element, how many layer-0 lists link to it: a list about to drop the
     /// last link to an element drops another one instead.
     in_links: Vec<AtomicU32>,
@@ -39,7 +69,7 @@ impl MemoryGraph {
         assert_eq!(vectors.len(), dims * levels.len(), "one vector per level");
         let links = levels
             .iter()
-            .map(|&l| RwLock::new(vec![Vec::new(); l as usize + 1]))
+            .map(|&l| RwLock::new(vec![List::default(); l as usize + 1]))
             .collect();
         let in_links = levels.iter().map(|_| AtomicU32::new(0)).collect();
         MemoryGraph {
@@ -56,7 +86,7 @@ impl MemoryGraph {
 
     /// Bytes one element takes in memory at `level`, for a build's memory budget.
     pub fn bytes_per_element(dims: usize, params: &Params, level: usize) -> usize {
-        dims * 4 + params.slots(level) * 4 + 64 + (level + 1) * 24
+        dims * 4 + params.slots(level) * 12 + 64 + (level + 1) * 32
     }
 
     pub fn len(&self) -> usize {
@@ -76,7 +106,9 @@ impl MemoryGraph {
     }
 
     pub fn neighbors(&self, i: u32, level: usize) -> Vec<u32> {
-        self.links[i as usize].read().unwrap()[level].clone()
+        self.links[i as usize].read().unwrap()[level]
+            .ids()
+            .collect()
     }
 
     pub fn entry(&self) -> Option<(u32, usize)> {
@@ -152,11 +184,14 @@ impl MemoryGraph {
         };
         let mut entries = vec![descend(&mut view, start, top, level)];
         for l in (0..=level.min(top)).rev() {
-            // Each layer is searched afresh: an element seen on the layer above
-            // must still be expanded on this one.
-            view.visited.clear();
-            entries.iter().for_each(|e| _ = view.visited.insert(e.id));
-            let found = search_layer(&mut view, &entries, self.params.ef_construction, l);
+            let (found, _) = search_layer_afresh(
+                &mut view,
+                &entries,
+                &[],
+                self.params.ef_construction,
+                l,
+                usize::MAX,
+            );
             let candidates: Vec<_> = found.iter().copied().filter(|c| c.id != i).collect();
             let chosen = select_neighbors(&candidates, self.params.max_neighbors(l), |a, b| {
                 self.distance(a, b)
@@ -190,11 +225,11 @@ impl MemoryGraph {
         let mut links = self.links[i as usize].write().unwrap();
         let list = &mut links[level];
         let mut candidates = chosen.to_vec();
-        for &id in list.iter() {
-            if !chosen.iter().any(|c| c.id == id) {
+        for l in &list.links {
+            if !chosen.iter().any(|c| c.id == l.id) {
                 candidates.push(Candidate {
-                    distance: self.distance(i, id),
-                    id,
+                    distance: l.distance,
+                    id: l.id,
                 });
             }
         }
@@ -202,7 +237,7 @@ impl MemoryGraph {
             candidates.sort();
             candidates = select_neighbors(&candidates, max, |a, b| self.distance(a, b));
         }
-        self.replace_list(level, list, candidates.iter().map(|c| c.id).collect());
+        self.replace_list(level, list, candidates.iter().map(scored).collect());
     }
 
     /// Adds `new` to the links of `to` on `level`, re-selecting when full.
@@ -210,36 +245,51 @@ impl MemoryGraph {
         let max = self.params.max_neighbors(level);
         let mut links = self.links[to as usize].write().unwrap();
         let list = &mut links[level];
-        if list.contains(&new) {
+        if list.contains(new) {
             // `to` is being inserted too, and already chose `new` itself.
             return;
         }
-        if list.len() < max {
-            list.push(new);
-            if level == 0 {
-                self.in_links[new as usize].fetch_add(1, Ordering::Relaxed);
-            }
+        let new_link = ScoredLink {
+            id: new,
+            distance,
+            accepted: false,
+        };
+        if list.links.len() < max {
+            let mut updated = list.links.clone();
+            updated.push(new_link);
+            self.replace_list(level, list, updated);
             return;
         }
-        let mut candidates: Vec<_> = list
-            .iter()
-            .map(|&id| Candidate {
-                distance: self.distance(to, id),
-                id,
-            })
-            .collect();
-        candidates.push(Candidate { distance, id: new });
-        candidates.sort();
-        // Full lists stay full (select_neighbors keeps pruned links): exactly one
-        // candidate is left out.
-        let mut kept: Vec<u32> = select_neighbors(&candidates, max, |a, b| self.distance(a, b))
-            .iter()
-            .map(|c| c.id)
-            .collect();
+        let mut candidates = list.links.clone();
+        candidates.push(new_link);
+        // The order reselect's verdicts are kept in: nearest first, ties by id.
+        candidates.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        // Full lists stay full (keepPrunedConnections): exactly one candidate is
+        // left out.
+        let known = list.verdicts_known;
+        let kept = reselect(&mut candidates, max, known, new, |a, b| self.distance(a, b));
+        let mut kept_ids: Vec<u32> = kept.iter().map(|l| l.id).collect();
         if level == 0 {
-            self.spare_last_in_link(&mut kept, &candidates, new);
+            let by_distance: Vec<Candidate<u32>> = candidates
+                .iter()
+                .map(|l| Candidate {
+                    distance: l.distance,
+                    id: l.id,
+                })
+                .collect();
+            self.spare_last_in_link(&mut kept_ids, &by_distance, new);
         }
-        self.replace_list(level, list, kept);
+        if kept_ids.iter().zip(&kept).all(|(id, l)| *id == l.id) {
+            self.replace_list(level, list, kept);
+            list.verdicts_known = true;
+        } else {
+            // A link was spared against the heuristic's choice.
+            let updated = kept_ids
+                .iter()
+                .map(|id| *candidates.iter().find(|l| l.id == *id).unwrap())
+                .collect();
+            self.replace_list(level, list, updated);
+        }
     }
 
     /// When the candidate a full layer-0 list leaves out holds no other in-link, it
@@ -275,21 +325,20 @@ impl MemoryGraph {
         for c in near.iter().filter(|c| c.id != i) {
             let mut links = self.links[c.id as usize].write().unwrap();
             let list = &mut links[0];
-            if list.contains(&i) {
+            if list.contains(i) {
                 return true;
             }
-            let mut updated = list.clone();
+            let mut updated = list.links.clone();
+            let home = ScoredLink {
+                id: i,
+                distance: self.distance(c.id, i),
+                accepted: false,
+            };
             if updated.len() < max {
-                updated.push(i);
+                updated.push(home);
             } else {
-                let mut by_distance: Vec<_> = updated
-                    .iter()
-                    .map(|&id| Candidate {
-                        distance: self.distance(c.id, id),
-                        id,
-                    })
-                    .collect();
-                by_distance.sort();
+                let mut by_distance = updated.clone();
+                by_distance.sort_by(|a, b| a.distance.total_cmp(&b.distance));
                 let Some(victim) = by_distance
                     .iter()
                     .rev()
@@ -297,8 +346,8 @@ impl MemoryGraph {
                 else {
                     continue;
                 };
-                let slot = updated.iter().position(|&id| id == victim.id).unwrap();
-                updated[slot] = i;
+                let slot = updated.iter().position(|l| l.id == victim.id).unwrap();
+                updated[slot] = home;
             }
             self.replace_list(0, list, updated);
             return true;
@@ -311,17 +360,24 @@ impl MemoryGraph {
         self.in_links[id as usize].load(Ordering::Relaxed) > 1
     }
 
-    /// Replaces a list (its owner's lock held), keeping the layer-0 in-link counts.
-    fn replace_list(&self, level: usize, list: &mut Vec<u32>, updated: Vec<u32>) {
+    /// Replaces a list's links (its owner's lock held), keeping the layer-0 in-link
+    /// counts. The heuristic's verdicts are unknown after it, unless the caller
+    /// says otherwise.
+    fn replace_list(&self, level: usize, list: &mut List, updated: Vec<ScoredLink<u32>>) {
         if level == 0 {
-            for id in list.iter().filter(|id| !updated.contains(id)) {
-                self.in_links[*id as usize].fetch_sub(1, Ordering::Relaxed);
+            for l in list
+                .links
+                .iter()
+                .filter(|l| !updated.iter().any(|u| u.id == l.id))
+            {
+                self.in_links[l.id as usize].fetch_sub(1, Ordering::Relaxed);
             }
-            for id in updated.iter().filter(|id| !list.contains(id)) {
-                self.in_links[*id as usize].fetch_add(1, Ordering::Relaxed);
+            for u in updated.iter().filter(|u| !list.contains(u.id)) {
+                self.in_links[u.id as usize].fetch_add(1, Ordering::Relaxed);
             }
         }
-        *list = updated;
+        list.links = updated;
+        list.verdicts_known = false;
     }
 
     /// The elements no walk along links (of any layer) from the entry reaches: no
@@ -345,7 +401,7 @@ impl MemoryGraph {
         let mut stack = vec![from];
         while let Some(e) = stack.pop() {
             for list in self.links[e as usize].read().unwrap().iter() {
-                for &n in list {
+                for n in list.ids() {
                     if !reached[n as usize] {
                         reached[n as usize] = true;
                         stack.push(n);
@@ -407,9 +463,8 @@ impl MemoryGraph {
             id: entry,
         };
         let nearest = descend(&mut view, start, top, 0);
-        view.visited.clear();
-        view.visited.insert(nearest.id);
-        let mut found = search_layer(&mut view, &[nearest], ef.max(k), 0);
+        let (mut found, _) =
+            search_layer_afresh(&mut view, &[nearest], &[], ef.max(k), 0, usize::MAX);
         found.truncate(k);
         found
     }
@@ -436,7 +491,7 @@ impl Graph for View<'_> {
     fn neighbors(&mut self, id: u32, level: usize, out: &mut Vec<u32>) {
         let links = self.graph.links[id as usize].read().unwrap();
         if let Some(list) = links.get(level) {
-            out.extend_from_slice(list);
+            out.extend(list.ids());
         }
     }
 

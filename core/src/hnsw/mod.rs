@@ -13,8 +13,10 @@ mod search;
 mod select;
 
 pub use memory::MemoryGraph;
-pub use search::{descend, search_layer, search_layer_bounded, Candidate, Graph};
-pub use select::{extend_neighbors, fill_nearest, select_neighbors};
+pub use search::{
+    descend, search_layer, search_layer_afresh, search_layer_bounded, Candidate, Graph,
+};
+pub use select::{extend_neighbors, fill_nearest, reselect, select_neighbors, ScoredLink};
 
 use crate::vector::distance;
 

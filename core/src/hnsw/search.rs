@@ -63,11 +63,31 @@ pub fn descend<G: Graph>(
 ) -> Candidate<G::Id> {
     let mut nearest = entry;
     for l in (level + 1..=top).rev() {
-        graph.forget_visited();
-        graph.visit(nearest.id);
-        nearest = search_layer(graph, &[nearest], DESCENT_BEAM, l)[0];
+        nearest = search_layer_afresh(graph, &[nearest], &[], DESCENT_BEAM, l, usize::MAX).0[0];
     }
     nearest
+}
+
+/// A search of `level` that starts afresh, as every search of a new layer or round
+/// must (an element seen on the layer above must still be expanded on this one):
+/// forgets what earlier searches visited, marks `entries` and `skip` visited (so
+/// `skip` is never returned), then runs [`search_layer_bounded`].
+pub fn search_layer_afresh<G: Graph>(
+    graph: &mut G,
+    entries: &[Candidate<G::Id>],
+    skip: &[G::Id],
+    ef: usize,
+    level: usize,
+    max_visited: usize,
+) -> (Vec<Candidate<G::Id>>, usize) {
+    graph.forget_visited();
+    for &id in skip {
+        graph.visit(id);
+    }
+    for e in entries {
+        graph.visit(e.id);
+    }
+    search_layer_bounded(graph, entries, ef, level, max_visited)
 }
 
 /// The `ef` nearest elements found on `level` from `entries`, nearest first.

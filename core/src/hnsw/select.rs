@@ -60,3 +60,70 @@ pub fn fill_nearest<Id: Copy + PartialEq>(
         }
     }
 }
+
+/// A link of a list with what [`reselect`] needs to re-select the list cheaply: its
+/// distance to the list's owner, and whether the heuristic accepted it the last
+/// time the list was selected.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScoredLink<Id> {
+    pub id: Id,
+    pub distance: f32,
+    pub accepted: bool,
+}
+
+/// [`select_neighbors`] for a list that was full and gained one candidate, `new`,
+/// re-using the heuristic's earlier verdicts when `known` says every other
+/// candidate's `accepted` flag is from the list's last selection in this same
+/// order (sorted nearest first, ties broken the same way each time). The verdict on
+/// a candidate depends only on the candidates accepted before it, so only what
+/// `new` changes is checked again (as pgvector caches its `closer` flags):
+/// - before `new`, and after it if `new` was pruned: the verdicts stand;
+/// - once `new` (or a candidate it let in) is accepted, an accepted candidate is
+///   checked against those additions only, since it was nearer to the owner than
+///   to everything accepted before; a pruned one is checked afresh only if some
+///   accepted one was pruned since, otherwise what pruned it is still there.
+///
+/// Without `known`, every verdict is computed. Returns the `m` kept links, flags
+/// set, in the same order and with the same result as [`select_neighbors`].
+pub fn reselect<Id: Copy + PartialEq>(
+    candidates: &mut [ScoredLink<Id>],
+    m: usize,
+    known: bool,
+    new: Id,
+    mut between: impl FnMut(Id, Id) -> f32,
+) -> Vec<ScoredLink<Id>> {
+    let mut kept: Vec<ScoredLink<Id>> = Vec::with_capacity(m);
+    let mut kept_ids: Vec<Id> = Vec::with_capacity(m);
+    let mut pruned = Vec::new();
+    let mut added: Vec<Id> = Vec::new();
+    let mut pruned_since = false;
+    for c in candidates.iter_mut() {
+        if kept.len() == m {
+            break;
+        }
+        // The heuristic's test: nearer to the owner than to each of `others`.
+        let (id, distance) = (c.id, c.distance);
+        let mut nearer_than_all =
+            |mut others: std::slice::Iter<'_, Id>| others.all(|&k| between(id, k) > distance);
+        if !known {
+            c.accepted = nearer_than_all(kept_ids.iter());
+        } else if c.id == new || (!c.accepted && pruned_since) {
+            c.accepted = nearer_than_all(kept_ids.iter());
+            if c.accepted {
+                added.push(c.id);
+            }
+        } else if c.accepted && !added.is_empty() {
+            c.accepted = nearer_than_all(added.iter());
+            pruned_since |= !c.accepted;
+        }
+        if c.accepted {
+            kept.push(*c);
+            kept_ids.push(c.id);
+        } else {
+            pruned.push(*c);
+        }
+    }
+    // keepPrunedConnections, as select_neighbors: the nearest pruned fill the list.
+    kept.extend(pruned.into_iter().take(m - kept.len()));
+    kept
+}

@@ -11,7 +11,7 @@ use super::buffer::{self, add_item, change_pages, init_page, update_meta, Lock, 
 use super::graph::{draw_level, prepare_value, DiskGraph, TidMap};
 use super::page::{space_for, Element, Layout, Meta, Tid};
 use super::update_lock::UpdateLock;
-use m3ret_core::hnsw::{search_layer, select_neighbors, Candidate, Graph, Metric};
+use m3ret_core::hnsw::{search_layer_afresh, select_neighbors, Candidate, Metric};
 use pgrx::pg_sys;
 
 /// `aminsert`.
@@ -124,9 +124,14 @@ fn find_links(
     let mut links = vec![Vec::new(); level.min(top) + 1];
     let mut entries = vec![start];
     for l in (0..=level.min(top)).rev() {
-        graph.forget_visited();
-        entries.iter().for_each(|e| _ = graph.visit(e.id));
-        let found = search_layer(&mut graph, &entries, params.ef_construction, l);
+        let (found, _) = search_layer_afresh(
+            &mut graph,
+            &entries,
+            &[],
+            params.ef_construction,
+            l,
+            usize::MAX,
+        );
         // Freed elements (awaiting reuse) are passed through, never linked to.
         let live: Vec<Candidate<Tid>> = found
             .iter()

@@ -16,7 +16,7 @@ use super::buffer;
 use super::graph::{prepare_value, DiskGraph, TidSet};
 use super::page::{Layout, Tid};
 use crate::settings;
-use m3ret_core::hnsw::{search_layer_bounded, Candidate, Graph};
+use m3ret_core::hnsw::{search_layer_afresh, Candidate};
 use pgrx::pg_sys;
 use std::collections::VecDeque;
 
@@ -214,11 +214,10 @@ impl Rounds {
             self.ef * 2
         };
         pgrx::check_for_interrupts!();
-        self.graph.forget_visited();
-        self.graph.visit(self.start.id);
-        let (found, visited) = search_layer_bounded(
+        let (found, visited) = search_layer_afresh(
             &mut self.graph,
             &[self.start],
+            &[],
             self.ef,
             0,
             max_visited.saturating_sub(self.visited),

@@ -20,7 +20,7 @@ use super::graph::{DiskGraph, TidMap, TidSet};
 use super::insert::find_home;
 use super::page::{Layout, Meta, Tid};
 use super::update_lock::UpdateLock;
-use m3ret_core::hnsw::{extend_neighbors, fill_nearest, search_layer, Candidate, Graph};
+use m3ret_core::hnsw::{extend_neighbors, fill_nearest, search_layer_afresh, Candidate, Graph};
 use pgrx::pg_sys;
 
 #[pgrx::pg_guard]
@@ -233,10 +233,8 @@ fn repair_element(
             search_from_entry(&mut graph, meta, level, dead)
         } else {
             entries.sort();
-            graph.forget_visited();
-            graph.visit(element.tid);
-            entries.iter().for_each(|c| _ = graph.visit(c.id));
-            search_layer(&mut graph, &entries, meta.params().ef_construction, level)
+            let ef = meta.params().ef_construction;
+            search_layer_afresh(&mut graph, &entries, &[element.tid], ef, level, usize::MAX).0
         };
         if level > 0 && !entries.is_empty() {
             // The upper layers are small and what keeps the graph one piece: also
@@ -281,9 +279,8 @@ fn search_from_entry(
     let Some(start) = graph.descend(entry, top, level) else {
         return Vec::new();
     };
-    graph.forget_visited();
-    graph.visit(start.id);
-    search_layer(graph, &[start], meta.params().ef_construction, level)
+    let ef = meta.params().ef_construction;
+    search_layer_afresh(graph, &[start], &[], ef, level, usize::MAX).0
 }
 
 /// Links every live element that no walk from the entry reaches (the dead are freed
