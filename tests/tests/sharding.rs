@@ -54,11 +54,11 @@ fn plan(c: &mut Client, sql: &str, q: &[f32]) -> (Vec<String>, Vec<String>) {
 
 /// One shard: a database with the extension and its partition's table and index.
 /// Searches there are wide enough to be exact, so the merged top 10 must be.
-fn shard(cluster: &Cluster, i: usize) {
+fn shard(cluster: &Cluster, i: usize, dims: usize) {
     let db = cluster.database("warehouse");
     db.connect()
         .batch_execute(&format!(
-            "CREATE TABLE studies_p{i} (id int PRIMARY KEY, emb embedding({DIMS}));
+            "CREATE TABLE studies_p{i} (id int PRIMARY KEY, emb embedding({dims}));
              CREATE INDEX studies_p{i}_idx ON studies_p{i} USING m3ret_hnsw (emb);
              ALTER DATABASE warehouse SET m3ret.ef_search = 400"
         ))
@@ -66,10 +66,10 @@ fn shard(cluster: &Cluster, i: usize) {
 }
 
 /// The coordinator's partitioned table over the shards.
-fn coordinator(c: &mut Client, shards: &[Cluster]) {
+fn coordinator(c: &mut Client, shards: &[Cluster], dims: usize) {
     c.batch_execute(&format!(
         "CREATE EXTENSION postgres_fdw;
-         CREATE TABLE studies (id int, emb embedding({DIMS})) PARTITION BY HASH (id);"
+         CREATE TABLE studies (id int, emb embedding({dims})) PARTITION BY HASH (id);"
     ))
     .unwrap();
     for (i, shard) in shards.iter().enumerate() {
@@ -90,11 +90,11 @@ fn coordinator(c: &mut Client, shards: &[Cluster]) {
 fn a_coordinator_over_fdw_shards_returns_the_exact_top_10() {
     let shards: Vec<Cluster> = (0..SHARDS).map(|_| Cluster::start(&[])).collect();
     for (i, cluster) in shards.iter().enumerate() {
-        shard(cluster, i);
+        shard(cluster, i, DIMS);
     }
     let head = Cluster::start(&[]);
     let mut c = head.database("warehouse").connect();
-    coordinator(&mut c, &shards);
+    coordinator(&mut c, &shards, DIMS);
 
     // Rows go in through the coordinator, routed to their shard by the hash of the id.
     let rows = vectors();
@@ -202,36 +202,13 @@ fn a_query_image_is_embedded_once_on_the_coordinator() {
     let shards: Vec<Cluster> = (0..SHARDS).map(|_| Cluster::start(&[])).collect();
     let dims = 192; // the small test model's embedding
     for (i, cluster) in shards.iter().enumerate() {
-        cluster
-            .database("warehouse")
-            .connect()
-            .batch_execute(&format!(
-                "CREATE TABLE studies_p{i} (id int PRIMARY KEY, emb embedding({dims}));
-                 CREATE INDEX ON studies_p{i} USING m3ret_hnsw (emb);"
-            ))
-            .unwrap();
+        shard(cluster, i, dims);
     }
     let head = Cluster::start(&[]);
     let mut c = head.database("warehouse").connect();
     c.query_one("SELECT m3ret_model_import('test', $1)", &[&small_model(1)])
         .unwrap();
-    c.batch_execute(&format!(
-        "CREATE EXTENSION postgres_fdw;
-         CREATE TABLE studies (id int, emb embedding({dims})) PARTITION BY HASH (id);"
-    ))
-    .unwrap();
-    for (i, shard) in shards.iter().enumerate() {
-        c.batch_execute(&format!(
-            "CREATE SERVER shard{i} FOREIGN DATA WRAPPER postgres_fdw
-                 OPTIONS (host '127.0.0.1', port '{port}', dbname 'warehouse', extensions 'm3ret');
-             CREATE USER MAPPING FOR CURRENT_USER SERVER shard{i} OPTIONS (user 'postgres');
-             CREATE FOREIGN TABLE studies_p{i} PARTITION OF studies
-                 FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {i})
-                 SERVER shard{i} OPTIONS (table_name 'studies_p{i}');",
-            port = shard.port()
-        ))
-        .unwrap();
-    }
+    coordinator(&mut c, &shards, dims);
     // The fixtures, embedded on the coordinator, stored on the shards.
     for (id, (file, modality)) in FIXTURES_BY_MODALITY.iter().enumerate() {
         c.execute(
