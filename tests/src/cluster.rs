@@ -385,6 +385,39 @@ impl Database<'_> {
                 )
             })
     }
+
+    /// Runs a file of the repository (`sql/...`) through psql, stopping at the
+    /// first error, with `name=value` psql variables; panics with its output if
+    /// it fails, else returns its standard output.
+    pub fn psql_file(&self, file: &str, vars: &[String]) -> String {
+        let mut cmd = Command::new("psql");
+        cmd.args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-p", &self.cluster.port().to_string(), "-d", &self.name]);
+        for var in vars {
+            cmd.arg("-v").arg(var);
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+        let out = cmd
+            .arg("-f")
+            .arg(&path)
+            .env_remove("PGOPTIONS")
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql -f {file} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 fn is_root() -> bool {

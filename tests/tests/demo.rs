@@ -42,38 +42,12 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
     std::fs::set_permissions(&corpus, std::fs::Permissions::from_mode(0o644)).unwrap();
     let corpus_rows = std::fs::read_to_string(&corpus).unwrap().lines().count() as i64 - 1;
 
-    let psql = |file: &str, vars: &[String]| {
-        let mut cmd = Command::new("psql");
-        cmd.args([
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-        ])
-        .args(["-p", &db.cluster.port().to_string(), "-d", &db.name]);
-        for var in vars {
-            cmd.arg("-v").arg(var);
-        }
-        cmd.arg("-f")
-            .arg(repo().join(file))
-            .env_remove("PGOPTIONS")
-            .output()
-            .unwrap()
-    };
-    let setup = psql(
+    db.psql_file(
         "sql/demo_setup.sql",
         &[format!(
             "model_file={}",
             repo().join("models/m3ret-default.safetensors").display()
         )],
-    );
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
     );
     // The DICOM archive, through the loader, as scripts/demo.sh does it.
     let archive = dir.path().join("archive");
@@ -108,18 +82,12 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
         "{}",
         String::from_utf8_lossy(&loaded.stderr)
     );
-    let out = psql(
+    let stdout = db.psql_file(
         "sql/demo.sql",
         &[
             format!("fixtures={}", repo().join("fixtures").display()),
             format!("corpus_csv={}", corpus.display()),
         ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo.sql failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     for section in [
         "nearest neighbours of a chest X-ray",

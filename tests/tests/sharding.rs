@@ -6,11 +6,15 @@
 //! LIMIT), so `ORDER BY emb <=> q LIMIT 10` gives the exact top 10 of all shards.
 //! The LIMIT itself reaches the shards only when each partition is queried in a
 //! subquery of its own (the second form below), so that each uses its index.
+//! The shards and the coordinator are set up by the user-facing examples,
+//! sql/examples/sharding_shard.sql and sharding_coordinator.sql.
 
 use m3ret_core::vector::synthetic::Clustered;
 use m3ret_e2e::models::small_model;
 use m3ret_e2e::wire::literal;
-use m3ret_e2e::{exact_top10_cosine, expect_error, fixture, Cluster, FIXTURES_BY_MODALITY};
+use m3ret_e2e::{
+    exact_top10_cosine, expect_error, fixture, Cluster, Database, FIXTURES_BY_MODALITY,
+};
 use postgres::Client;
 use std::io::Write;
 
@@ -52,38 +56,35 @@ fn plan(c: &mut Client, sql: &str, q: &[f32]) -> (Vec<String>, Vec<String>) {
     (lines, remote)
 }
 
-/// One shard: a database with the extension and its partition's table and index.
-/// Searches there are wide enough to be exact, so the merged top 10 must be.
+/// One shard, set up by sql/examples/sharding_shard.sql: a database with the
+/// extension and its partition's table and index.
 fn shard(cluster: &Cluster, i: usize, dims: usize) {
     let db = cluster.database("warehouse");
+    db.psql_file(
+        "sql/examples/sharding_shard.sql",
+        &[format!("part={i}"), format!("dims={dims}")],
+    );
+    // Searches there are wide enough to be exact, so the merged top 10 must be.
     db.connect()
-        .batch_execute(&format!(
-            "CREATE TABLE studies_p{i} (id int PRIMARY KEY, emb embedding({dims}));
-             CREATE INDEX studies_p{i}_idx ON studies_p{i} USING m3ret_hnsw (emb);
-             ALTER DATABASE warehouse SET m3ret.ef_search = 400"
-        ))
+        .batch_execute("ALTER DATABASE warehouse SET m3ret.ef_search = 400")
         .unwrap();
 }
 
-/// The coordinator's partitioned table over the shards.
-fn coordinator(c: &mut Client, shards: &[Cluster], dims: usize) {
-    c.batch_execute(&format!(
-        "CREATE EXTENSION postgres_fdw;
-         CREATE TABLE studies (id int, emb embedding({dims})) PARTITION BY HASH (id);"
-    ))
-    .unwrap();
-    for (i, shard) in shards.iter().enumerate() {
-        c.batch_execute(&format!(
-            "CREATE SERVER shard{i} FOREIGN DATA WRAPPER postgres_fdw
-                 OPTIONS (host '127.0.0.1', port '{port}', dbname 'warehouse', extensions 'm3ret');
-             CREATE USER MAPPING FOR CURRENT_USER SERVER shard{i} OPTIONS (user 'postgres');
-             CREATE FOREIGN TABLE studies_p{i} PARTITION OF studies
-                 FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {i})
-                 SERVER shard{i} OPTIONS (table_name 'studies_p{i}');",
-            port = shard.port()
-        ))
-        .unwrap();
-    }
+/// The coordinator's partitioned table over the shards, set up by
+/// sql/examples/sharding_coordinator.sql.
+fn coordinator(db: &Database, shards: &[Cluster], dims: usize) {
+    assert_eq!(shards.len(), 2, "the example declares two shards");
+    db.psql_file(
+        "sql/examples/sharding_coordinator.sql",
+        &[
+            "host0=127.0.0.1".to_string(),
+            format!("port0={}", shards[0].port()),
+            "host1=127.0.0.1".to_string(),
+            format!("port1={}", shards[1].port()),
+            "shard_user=postgres".to_string(),
+            format!("dims={dims}"),
+        ],
+    );
 }
 
 #[test]
@@ -93,8 +94,9 @@ fn a_coordinator_over_fdw_shards_returns_the_exact_top_10() {
         shard(cluster, i, DIMS);
     }
     let head = Cluster::start(&[]);
-    let mut c = head.database("warehouse").connect();
-    coordinator(&mut c, &shards, DIMS);
+    let head_db = head.database("warehouse");
+    coordinator(&head_db, &shards, DIMS);
+    let mut c = head_db.connect();
 
     // Rows go in through the coordinator, routed to their shard by the hash of the id.
     let rows = vectors();
@@ -205,10 +207,11 @@ fn a_query_image_is_embedded_once_on_the_coordinator() {
         shard(cluster, i, dims);
     }
     let head = Cluster::start(&[]);
-    let mut c = head.database("warehouse").connect();
+    let head_db = head.database("warehouse");
+    coordinator(&head_db, &shards, dims);
+    let mut c = head_db.connect();
     c.query_one("SELECT m3ret_model_import('test', $1)", &[&small_model(1)])
         .unwrap();
-    coordinator(&mut c, &shards, dims);
     // The fixtures, embedded on the coordinator, stored on the shards.
     for (id, (file, modality)) in FIXTURES_BY_MODALITY.iter().enumerate() {
         c.execute(
