@@ -94,7 +94,8 @@ pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
         // No list took the new element on layer 0 (every full list kept what it had, to
         // orphan nobody): without an in-link no search would ever reach it.
         if l == 0 && !homed && !list.is_empty() {
-            find_home(index, layout, metric, tid, vector, list, &mut nblocks);
+            let own: Vec<Tid> = list.iter().map(|c| c.id).collect();
+            find_home(index, layout, metric, tid, vector, &own, list, &mut nblocks);
         }
     }
     if meta.entry().is_none_or(|(_, top)| level > top) {
@@ -333,16 +334,44 @@ fn write_if_unchanged(
 }
 
 /// Puts the new element into the layer-0 list of the nearest of `nearest` that has a
-/// link to give up: its farthest link whose target another list also links to.
+/// link to give up: the farthest link whose target the new element reaches in at
+/// most two links through its own (`new_links`, its layer-0 links), so that the
+/// target stays reachable through the new element. Failing that in every list, the
+/// new element takes over the farthest link it can ([`take_over_link`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn find_home(
     index: pg_sys::Relation,
     layout: Layout,
     metric: Metric,
     new: Tid,
     new_vector: &[f32],
+    new_links: &[Tid],
     nearest: &[Candidate<Tid>],
     nblocks: &mut u32,
 ) {
+    for safe_only in [true, false] {
+        if try_homes(
+            index, layout, metric, new, new_vector, new_links, nearest, safe_only, nblocks,
+        ) {
+            return;
+        }
+    }
+    pgrx::warning!("m3ret_hnsw: a new element found no neighbour list to join; REINDEX links it");
+}
+
+/// One pass of [`find_home`]; whether a list took the new element.
+#[allow(clippy::too_many_arguments)]
+fn try_homes(
+    index: pg_sys::Relation,
+    layout: Layout,
+    metric: Metric,
+    new: Tid,
+    new_vector: &[f32],
+    new_links: &[Tid],
+    nearest: &[Candidate<Tid>],
+    safe_only: bool,
+    nblocks: &mut u32,
+) -> bool {
     for c in nearest {
         let read = buffer::with_element(index, c.id, layout, nblocks, |e| {
             (!e.is_deleted()).then(|| (e.neighbors(0).collect::<Vec<_>>(), e.vector().to_vec()))
@@ -350,6 +379,22 @@ pub(super) fn find_home(
         let Some(Some((current, to_vector))) = read else {
             continue;
         };
+        let link = Link {
+            to: c.id,
+            new,
+            new_vector,
+            new_links: &[],
+            distance: c.distance,
+            level: 0,
+        };
+        if current.len() < layout.params.max_neighbors(0) {
+            // Room (VACUUM left the list short): nothing to give up.
+            let updated: Vec<Tid> = current.iter().copied().chain([new]).collect();
+            if write_if_unchanged(index, layout, &link, &current, &updated) {
+                return true;
+            }
+            continue;
+        }
         let mut by_distance: Vec<(f32, Tid)> = current
             .iter()
             .filter_map(|&n| {
@@ -359,61 +404,74 @@ pub(super) fn find_home(
             })
             .collect();
         by_distance.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let Some(&(_, give_up)) = by_distance
-            .iter()
-            .find(|(_, n)| has_other_in_link(index, layout, *n, c.id, 0, nblocks))
-        else {
+        let give_up = if safe_only {
+            by_distance
+                .iter()
+                .map(|(_, n)| *n)
+                .find(|&n| reached_through(index, layout, new_links, c.id, n, 0, nblocks))
+        } else {
+            by_distance
+                .iter()
+                .map(|(_, n)| *n)
+                .find(|&n| take_over_link(index, layout, new, n, nblocks))
+        };
+        let Some(give_up) = give_up else {
             continue;
         };
         let updated: Vec<Tid> = current
             .iter()
             .map(|&n| if n == give_up { new } else { n })
             .collect();
-        let link = Link {
-            to: c.id,
-            new,
-            new_vector,
-            new_links: &[],
-            distance: c.distance,
-            level: 0,
-        };
         if write_if_unchanged(index, layout, &link, &current, &updated) {
-            return;
+            return true;
         }
     }
-    pgrx::warning!("m3ret_hnsw: a new element found no neighbour list to join; REINDEX links it");
+    false
 }
 
-/// Whether `target` stays reachable on `level` without the link from `from`: some
-/// other element `x` links to it, and `x` has an in-link from neither `target` nor
-/// `from` (else `x` and `target` may form a group that only `from` leads into). It
-/// looks among `target`'s and `x`'s own neighbours (links are mostly mutual), so it
-/// may miss a way in and answer false, never the reverse for groups of two. A
-/// deleted or missing target needs no protection.
-fn has_other_in_link(
+/// Gives the new element a layer-0 link to `target`, so that a list may hand its own
+/// link to `target` over to the new element: added if the new element's list has
+/// room, else in place of one of its links whose target `target` links to (the way
+/// goes on through `target`). False if neither.
+fn take_over_link(
     index: pg_sys::Relation,
     layout: Layout,
+    new: Tid,
     target: Tid,
-    from: Tid,
-    level: usize,
     nblocks: &mut u32,
 ) -> bool {
-    let Some(neighbours) = live_neighbours(index, layout, target, level, nblocks) else {
-        return true;
+    let Some(own) = live_neighbours(index, layout, new, 0, nblocks) else {
+        return false;
     };
-    neighbours.into_iter().filter(|&x| x != from).any(|x| {
-        links_to(index, layout, x, target, level, nblocks)
-            && live_neighbours(index, layout, x, level, nblocks).is_some_and(|around| {
-                around
-                    .into_iter()
-                    .filter(|&y| y != from && y != target)
-                    .any(|y| links_to(index, layout, y, x, level, nblocks))
-            })
-    })
+    if own.contains(&target) {
+        return true;
+    }
+    let updated: Vec<Tid> = if own.len() < layout.params.max_neighbors(0) {
+        own.iter().copied().chain([target]).collect()
+    } else {
+        let Some(beyond) = live_neighbours(index, layout, target, 0, nblocks) else {
+            return false;
+        };
+        let Some(&replaced) = own.iter().rev().find(|h| beyond.contains(h)) else {
+            return false;
+        };
+        own.iter()
+            .map(|&h| if h == replaced { target } else { h })
+            .collect()
+    };
+    let link = Link {
+        to: new,
+        new: target,
+        new_vector: &[],
+        new_links: &[],
+        distance: 0.0,
+        level: 0,
+    };
+    write_if_unchanged(index, layout, &link, &own, &updated)
 }
 
 /// `tid`'s links on `level`; None if it is deleted or has no such layer.
-fn live_neighbours(
+pub(super) fn live_neighbours(
     index: pg_sys::Relation,
     layout: Layout,
     tid: Tid,
@@ -477,16 +535,66 @@ fn reselect(
     if !kept.contains(&link.new) {
         return None;
     }
-    // A link dropped here may be its target's last way in: that element would become
-    // unreachable. Keep the list as it is unless every dropped target is reached
-    // through the new element (which this list now leads to) or another way.
-    let dropped = current.iter().filter(|t| !kept.contains(t));
-    for &d in dropped {
-        if !link.new_links.contains(&d)
-            && !has_other_in_link(index, layout, d, link.to, link.level, nblocks)
-        {
-            return None;
-        }
+    // A link dropped here may be its target's last way in. So a list gives up only
+    // a link whose target the new element reaches too: the way to the target then
+    // goes on through the new element, which this list now leads to. Every link an
+    // insert removes is replaced by a path through the new element, so no insert,
+    // whatever the data or the concurrent inserts, leaves unreachable an element
+    // that was reachable (find_home's last resort aside).
+    let dropped: Vec<Tid> = current
+        .iter()
+        .copied()
+        .filter(|t| !kept.contains(t) && vectors.contains_key(&t.key()))
+        .collect();
+    if dropped.iter().all(|d| link.new_links.contains(d)) {
+        return Some(kept);
     }
-    Some(kept)
+    let [spared] = dropped[..] else {
+        return None;
+    };
+    // Else give up instead the farthest link that the new element has too, and
+    // keep the one the heuristic dropped; or, if there is none, the heuristic's
+    // choice when the new element reaches it in two links.
+    let victim = candidates
+        .iter()
+        .rev()
+        .map(|c| c.id)
+        .find(|id| *id != link.new && kept.contains(id) && link.new_links.contains(id));
+    match victim {
+        Some(victim) => Some(
+            kept.into_iter()
+                .map(|n| if n == victim { spared } else { n })
+                .collect(),
+        ),
+        None => reached_through(
+            index,
+            layout,
+            link.new_links,
+            link.to,
+            spared,
+            link.level,
+            nblocks,
+        )
+        .then_some(kept),
+    }
+}
+
+/// Whether an element whose links on `level` are `links` reaches `target` in at
+/// most two links without passing through `owner`: then `owner`'s list, once it
+/// leads to that element, may drop its own link to `target` (a way through
+/// `owner` would use the very link dropped).
+fn reached_through(
+    index: pg_sys::Relation,
+    layout: Layout,
+    links: &[Tid],
+    owner: Tid,
+    target: Tid,
+    level: usize,
+    nblocks: &mut u32,
+) -> bool {
+    links.contains(&target)
+        || links
+            .iter()
+            .filter(|&&x| x != owner)
+            .any(|&x| links_to(index, layout, x, target, level, nblocks))
 }

@@ -17,7 +17,7 @@
 
 use super::buffer::{self, change_pages, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap, TidSet};
-use super::insert::find_home;
+use super::insert::{find_home, live_neighbours};
 use super::page::{Layout, Meta, Tid};
 use super::update_lock::UpdateLock;
 use m3ret_core::hnsw::{extend_neighbors, fill_nearest, search_layer_afresh, Candidate, Graph};
@@ -64,9 +64,9 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
         let stats = new_stats();
         let (_, live) = find_dead(index, buffer::read_meta(index).layout(), |_| false);
         unsafe { (*stats).num_index_tuples = live as f64 };
-        // Inserts keep every element reachable as far as they can see (each judges
-        // from the neighbourhood of the links it changes); what they missed is
-        // linked here, as after a bulk delete.
+        // Inserts give up only links whose targets stay reachable, so this walk
+        // should find nothing; whatever it finds (an index from an older version,
+        // say) is linked here, as after a bulk delete.
         if !unreached(index, &buffer::read_meta(index)).1.is_empty() {
             let _alone = UpdateLock::exclusive(index);
             relink_unreachable(index, &buffer::read_meta(index));
@@ -284,10 +284,10 @@ fn search_from_entry(
 }
 
 /// Links every live element that no walk from the entry reaches (the dead are freed
-/// by now) into the list of one of its nearest reachable elements. A place given
-/// up for it may have been the last way to another element (`find_home` judges
-/// in-links from the neighbourhood only), so the walk is repeated until it finds
-/// nothing, a few rounds at most.
+/// by now) into the list of one of its nearest reachable elements (`find_home`,
+/// which gives up only a link whose target the element reaches itself, or hands
+/// the link over to it). The walk is repeated until it finds nothing, a few rounds
+/// at most: an element's own group may still hold others it does not lead to.
 fn relink_unreachable(index: pg_sys::Relation, meta: &Meta) {
     const ROUNDS: usize = 5;
     let mut left = 0;
@@ -320,7 +320,17 @@ fn relink_round(index: pg_sys::Relation, meta: &Meta) -> usize {
         let mut graph = DiskGraph::new(index, meta, vector.clone());
         let mut nearest = search_from_entry(&mut graph, meta, 0, &TidSet::default());
         nearest.retain(|c| c.id != tid);
-        find_home(index, layout, metric, tid, &vector, &nearest, &mut nblocks);
+        let own = live_neighbours(index, layout, tid, 0, &mut nblocks).unwrap_or_default();
+        find_home(
+            index,
+            layout,
+            metric,
+            tid,
+            &vector,
+            &own,
+            &nearest,
+            &mut nblocks,
+        );
         // Whatever only this element led to is reachable through it now.
         walk_links(index, layout, tid, &mut reached, &mut nblocks);
     }
