@@ -94,8 +94,12 @@ pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
         // No list took the new element on layer 0 (every full list kept what it had, to
         // orphan nobody): without an in-link no search would ever reach it.
         if l == 0 && !homed && !list.is_empty() {
-            let own: Vec<Tid> = list.iter().map(|c| c.id).collect();
-            find_home(index, layout, metric, tid, vector, &own, list, &mut nblocks);
+            let newcomer = Newcomer {
+                tid,
+                vector,
+                links: &new_links,
+            };
+            find_home(index, layout, metric, &newcomer, list, &mut nblocks);
         }
     }
     if meta.entry().is_none_or(|(_, top)| level > top) {
@@ -335,43 +339,45 @@ fn write_if_unchanged(
 
 /// Puts the new element into the layer-0 list of the nearest of `nearest` that has a
 /// link to give up: the farthest link whose target the new element reaches in at
-/// most two links through its own (`new_links`, its layer-0 links), so that the
+/// most two links through its own (`Newcomer::links`, its layer-0 links), so that the
 /// target stays reachable through the new element. Failing that in every list, the
 /// new element takes over the farthest link it can ([`take_over_link`]).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn find_home(
     index: pg_sys::Relation,
     layout: Layout,
     metric: Metric,
-    new: Tid,
-    new_vector: &[f32],
-    new_links: &[Tid],
+    newcomer: &Newcomer,
     nearest: &[Candidate<Tid>],
     nblocks: &mut u32,
 ) {
     for safe_only in [true, false] {
-        if try_homes(
-            index, layout, metric, new, new_vector, new_links, nearest, safe_only, nblocks,
-        ) {
+        if try_homes(index, layout, metric, newcomer, nearest, safe_only, nblocks) {
             return;
         }
     }
     pgrx::warning!("m3ret_hnsw: a new element found no neighbour list to join; REINDEX links it");
 }
 
+/// An element that needs a way in: one just placed that no full list took, or one
+/// VACUUM found unreachable. Its own layer-0 links tell which links a list may
+/// give up for it.
+pub(super) struct Newcomer<'a> {
+    pub tid: Tid,
+    pub vector: &'a [f32],
+    pub links: &'a [Tid],
+}
+
 /// One pass of [`find_home`]; whether a list took the new element.
-#[allow(clippy::too_many_arguments)]
 fn try_homes(
     index: pg_sys::Relation,
     layout: Layout,
     metric: Metric,
-    new: Tid,
-    new_vector: &[f32],
-    new_links: &[Tid],
+    newcomer: &Newcomer,
     nearest: &[Candidate<Tid>],
     safe_only: bool,
     nblocks: &mut u32,
 ) -> bool {
+    let (new, new_vector, new_links) = (newcomer.tid, newcomer.vector, newcomer.links);
     for c in nearest {
         let read = buffer::with_element(index, c.id, layout, nblocks, |e| {
             (!e.is_deleted()).then(|| (e.neighbors(0).collect::<Vec<_>>(), e.vector().to_vec()))

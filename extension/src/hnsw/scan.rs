@@ -2,7 +2,8 @@
 //!
 //! The first round is the paper's search with `m3ret.ef_search` candidates. When
 //! the executor wants more (a WHERE clause rejected rows), the search runs again
-//! with twice the candidates, and so on, until `m3ret.max_scan_tuples` elements have
+//! with twice the candidates (descending afresh from the entry: a VACUUM may have
+//! freed the element the last round started from), and so on, until `m3ret.max_scan_tuples` elements have
 //! been visited in all (or not at all if `m3ret.iterative_scan` is off). The first
 //! round returns all its candidates (a LIMIT within ef_search costs one search). A
 //! round with more candidates finds nearly all the nearest elements the rounds
@@ -214,6 +215,20 @@ impl Rounds {
             self.ef * 2
         };
         pgrx::check_for_interrupts!();
+        if !first {
+            // The element the first round started from may have been freed by a
+            // VACUUM since (a freed element has no links: a round from there finds
+            // nothing and would end the scan early). Descend again from the entry,
+            // which VACUUM keeps live.
+            let entry = buffer::read_meta(self.graph.index).entry();
+            match entry.and_then(|(entry, top)| self.graph.descend(entry, top, 0)) {
+                Some(start) => self.start = start,
+                None => {
+                    self.done = true;
+                    return;
+                }
+            }
+        }
         let (found, visited) = search_layer_afresh(
             &mut self.graph,
             &[self.start],

@@ -17,7 +17,7 @@
 
 use super::buffer::{self, change_pages, update_meta, Lock, Locked};
 use super::graph::{DiskGraph, TidMap, TidSet};
-use super::insert::{find_home, live_neighbours};
+use super::insert::{find_home, live_neighbours, Newcomer};
 use super::page::{Layout, Meta, Tid};
 use super::update_lock::UpdateLock;
 use m3ret_core::hnsw::{extend_neighbors, fill_nearest, search_layer_afresh, Candidate, Graph};
@@ -321,16 +321,12 @@ fn relink_round(index: pg_sys::Relation, meta: &Meta) -> usize {
         let mut nearest = search_from_entry(&mut graph, meta, 0, &TidSet::default());
         nearest.retain(|c| c.id != tid);
         let own = live_neighbours(index, layout, tid, 0, &mut nblocks).unwrap_or_default();
-        find_home(
-            index,
-            layout,
-            metric,
+        let newcomer = Newcomer {
             tid,
-            &vector,
-            &own,
-            &nearest,
-            &mut nblocks,
-        );
+            vector: &vector,
+            links: &own,
+        };
+        find_home(index, layout, metric, &newcomer, &nearest, &mut nblocks);
         // Whatever only this element led to is reachable through it now.
         walk_links(index, layout, tid, &mut reached, &mut nblocks);
     }
