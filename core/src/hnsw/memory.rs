@@ -255,9 +255,11 @@ impl MemoryGraph {
             accepted: false,
         };
         if list.links.len() < max {
-            let mut updated = list.links.clone();
-            updated.push(new_link);
-            self.replace_list(level, list, updated);
+            list.links.push(new_link);
+            list.verdicts_known = false;
+            if level == 0 {
+                self.in_links[new as usize].fetch_add(1, Ordering::Relaxed);
+            }
             return;
         }
         let mut candidates = list.links.clone();

@@ -96,7 +96,6 @@ pub fn insert_vector(index: pg_sys::Relation, heap: Tid, vector: &[f32]) {
         if l == 0 && !homed && !list.is_empty() {
             let newcomer = Newcomer {
                 tid,
-                vector,
                 links: &new_links,
             };
             find_home(index, layout, metric, &newcomer, list, &mut nblocks);
@@ -308,7 +307,7 @@ fn link_back(
                 None => return false,
             }
         };
-        if write_if_unchanged(index, layout, link, &current, &updated) {
+        if write_if_unchanged(index, layout, link.to, link.level, &current, &updated) {
             return true;
         }
         // Another insert changed the list between our read and our lock: read again.
@@ -316,22 +315,23 @@ fn link_back(
     false
 }
 
-/// Writes `updated` as `link.to`'s list on `link.level` if the list is still `current`.
+/// Writes `updated` as `owner`'s list on `level` if the list is still `current`.
 fn write_if_unchanged(
     index: pg_sys::Relation,
     layout: Layout,
-    link: &Link,
+    owner: Tid,
+    level: usize,
     current: &[Tid],
     updated: &[Tid],
 ) -> bool {
-    let locked = Locked::new(index, link.to.block, Lock::Exclusive);
-    let unchanged = buffer::element_on(index, locked.page(), link.to.offset, layout)
-        .is_some_and(|e| !e.is_deleted() && e.neighbors(link.level).eq(current.iter().copied()));
+    let locked = Locked::new(index, owner.block, Lock::Exclusive);
+    let unchanged = buffer::element_on(index, locked.page(), owner.offset, layout)
+        .is_some_and(|e| !e.is_deleted() && e.neighbors(level).eq(current.iter().copied()));
     if unchanged {
         change_pages(index, &[&locked], false, |pages| {
-            buffer::element_mut_on(pages[0], link.to.offset, layout)
+            buffer::element_mut_on(pages[0], owner.offset, layout)
                 .unwrap()
-                .set_neighbors(link.level, updated)
+                .set_neighbors(level, updated)
         });
     }
     unchanged
@@ -363,7 +363,6 @@ pub(super) fn find_home(
 /// give up for it.
 pub(super) struct Newcomer<'a> {
     pub tid: Tid,
-    pub vector: &'a [f32],
     pub links: &'a [Tid],
 }
 
@@ -377,7 +376,7 @@ fn try_homes(
     safe_only: bool,
     nblocks: &mut u32,
 ) -> bool {
-    let (new, new_vector, new_links) = (newcomer.tid, newcomer.vector, newcomer.links);
+    let (new, new_links) = (newcomer.tid, newcomer.links);
     for c in nearest {
         let read = buffer::with_element(index, c.id, layout, nblocks, |e| {
             (!e.is_deleted()).then(|| (e.neighbors(0).collect::<Vec<_>>(), e.vector().to_vec()))
@@ -385,18 +384,10 @@ fn try_homes(
         let Some(Some((current, to_vector))) = read else {
             continue;
         };
-        let link = Link {
-            to: c.id,
-            new,
-            new_vector,
-            new_links: &[],
-            distance: c.distance,
-            level: 0,
-        };
         if current.len() < layout.params.max_neighbors(0) {
             // Room (VACUUM left the list short): nothing to give up.
             let updated: Vec<Tid> = current.iter().copied().chain([new]).collect();
-            if write_if_unchanged(index, layout, &link, &current, &updated) {
+            if write_if_unchanged(index, layout, c.id, 0, &current, &updated) {
                 return true;
             }
             continue;
@@ -428,7 +419,7 @@ fn try_homes(
             .iter()
             .map(|&n| if n == give_up { new } else { n })
             .collect();
-        if write_if_unchanged(index, layout, &link, &current, &updated) {
+        if write_if_unchanged(index, layout, c.id, 0, &current, &updated) {
             return true;
         }
     }
@@ -465,15 +456,7 @@ fn take_over_link(
             .map(|&h| if h == replaced { target } else { h })
             .collect()
     };
-    let link = Link {
-        to: new,
-        new: target,
-        new_vector: &[],
-        new_links: &[],
-        distance: 0.0,
-        level: 0,
-    };
-    write_if_unchanged(index, layout, &link, &own, &updated)
+    write_if_unchanged(index, layout, new, 0, &own, &updated)
 }
 
 /// `tid`'s links on `level`; None if it is deleted or has no such layer.

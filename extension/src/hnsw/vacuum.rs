@@ -317,15 +317,11 @@ fn relink_round(index: pg_sys::Relation, meta: &Meta) -> usize {
         }) else {
             continue;
         };
-        let mut graph = DiskGraph::new(index, meta, vector.clone());
+        let mut graph = DiskGraph::new(index, meta, vector);
         let mut nearest = search_from_entry(&mut graph, meta, 0, &TidSet::default());
         nearest.retain(|c| c.id != tid);
         let own = live_neighbours(index, layout, tid, 0, &mut nblocks).unwrap_or_default();
-        let newcomer = Newcomer {
-            tid,
-            vector: &vector,
-            links: &own,
-        };
+        let newcomer = Newcomer { tid, links: &own };
         find_home(index, layout, metric, &newcomer, &nearest, &mut nblocks);
         // Whatever only this element led to is reachable through it now.
         walk_links(index, layout, tid, &mut reached, &mut nblocks);
