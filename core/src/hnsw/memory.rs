@@ -2,8 +2,8 @@
 //! graph before writing it to pages.
 //!
 //! Each element's links sit behind their own lock, so threads insert different
-//! elements at once (as hnswlib does); a search may see an element whose links are
-//! not written yet, which only costs a little recall, never correctness.
+//! elements at once (as hnswlib does). An element's own lists are written before
+//! any other list links to it, so a search never meets an element without links.
 
 use super::select::{reselect, ScoredLink};
 use super::{descend, search_layer_afresh, select_neighbors, Candidate, Graph, Metric, Params};
@@ -159,7 +159,13 @@ impl MemoryGraph {
         true
     }
 
-    /// Links element `i` into the graph.
+    /// Links element `i` into the graph: finds its neighbours on every layer, writes
+    /// its own lists, and only then links back to it. A search that reaches `i`
+    /// must find its lists written: an element met on an upper layer whose layer-0
+    /// list is still empty ends the layer-0 search of whatever is being inserted
+    /// beside it, and such elements then link only among themselves, out of reach
+    /// of searches from their own cluster (seen with 3 threads on 1,500 clustered
+    /// vectors: up to 10 elements no search at ef 400 returned).
     fn insert(&self, i: u32, visited: &mut Visited) {
         let level = self.level(i);
         let (entry, top) = {
@@ -172,6 +178,38 @@ impl MemoryGraph {
                 Some(e) => e,
             }
         };
+        let chosen = self.choose_neighbours(i, entry, top, visited);
+        for (l, neighbours) in chosen.iter().enumerate() {
+            self.set_links(i, l, neighbours);
+        }
+        for (l, neighbours) in chosen.iter().enumerate().rev() {
+            for c in neighbours {
+                self.link_back(c.id, i, c.distance, l);
+            }
+        }
+        if self.in_links[i as usize].load(Ordering::Relaxed) == 0 {
+            // Every neighbour's list preferred its own links: `i` must be let in
+            // somewhere, or no search would ever reach it.
+            self.find_home(i, &chosen[0]);
+        }
+        if level > top {
+            let mut entry = self.entry.lock().unwrap();
+            if entry.is_none_or(|(_, t)| level > t) {
+                *entry = Some((i, level));
+            }
+        }
+    }
+
+    /// The neighbours element `i` links to on each of its layers it shares with
+    /// the graph (layer 0 first), found from the entry without writing anything.
+    fn choose_neighbours(
+        &self,
+        i: u32,
+        entry: u32,
+        top: usize,
+        visited: &mut Visited,
+    ) -> Vec<Vec<Candidate<u32>>> {
+        let level = self.level(i);
         let query = self.vector(i);
         let mut view = View {
             graph: self,
@@ -183,6 +221,7 @@ impl MemoryGraph {
             id: entry,
         };
         let mut entries = vec![descend(&mut view, start, top, level)];
+        let mut chosen = vec![Vec::new(); level.min(top) + 1];
         for l in (0..=level.min(top)).rev() {
             let (found, _) = search_layer_afresh(
                 &mut view,
@@ -193,51 +232,21 @@ impl MemoryGraph {
                 usize::MAX,
             );
             let candidates: Vec<_> = found.iter().copied().filter(|c| c.id != i).collect();
-            let chosen = select_neighbors(&candidates, self.params.max_neighbors(l), |a, b| {
+            chosen[l] = select_neighbors(&candidates, self.params.max_neighbors(l), |a, b| {
                 self.distance(a, b)
             });
-            self.set_links(i, l, &chosen);
-            for c in &chosen {
-                self.link_back(c.id, i, c.distance, l);
-            }
-            if l == 0 && self.in_links[i as usize].load(Ordering::Relaxed) == 0 {
-                // Every neighbour's list preferred its own links: `i` must be
-                // let in somewhere, or no search would ever reach it.
-                self.find_home(i, &chosen);
-            }
             entries = found;
         }
-        if level > top {
-            let mut entry = self.entry.lock().unwrap();
-            if entry.is_none_or(|(_, t)| level > t) {
-                *entry = Some((i, level));
-            }
-        }
+        chosen
     }
 
-    /// Writes the links element `i` chose on `level`. Another thread may have linked
-    /// back to `i` there since `i` became visible on the layer above (its search
-    /// found `i` and chose it): those links are merged, not overwritten, or the
-    /// element that made them would lose an in-link, and with it maybe the only way
-    /// to reach it.
+    /// Writes the links element `i` chose on `level`. No other list links to `i`
+    /// yet, so no search has found it and no thread has written to its lists.
     fn set_links(&self, i: u32, level: usize, chosen: &[Candidate<u32>]) {
-        let max = self.params.max_neighbors(level);
         let mut links = self.links[i as usize].write().unwrap();
         let list = &mut links[level];
-        let mut candidates = chosen.to_vec();
-        for l in &list.links {
-            if !chosen.iter().any(|c| c.id == l.id) {
-                candidates.push(Candidate {
-                    distance: l.distance,
-                    id: l.id,
-                });
-            }
-        }
-        if candidates.len() > max {
-            candidates.sort();
-            candidates = select_neighbors(&candidates, max, |a, b| self.distance(a, b));
-        }
-        self.replace_list(level, list, candidates.iter().map(scored).collect());
+        debug_assert!(list.links.is_empty(), "element {i} was linked to early");
+        self.replace_list(level, list, chosen.iter().map(scored).collect());
     }
 
     /// Adds `new` to the links of `to` on `level`, re-selecting when full.
