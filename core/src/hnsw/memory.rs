@@ -6,7 +6,10 @@
 //! any other list links to it, so a search never meets an element without links.
 
 use super::select::{reselect, ScoredLink};
-use super::{descend, search_layer_afresh, select_neighbors, Candidate, Graph, Metric, Params};
+use super::{
+    descend, find_neighbours, search_layer_afresh, select_neighbors, Candidate, Graph, Metric,
+    Params,
+};
 use crate::vector::prefetch::prefetch_vector;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -220,24 +223,19 @@ impl MemoryGraph {
             distance: self.metric.graph_distance(query, self.vector(entry)),
             id: entry,
         };
-        let mut entries = vec![descend(&mut view, start, top, level)];
-        let mut chosen = vec![Vec::new(); level.min(top) + 1];
-        for l in (0..=level.min(top)).rev() {
-            let (found, _) = search_layer_afresh(
-                &mut view,
-                &entries,
-                &[],
-                self.params.ef_construction,
-                l,
-                usize::MAX,
-            );
-            let candidates: Vec<_> = found.iter().copied().filter(|c| c.id != i).collect();
-            chosen[l] = select_neighbors(&candidates, self.params.max_neighbors(l), |a, b| {
-                self.distance(a, b)
-            });
-            entries = found;
-        }
-        chosen
+        let start = descend(&mut view, start, top, level);
+        find_neighbours(
+            &mut view,
+            start,
+            level.min(top),
+            self.params.ef_construction,
+            |_, l, found| {
+                let candidates: Vec<_> = found.iter().copied().filter(|c| c.id != i).collect();
+                select_neighbors(&candidates, self.params.max_neighbors(l), |a, b| {
+                    self.distance(a, b)
+                })
+            },
+        )
     }
 
     /// Writes the links element `i` chose on `level`. No other list links to `i`

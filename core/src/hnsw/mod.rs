@@ -14,7 +14,8 @@ mod select;
 
 pub use memory::MemoryGraph;
 pub use search::{
-    descend, search_layer, search_layer_afresh, search_layer_bounded, Candidate, Graph,
+    descend, find_neighbours, search_layer, search_layer_afresh, search_layer_bounded, Candidate,
+    Graph,
 };
 pub use select::{extend_neighbors, fill_nearest, reselect, select_neighbors, ScoredLink};
 

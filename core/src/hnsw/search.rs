@@ -68,6 +68,29 @@ pub fn descend<G: Graph>(
     nearest
 }
 
+/// The links a new element gets on each layer it shares with the graph, from
+/// `top_layer` down to 0 (index = layer), as the paper's insert (Algorithm 1) finds
+/// them: each layer is searched for `ef` candidates, starting from those of the
+/// layer above (from `start` on the first), and `choose(graph, layer, found)` picks
+/// the links among them. Nothing is written: the in-memory build and the on-disk
+/// insert both find all of an element's links before they link it in.
+pub fn find_neighbours<G: Graph>(
+    graph: &mut G,
+    start: Candidate<G::Id>,
+    top_layer: usize,
+    ef: usize,
+    mut choose: impl FnMut(&mut G, usize, &[Candidate<G::Id>]) -> Vec<Candidate<G::Id>>,
+) -> Vec<Vec<Candidate<G::Id>>> {
+    let mut links = vec![Vec::new(); top_layer + 1];
+    let mut entries = vec![start];
+    for layer in (0..=top_layer).rev() {
+        let (found, _) = search_layer_afresh(graph, &entries, &[], ef, layer, usize::MAX);
+        links[layer] = choose(graph, layer, &found);
+        entries = found;
+    }
+    links
+}
+
 /// A search of `level` that starts afresh, as every search of a new layer or round
 /// must (an element seen on the layer above must still be expanded on this one):
 /// forgets what earlier searches visited, marks `entries` and `skip` visited (so
