@@ -33,22 +33,37 @@ impl<'a> EmbeddingRef<'a> {
     /// # Safety
     /// `datum` must be a non-null `embedding` datum.
     unsafe fn from_datum_unchecked(datum: pg_sys::Datum) -> Self {
+        // SAFETY: the caller's promise: a varlena datum (PostgreSQL detoasts or
+        // decompresses it, ERRORing on a bad one).
         let mut ptr = unsafe { pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) };
         if !(ptr as usize).is_multiple_of(std::mem::align_of::<f32>()) {
             // A datum inside a tuple is only as aligned as the tuple; copy it out.
+            // SAFETY: as above.
             ptr = unsafe { pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr()) };
         }
+        // SAFETY: a detoasted varlena; its header says its length.
         let total = unsafe { pgrx::varlena::varsize_any(ptr) };
+        if total < HEADER_BYTES {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!("corrupt embedding datum: {total} bytes"),
+            );
+        }
+        // SAFETY: at least HEADER_BYTES long (checked) and aligned for f32 (so for
+        // the header's i16 fields).
         let header = unsafe { &*(ptr as *const Header) };
         let dim = header.dim.max(0) as usize;
-        if total < HEADER_BYTES || total != HEADER_BYTES + dim * 4 || dim == 0 {
+        if total != HEADER_BYTES + dim * 4 || dim == 0 {
             raise(
                 PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
                 format!("corrupt embedding datum: {total} bytes for {dim} dimensions"),
             );
         }
+        // SAFETY: `dim` floats follow the header (the length was checked against
+        // them), aligned; the memory lives as long as the call's memory context.
         let first = unsafe { (ptr as *const u8).add(HEADER_BYTES) as *const f32 };
         EmbeddingRef {
+            // SAFETY: as above.
             values: unsafe { std::slice::from_raw_parts(first, dim) },
         }
     }
@@ -63,6 +78,8 @@ impl FromDatum for EmbeddingRef<'_> {
         if is_null {
             None
         } else {
+            // SAFETY: PostgreSQL calls this for a column or argument of type
+            // embedding only, and the datum is not null.
             Some(unsafe { Self::from_datum_unchecked(datum) })
         }
     }
@@ -71,6 +88,7 @@ impl FromDatum for EmbeddingRef<'_> {
 unsafe impl<'fcx> ArgAbi<'fcx> for EmbeddingRef<'fcx> {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
+        // SAFETY: an argument declared `embedding` in SQL.
         unsafe { arg.unbox_arg_using_from_datum() }
             .unwrap_or_else(|| panic!("embedding argument {index} must not be null"))
     }
@@ -85,6 +103,8 @@ impl Embedding {
         let dim = self.0.len();
         debug_assert!(dim > 0 && dim <= m3ret_core::vector::MAX_DIMS);
         let size = HEADER_BYTES + dim * 4;
+        // SAFETY: palloc0 gives `size` zeroed, maximally aligned bytes (or ERRORs),
+        // written inside that size: the header, then `dim` floats.
         unsafe {
             let ptr = pg_sys::palloc0(size) as *mut u8;
             pgrx::varlena::set_varsize_4b(ptr as *mut pg_sys::varlena, size as i32);
@@ -109,6 +129,7 @@ impl IntoDatum for Embedding {
 
 unsafe impl BoxRet for Embedding {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        // SAFETY: a varlena in the function's memory context, as a return value must be.
         unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.into_varlena())) }
     }
 }

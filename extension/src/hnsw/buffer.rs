@@ -95,7 +95,7 @@ pub fn change_pages<R>(
     index: pg_sys::Relation,
     pages: &[&Locked],
     new_page: bool,
-    f: impl FnOnce(&[pg_sys::Page]) -> R,
+    f: impl FnOnce(&mut [PageCopy]) -> R,
 ) -> R {
     // SAFETY: every page is locked exclusively by the caller's guards, which
     // outlive the record; `f` changes only the registered copies, and an ERROR
@@ -107,11 +107,11 @@ pub fn change_pages<R>(
         } else {
             0
         };
-        let registered: Vec<pg_sys::Page> = pages
+        let mut registered: Vec<PageCopy> = pages
             .iter()
-            .map(|p| pg_sys::GenericXLogRegisterBuffer(state, p.buffer, flags))
+            .map(|p| PageCopy(pg_sys::GenericXLogRegisterBuffer(state, p.buffer, flags)))
             .collect();
-        let result = f(&registered);
+        let result = f(&mut registered);
         pg_sys::GenericXLogFinish(state);
         result
     }
@@ -183,10 +183,7 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
 /// Writes `f`'s changes to the meta page.
 pub fn update_meta(index: pg_sys::Relation, f: impl FnOnce(&mut Meta)) {
     let locked = Locked::new(index, page::META_BLOCK, Lock::Exclusive);
-    change_pages(index, &[&locked], false, |pages| {
-        // SAFETY: the WAL copy of the exclusively locked meta page.
-        f(unsafe { &mut *meta_of(pages[0]) })
-    });
+    change_pages(index, &[&locked], false, |pages| f(pages[0].meta_mut()));
 }
 
 /// Number of item slots on a page.
@@ -195,12 +192,18 @@ pub fn max_offset(page: pg_sys::Page) -> u16 {
     unsafe { pg_sys::PageGetMaxOffsetNumber(page) }
 }
 
-/// The bytes of item `offset`, if it is a live item.
-pub fn item_bytes<'p>(page: pg_sys::Page, offset: u16) -> Option<&'p mut [u8]> {
-    // SAFETY: the offset is checked against the page's line pointers and the item
-    // is a normal one, whose bytes lie inside the page. The caller holds the page's
-    // lock for as long as it uses the slice (share for reads, exclusive or a WAL
-    // copy for writes); the lifetime `'p` is not tied to that lock (issue 17).
+/// Bytes a new item (with its line pointer) can still take on a page.
+fn free_space(page: pg_sys::Page) -> usize {
+    // SAFETY: callers hold the page pinned and locked (or its WAL copy); the call
+    // only reads the page header.
+    unsafe { pg_sys::PageGetFreeSpace(page) }
+}
+
+/// Where the bytes of item `offset` lie on `page`, if it is a live item.
+fn item_span(page: pg_sys::Page, offset: u16) -> Option<(*mut u8, usize)> {
+    // SAFETY: the offset is checked against the page's line pointers before its
+    // line pointer is read; callers hold the page pinned and locked (or its WAL
+    // copy).
     unsafe {
         if offset == 0 || offset > max_offset(page) {
             return None;
@@ -209,41 +212,102 @@ pub fn item_bytes<'p>(page: pg_sys::Page, offset: u16) -> Option<&'p mut [u8]> {
         if (*id).lp_flags() != pg_sys::LP_NORMAL {
             return None;
         }
-        let ptr = pg_sys::PageGetItem(page, id) as *mut u8;
-        Some(std::slice::from_raw_parts_mut(ptr, (*id).lp_len() as usize))
+        Some((
+            pg_sys::PageGetItem(page, id) as *mut u8,
+            (*id).lp_len() as usize,
+        ))
     }
 }
 
-/// The element at `offset` of `page`; ERROR if the tuple is malformed.
-pub fn element_on<'p>(
-    index: pg_sys::Relation,
-    page: pg_sys::Page,
-    offset: u16,
-    layout: Layout,
-) -> Option<Element<'p>> {
-    let bytes = item_bytes(page, offset)?;
+fn parse_element<'p>(index: pg_sys::Relation, bytes: &'p [u8], layout: Layout) -> Element<'p> {
     match Element::parse(bytes, layout) {
-        Ok(e) => Some(e),
+        Ok(e) => e,
         Err(what) => corrupt(index, what),
     }
 }
 
-/// Every element tuple on `page`, with its offset.
-pub fn elements_on<'p>(
-    index: pg_sys::Relation,
-    page: pg_sys::Page,
-    layout: Layout,
-) -> impl Iterator<Item = (u16, Element<'p>)> {
-    (1..=max_offset(page))
-        .filter_map(move |offset| element_on(index, page, offset, layout).map(|e| (offset, e)))
+/// Reads of a locked page. What they return borrows the guard, so it cannot
+/// outlive the lock, and is shared (`&[u8]`) whatever the lock: writes go through
+/// [`change_pages`].
+impl Locked {
+    /// Bytes a new item (with its line pointer) can still take on the page.
+    pub fn free_space(&self) -> usize {
+        free_space(self.page())
+    }
+
+    /// The bytes of item `offset`, if it is a live item.
+    pub fn item(&self, offset: u16) -> Option<&[u8]> {
+        let (ptr, len) = item_span(self.page(), offset)?;
+        // SAFETY: a normal item's bytes lie inside the page, which the guard keeps
+        // pinned and locked for as long as the borrow of `self` lasts.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+
+    /// The element at `offset`; ERROR if the tuple is malformed.
+    pub fn element(
+        &self,
+        index: pg_sys::Relation,
+        offset: u16,
+        layout: Layout,
+    ) -> Option<Element<'_>> {
+        self.item(offset)
+            .map(|bytes| parse_element(index, bytes, layout))
+    }
+
+    /// Every element tuple on the page, with its offset.
+    pub fn elements(
+        &self,
+        index: pg_sys::Relation,
+        layout: Layout,
+    ) -> impl Iterator<Item = (u16, Element<'_>)> {
+        (1..=max_offset(self.page()))
+            .filter_map(move |offset| self.element(index, offset, layout).map(|e| (offset, e)))
+    }
 }
 
-pub fn element_mut_on<'p>(
-    page: pg_sys::Page,
-    offset: u16,
-    layout: Layout,
-) -> Option<ElementMut<'p>> {
-    item_bytes(page, offset).map(|bytes| ElementMut::new(bytes, layout))
+/// The copy of a locked page that a WAL record is being made of (see
+/// [`change_pages`]): every change goes to it, and what its methods return
+/// borrows it, so no slice of it outlives the record.
+pub struct PageCopy(pg_sys::Page);
+
+impl PageCopy {
+    /// Formats it as an empty page of ours.
+    pub fn init(&mut self) {
+        init_page(self.0);
+    }
+
+    pub fn free_space(&self) -> usize {
+        free_space(self.0)
+    }
+
+    /// Adds an element tuple, checked to fit; returns its offset.
+    pub fn add_item(&mut self, index: pg_sys::Relation, bytes: &[u8]) -> u16 {
+        add_item(index, self.0, bytes)
+    }
+
+    /// Removes item `offset` and leaves its line pointer unused, so the offsets of
+    /// the other items stay.
+    pub fn delete_item_keeping_offsets(&mut self, offset: u16) {
+        // SAFETY: the copy of an exclusively locked page; PostgreSQL ERRORs on an
+        // offset that is not an item of it.
+        unsafe { pg_sys::PageIndexTupleDeleteNoCompact(self.0, offset) }
+    }
+
+    /// The element at `offset`, to change in place.
+    pub fn element_mut(&mut self, offset: u16, layout: Layout) -> Option<ElementMut<'_>> {
+        let (ptr, len) = item_span(self.0, offset)?;
+        // SAFETY: a normal item inside the copy, which `&mut self` holds alone for
+        // as long as the borrow lasts.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        Some(ElementMut::new(bytes, layout))
+    }
+
+    /// The meta page's contents, when this is the meta page.
+    pub fn meta_mut(&mut self) -> &mut Meta {
+        // SAFETY: the meta page (callers register it as such) holds a `Meta` at the
+        // start of its contents, and `&mut self` holds the copy alone.
+        unsafe { &mut *meta_of(self.0) }
+    }
 }
 
 /// Runs `f` on the element at `tid` under a share lock; None if there is none.
@@ -297,7 +361,7 @@ fn read_element<R>(
     layout: Layout,
     f: impl FnOnce(&Element) -> R,
 ) -> Option<R> {
-    let element = element_on(index, locked.page(), offset, layout)?;
+    let element = locked.element(index, offset, layout)?;
     Some(f(&element))
 }
 

@@ -38,6 +38,8 @@ pub unsafe extern "C-unwind" fn ambuildphasename(phase: i64) -> *mut std::ffi::c
 }
 
 fn progress(param: i32, value: i64) {
+    // SAFETY: a plain update of this backend's progress slot (ignored when no
+    // command reports progress).
     unsafe { pg_sys::pgstat_progress_update_param(param, value) };
 }
 
@@ -87,6 +89,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         params,
         dims,
     );
+    // SAFETY: a read of a setting, on the backend's thread.
     let budget = unsafe { pg_sys::maintenance_work_mem } as usize * 1024;
     let mut state = Build {
         index,
@@ -102,6 +105,8 @@ pub unsafe extern "C-unwind" fn ambuild(
         tuples: 0.0,
     };
     progress(PROGRESS_SUBPHASE, PHASE_LOAD);
+    // SAFETY: heap, index and info are the build's; `state` outlives the scan,
+    // which passes it to `collect` only.
     let heap_tuples = unsafe {
         pg_sys::table_index_build_scan(
             heap,
@@ -118,10 +123,13 @@ pub unsafe extern "C-unwind" fn ambuild(
         write_graph(&mut state);
     }
     log_all_pages(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+    // SAFETY: zeroed memory is a valid IndexBuildResult; palloc ERRORs rather
+    // than return null.
     let result = unsafe {
         pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBuildResult>())
             as *mut pg_sys::IndexBuildResult
     };
+    // SAFETY: allocated just above.
     unsafe {
         (*result).heap_tuples = heap_tuples;
         (*result).index_tuples = state.tuples;
@@ -141,11 +149,14 @@ pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
         declared_dims(index),
     );
     // Init forks are WAL-logged even though the table is not.
+    // SAFETY: block 0 of the init fork was written just above; no one else sees
+    // the fork yet.
     unsafe { pg_sys::log_newpage_range(index, pg_sys::ForkNumber::INIT_FORKNUM, 0, 1, true) };
 }
 
 /// The dimension count of `embedding(n)`, 0 for a plain `embedding` column.
 fn declared_dims(index: pg_sys::Relation) -> usize {
+    // SAFETY: an open index has a tuple descriptor with its one column.
     let typmod = unsafe { (*(*index).rd_att).attrs.as_slice(1)[0].atttypmod };
     typmod.max(0) as usize
 }
@@ -158,6 +169,8 @@ fn write_meta(
     params: Params,
     dims: usize,
 ) {
+    // SAFETY: P_NEW of an open index's fork; the buffer comes back pinned and is
+    // released by `Locked`'s drop.
     let buffer = unsafe {
         pg_sys::ReadBufferExtended(
             index,
@@ -168,6 +181,7 @@ fn write_meta(
         )
     };
     let locked = Locked { buffer };
+    // SAFETY: pinned above; unlocked by `Locked`'s drop.
     unsafe { pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32) };
     assert_eq!(locked.block(), page::META_BLOCK, "a new index starts empty");
     init_page(locked.page());
@@ -183,6 +197,8 @@ fn write_meta(
         entry: Tid::INVALID,
         insert_page: 1,
     };
+    // SAFETY: the page is exclusively locked and initialised; the meta struct
+    // fits in its contents; the buffer is pinned.
     unsafe {
         *meta_of(locked.page()) = meta;
         // pd_lower past the contents, so full-page images keep them.
@@ -194,9 +210,12 @@ fn write_meta(
 
 /// WAL-logs every page written so far (they were written without WAL).
 fn log_all_pages(index: pg_sys::Relation, fork: pg_sys::ForkNumber::Type) {
+    // SAFETY: an open index has its pg_class row.
     let permanent = unsafe { (*(*index).rd_rel).relpersistence }
         == pg_sys::RELPERSISTENCE_PERMANENT as std::ffi::c_char;
     if permanent {
+        // SAFETY: every block up to the count is written, and no buffer of the
+        // index is locked here.
         unsafe { pg_sys::log_newpage_range(index, fork, 0, buffer::block_count(index), true) };
     }
 }
@@ -211,15 +230,20 @@ unsafe extern "C-unwind" fn collect(
     _alive: bool,
     state: *mut std::ffi::c_void,
 ) {
+    // SAFETY: the `Build` ambuild passed to the scan, used by nobody else meanwhile.
     let state = unsafe { &mut *(state as *mut Build) };
+    // SAFETY: the scan passes one value and null flag (one column) and the row's
+    // tid, valid for the call.
     if unsafe { *isnull } {
         return;
     }
+    // SAFETY: as above; not null, so the datum is an embedding.
     let vector = prepare_value(unsafe { *values }, state.metric, state.dims);
     if state.dims == 0 {
         set_dims(index, vector.len());
         state.dims = vector.len();
     }
+    // SAFETY: as above.
     let heap = Tid::from_item_pointer(unsafe { &*tid });
     state.tuples += 1.0;
     if state.on_disk {
@@ -262,6 +286,7 @@ fn write_graph(state: &mut Build) {
         std::mem::take(&mut state.vectors),
         std::mem::take(&mut state.levels),
     );
+    // SAFETY: a read of a setting, on the backend's thread.
     let threads = (unsafe { pg_sys::max_parallel_maintenance_workers } + 1).max(1) as usize;
     let complete = graph.build(threads, Duration::from_millis(50), |done| {
         progress(PROGRESS_TUPLES_DONE, done as i64);
@@ -323,12 +348,14 @@ fn write_pages(state: &Build, graph: &MemoryGraph) {
             );
             first += 1;
         }
+        // SAFETY: the buffer is pinned and exclusively locked by `locked`.
         unsafe { pg_sys::MarkBufferDirty(locked.buffer) };
         progress(PROGRESS_TUPLES_DONE, first as i64);
     }
     let (entry, top) = graph.entry().expect("a non-empty graph has an entry");
     let last = tids.last().unwrap().block;
     let locked = Locked::new(state.index, page::META_BLOCK, buffer::Lock::Exclusive);
+    // SAFETY: the meta page is pinned and exclusively locked by `locked`.
     unsafe {
         let meta = &mut *meta_of(locked.page());
         meta.entry = tids[entry as usize];

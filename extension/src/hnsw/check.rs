@@ -29,6 +29,10 @@ fn m3ret_hnsw_check(
         name!(problems, Vec<String>),
     ),
 > {
+    // SAFETY: PostgreSQL's catalog and relation calls, which ERROR on a bad oid;
+    // the table is locked before its index is opened (the lock is held to the end
+    // of the transaction), and the access method's name is read before anything
+    // else is looked up.
     let (heap_oid, index) = unsafe {
         let heap_oid = pg_sys::IndexGetRelation(index_oid, false);
         if !pg_sys::pg_class_ownercheck(heap_oid, pg_sys::GetUserId()) {
@@ -64,6 +68,7 @@ fn m3ret_hnsw_check(
         live_heap_rows(heap_oid, index)
     };
     let report = check(index, &alive);
+    // SAFETY: opened above, not used after.
     unsafe { pg_sys::index_close(index, pg_sys::NoLock as i32) };
     TableIterator::once((
         report.elements,
@@ -156,9 +161,12 @@ fn read_all(index: pg_sys::Relation, layout: Layout, f: &mut Findings) -> TidMap
         let locked = Locked::new(index, block, Lock::Share);
         // A page the index was extended by when a crash came, before its first WAL
         // record: all zeros, holding nothing (inserts and VACUUM pass it by).
+        // SAFETY: the page is pinned and share-locked by `locked`.
         if unsafe { pg_sys::PageIsNew(locked.page()) } {
             continue;
         }
+        // SAFETY: as above; an initialised page of this index has the special
+        // space `init_page` reserved (its id is checked next).
         let special =
             unsafe { &*(pg_sys::PageGetSpecialPointer(locked.page()) as *const page::Special) };
         if special.page_id != page::PAGE_ID {
@@ -166,7 +174,7 @@ fn read_all(index: pg_sys::Relation, layout: Layout, f: &mut Findings) -> TidMap
             continue;
         }
         for offset in 1..=buffer::max_offset(locked.page()) {
-            let Some(bytes) = buffer::item_bytes(locked.page(), offset) else {
+            let Some(bytes) = locked.item(offset) else {
                 continue;
             };
             match page::Element::parse(bytes, layout) {
@@ -283,6 +291,8 @@ fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>, alive: &TidMap
 /// The heap rows the index must hold: what a build would index now.
 fn live_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<()> {
     let mut alive: TidMap<()> = TidMap::default();
+    // SAFETY: the table is locked by the caller; `alive` outlives the scan, which
+    // passes it to `collect_alive` only.
     unsafe {
         let heap = pg_sys::table_open(heap_oid, pg_sys::NoLock as i32);
         let info = pg_sys::BuildIndexInfo(index);
@@ -350,8 +360,12 @@ unsafe extern "C-unwind" fn collect_alive(
     is_alive: bool,
     state: *mut std::ffi::c_void,
 ) {
+    // SAFETY: the scan passes one null flag (one column), the row's tid and the
+    // `TidMap` live_heap_rows gave it, all valid for the call.
     if is_alive && !unsafe { *isnull } {
+        // SAFETY: as above.
         let alive = unsafe { &mut *(state as *mut TidMap<()>) };
+        // SAFETY: as above.
         alive.insert(Tid::from_item_pointer(unsafe { &*tid }).key(), ());
     }
 }

@@ -7,11 +7,11 @@
 //! it repairs links. Pages are locked one at a time and each change is one
 //! GenericXLog record; a neighbour list changed meanwhile by someone else is re-read.
 
-use super::buffer::{self, add_item, change_pages, init_page, update_meta, Lock, Locked};
+use super::buffer::{self, change_pages, update_meta, Lock, Locked};
 use super::graph::{draw_level, prepare_value, DiskGraph, TidMap};
 use super::page::{space_for, Element, Layout, Meta, Tid};
 use super::update_lock::UpdateLock;
-use m3ret_core::hnsw::{search_layer_afresh, select_neighbors, Candidate, Metric};
+use m3ret_core::hnsw::{find_neighbours, select_neighbors, Candidate, Metric};
 use pgrx::pg_sys;
 
 /// `aminsert`.
@@ -28,19 +28,20 @@ pub unsafe extern "C-unwind" fn aminsert(
     _unchanged: bool,
     _info: *mut pg_sys::IndexInfo,
 ) -> bool {
+    // SAFETY: PostgreSQL passes one value, one null flag and the row's tid, valid
+    // for the call (the index has one column).
     if unsafe { *isnull } {
         return false;
     }
     let meta = buffer::read_meta(index);
+    // SAFETY: as above; not null, so the datum is an embedding.
     let vector = prepare_value(unsafe { *values }, meta.metric(), meta.dims as usize);
     if meta.dims == 0 {
         set_dims(index, vector.len());
     }
-    insert_vector(
-        index,
-        Tid::from_item_pointer(unsafe { &*heap_tid }),
-        &vector,
-    );
+    // SAFETY: as above.
+    let heap_tid = Tid::from_item_pointer(unsafe { &*heap_tid });
+    insert_vector(index, heap_tid, &vector);
     false
 }
 
@@ -125,38 +126,31 @@ fn find_links(
         return Vec::new();
     };
     let mut vectors: TidMap<Option<Vec<f32>>> = TidMap::default();
-    let mut links = vec![Vec::new(); level.min(top) + 1];
-    let mut entries = vec![start];
-    for l in (0..=level.min(top)).rev() {
-        let (found, _) = search_layer_afresh(
-            &mut graph,
-            &entries,
-            &[],
-            params.ef_construction,
-            l,
-            usize::MAX,
-        );
-        // Freed elements (awaiting reuse) are passed through, never linked to.
-        let live: Vec<Candidate<Tid>> = found
-            .iter()
-            .copied()
-            .filter(|c| {
-                vectors
-                    .entry(c.id.key())
-                    .or_insert_with(|| graph.read(c.id, live_vector).flatten())
-                    .is_some()
+    find_neighbours(
+        &mut graph,
+        start,
+        level.min(top),
+        params.ef_construction,
+        |graph, l, found| {
+            // Freed elements (awaiting reuse) are passed through, never linked to.
+            let live: Vec<Candidate<Tid>> = found
+                .iter()
+                .copied()
+                .filter(|c| {
+                    vectors
+                        .entry(c.id.key())
+                        .or_insert_with(|| graph.read(c.id, live_vector).flatten())
+                        .is_some()
+                })
+                .collect();
+            select_neighbors(&live, params.max_neighbors(l), |a, b| {
+                metric.graph_distance(
+                    vectors[&a.key()].as_deref().unwrap(),
+                    vectors[&b.key()].as_deref().unwrap(),
+                )
             })
-            .collect();
-        let chosen = select_neighbors(&live, params.max_neighbors(l), |a, b| {
-            metric.graph_distance(
-                vectors[&a.key()].as_deref().unwrap(),
-                vectors[&b.key()].as_deref().unwrap(),
-            )
-        });
-        links[l] = chosen;
-        entries = found;
-    }
-    links
+        },
+    )
 }
 
 fn live_vector(e: &Element) -> Option<Vec<f32>> {
@@ -185,18 +179,19 @@ fn place_element(
     let mut skipped: Option<u32> = None;
     for block in meta.insert_page.max(1)..nblocks {
         let locked = Locked::new(index, block, Lock::Exclusive);
-        let (fits, freed) = reusable_slot(index, locked.page(), layout, level);
+        let (fits, freed) = reusable_slot(index, &locked, layout, level);
         if let Some(offset) = fits {
             change_pages(index, &[&locked], false, |pages| {
-                buffer::element_mut_on(pages[0], offset, layout)
+                pages[0]
+                    .element_mut(offset, layout)
                     .unwrap()
                     .write(heap, level, vector, &link_tids);
             });
             return placed(index, meta, Tid { block, offset }, skipped);
         }
-        if unsafe { pg_sys::PageGetFreeSpace(locked.page()) } >= space_for(fresh.len()) {
+        if locked.free_space() >= space_for(fresh.len()) {
             let offset = change_pages(index, &[&locked], false, |pages| {
-                add_item(index, pages[0], &fresh)
+                pages[0].add_item(index, &fresh)
             });
             return placed(index, meta, Tid { block, offset }, skipped);
         }
@@ -205,19 +200,18 @@ fn place_element(
             // enough: drop them (their line pointers stay unused) to make room.
             let reclaimable: usize = freed
                 .iter()
+                // SAFETY: arithmetic only.
                 .map(|&(_, len)| unsafe { pg_sys::MAXALIGN(len) })
                 .sum();
-            if unsafe { pg_sys::PageGetFreeSpace(locked.page()) } + reclaimable
-                >= space_for(fresh.len())
-            {
+            if locked.free_space() + reclaimable >= space_for(fresh.len()) {
                 let offset = change_pages(index, &[&locked], false, |pages| {
                     for &(offset, _) in freed.iter().rev() {
-                        if unsafe { pg_sys::PageGetFreeSpace(pages[0]) } >= space_for(fresh.len()) {
+                        if pages[0].free_space() >= space_for(fresh.len()) {
                             break;
                         }
-                        unsafe { pg_sys::PageIndexTupleDeleteNoCompact(pages[0], offset) };
+                        pages[0].delete_item_keeping_offsets(offset);
                     }
-                    add_item(index, pages[0], &fresh)
+                    pages[0].add_item(index, &fresh)
                 });
                 return placed(index, meta, Tid { block, offset }, skipped);
             }
@@ -227,8 +221,8 @@ fn place_element(
     let locked = Locked::extend(index);
     let block = locked.block();
     let offset = change_pages(index, &[&locked], true, |pages| {
-        init_page(pages[0]);
-        add_item(index, pages[0], &fresh)
+        pages[0].init();
+        pages[0].add_item(index, &fresh)
     });
     placed(index, meta, Tid { block, offset }, skipped)
 }
@@ -246,12 +240,12 @@ fn placed(index: pg_sys::Relation, meta: &Meta, tid: Tid, skipped: Option<u32>) 
 /// freed tuples there (offset, length).
 fn reusable_slot(
     index: pg_sys::Relation,
-    page: pg_sys::Page,
+    page: &Locked,
     layout: Layout,
     level: usize,
 ) -> (Option<u16>, Vec<(u16, usize)>) {
     let mut freed = Vec::new();
-    for (offset, e) in buffer::elements_on(index, page, layout).filter(|(_, e)| e.is_deleted()) {
+    for (offset, e) in page.elements(index, layout).filter(|(_, e)| e.is_deleted()) {
         if e.capacity() >= level {
             return (Some(offset), freed);
         }
@@ -282,7 +276,11 @@ fn link_back(
     nblocks: &mut u32,
 ) -> bool {
     let max = layout.params.max_neighbors(link.level);
-    for _attempt in 0..3 {
+    // Each lost race means another insert or VACUUM changed the list meanwhile, so
+    // the index as a whole makes progress; retrying until the write lands means a
+    // link back is never dropped silently (a cancel still ends the loop).
+    loop {
+        pgrx::check_for_interrupts!();
         let read = buffer::with_element(index, link.to, layout, nblocks, |e| {
             (!e.is_deleted() && e.level() >= link.level).then(|| {
                 (
@@ -312,7 +310,6 @@ fn link_back(
         }
         // Another insert changed the list between our read and our lock: read again.
     }
-    false
 }
 
 /// Writes `updated` as `owner`'s list on `level` if the list is still `current`.
@@ -325,11 +322,13 @@ fn write_if_unchanged(
     updated: &[Tid],
 ) -> bool {
     let locked = Locked::new(index, owner.block, Lock::Exclusive);
-    let unchanged = buffer::element_on(index, locked.page(), owner.offset, layout)
+    let unchanged = locked
+        .element(index, owner.offset, layout)
         .is_some_and(|e| !e.is_deleted() && e.neighbors(level).eq(current.iter().copied()));
     if unchanged {
         change_pages(index, &[&locked], false, |pages| {
-            buffer::element_mut_on(pages[0], owner.offset, layout)
+            pages[0]
+                .element_mut(owner.offset, layout)
                 .unwrap()
                 .set_neighbors(level, updated)
         });

@@ -85,6 +85,7 @@ pub fn of(index: pg_sys::Relation) -> (usize, usize) {
     if options.is_null() {
         (DEFAULT_M as usize, DEFAULT_EF_CONSTRUCTION as usize)
     } else {
+        // SAFETY: as above, and not null.
         unsafe { ((*options).m as usize, (*options).ef_construction as usize) }
     }
 }

@@ -143,6 +143,7 @@ pub struct Special {
 pub fn page_capacity() -> usize {
     // SAFETY: size arithmetic on constants; nothing is read or written.
     let header = unsafe { pg_sys::SizeOfPageHeaderData() };
+    // SAFETY: as above.
     BLCKSZ - header - unsafe { pg_sys::MAXALIGN(std::mem::size_of::<Special>()) }
 }
 

@@ -44,8 +44,11 @@ pub unsafe extern "C-unwind" fn ambeginscan(
     nkeys: i32,
     norderbys: i32,
 ) -> pg_sys::IndexScanDesc {
+    // SAFETY: PostgreSQL's own constructor for the scan of an open index.
     let scan = unsafe { pg_sys::RelationGetIndexScan(index, nkeys, norderbys) };
     let state = Box::into_raw(Box::new(ScanState { walk: None }));
+    // SAFETY: `scan` is the new scan; the callback is allocated in the current
+    // context, which it is registered with, and frees `state` exactly once.
     unsafe {
         (*scan).opaque = state as *mut std::ffi::c_void;
         // Freed with the scan's memory context, also when an ERROR ends the query.
@@ -59,6 +62,8 @@ pub unsafe extern "C-unwind" fn ambeginscan(
 }
 
 unsafe extern "C-unwind" fn free_state(state: *mut std::ffi::c_void) {
+    // SAFETY: `state` came from Box::into_raw in ambeginscan; the context's reset
+    // runs this once.
     drop(unsafe { Box::from_raw(state as *mut ScanState) });
 }
 
@@ -70,6 +75,8 @@ pub unsafe extern "C-unwind" fn amrescan(
     orderbys: pg_sys::ScanKey,
     norderbys: i32,
 ) {
+    // SAFETY: the scan was made by ambeginscan with room for `norderbys` keys, and
+    // its opaque is our state.
     unsafe {
         if !orderbys.is_null() && norderbys > 0 {
             std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
@@ -88,7 +95,10 @@ pub unsafe extern "C-unwind" fn amgettuple(
     scan: pg_sys::IndexScanDesc,
     _direction: pg_sys::ScanDirection::Type,
 ) -> bool {
+    // SAFETY: the scan ambeginscan made; its opaque is our state, which only this
+    // scan uses.
     let scan = unsafe { &mut *scan };
+    // SAFETY: as above.
     let state = unsafe { &mut *(scan.opaque as *mut ScanState) };
     if state.walk.is_none() {
         state.walk = Some(start(scan));
@@ -125,6 +135,7 @@ fn start(scan: &pg_sys::IndexScanDescData) -> Walk {
             heap: VecDeque::new(),
         };
     }
+    // SAFETY: one order-by key at least (checked above), set by amrescan.
     let key = unsafe { &*scan.orderByData };
     if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
         return Walk::Storage {
@@ -269,7 +280,8 @@ fn next_in_storage(
             return None;
         }
         let locked = buffer::Locked::new(index, *block, buffer::Lock::Share);
-        let live = buffer::elements_on(index, locked.page(), layout)
+        let live = locked
+            .elements(index, layout)
             .filter(|(_, e)| !e.is_deleted() && e.heap_tid().is_valid());
         heap.extend(live.map(|(_, e)| e.heap_tid()));
         *block += 1;

@@ -30,10 +30,12 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     callback: pg_sys::IndexBulkDeleteCallback,
     callback_state: *mut std::ffi::c_void,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
+    // SAFETY: PostgreSQL passes a valid info, and a stats that is null or ours.
     let index = unsafe { (*info).index };
     let stats = if stats.is_null() { new_stats() } else { stats };
     let meta = buffer::read_meta(index);
     let callback = callback.expect("VACUUM passes a callback");
+    // SAFETY: the callback and its state are VACUUM's, valid for this call.
     let is_dead = |heap: Tid| unsafe { callback(&mut heap.to_item_pointer(), callback_state) };
     let (dead, live) = find_dead(index, meta.layout(), is_dead);
     if !dead.is_empty() {
@@ -43,6 +45,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         free_elements(index, &meta, &dead);
         relink_unreachable(index, &buffer::read_meta(index));
     }
+    // SAFETY: `stats` is VACUUM's or new_stats()'s, non-null either way.
     unsafe {
         (*stats).tuples_removed += dead.len() as f64;
         (*stats).num_index_tuples = live as f64;
@@ -55,14 +58,17 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
     info: *mut pg_sys::IndexVacuumInfo,
     stats: *mut pg_sys::IndexBulkDeleteResult,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
+    // SAFETY: PostgreSQL passes a valid info.
     if unsafe { (*info).analyze_only } {
         return stats;
     }
+    // SAFETY: as above.
     let index = unsafe { (*info).index };
     let stats = if stats.is_null() {
         // No bulk delete ran (nothing was dead): count what is there.
         let stats = new_stats();
         let (_, live) = find_dead(index, buffer::read_meta(index).layout(), |_| false);
+        // SAFETY: freshly allocated by new_stats().
         unsafe { (*stats).num_index_tuples = live as f64 };
         // Inserts give up only links whose targets stay reachable, so this walk
         // should find nothing; whatever it finds (an index from an older version,
@@ -75,11 +81,20 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
     } else {
         stats
     };
+    // SAFETY: VACUUM's stats or ours, non-null either way.
     unsafe { (*stats).num_pages = buffer::block_count(index) };
     stats
 }
 
+/// VACUUM's cost-based delay, and a point where it can be cancelled.
+fn pause_for_cost_delay() {
+    // SAFETY: called from VACUUM, holding no buffer lock (a cancel ERRORs here).
+    unsafe { pg_sys::vacuum_delay_point() }
+}
+
 fn new_stats() -> *mut pg_sys::IndexBulkDeleteResult {
+    // SAFETY: zeroed memory is a valid IndexBulkDeleteResult; palloc ERRORs rather
+    // than return null, and the memory lives in VACUUM's context.
     unsafe {
         pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBulkDeleteResult>())
             as *mut pg_sys::IndexBulkDeleteResult
@@ -95,10 +110,11 @@ fn find_dead(
     let mut dead = TidSet::default();
     let mut live = 0;
     for block in 1..buffer::block_count(index) {
-        unsafe { pg_sys::vacuum_delay_point() };
+        pause_for_cost_delay();
         let locked = Locked::new(index, block, Lock::Share);
-        for (offset, e) in
-            buffer::elements_on(index, locked.page(), layout).filter(|(_, e)| !e.is_deleted())
+        for (offset, e) in locked
+            .elements(index, layout)
+            .filter(|(_, e)| !e.is_deleted())
         {
             if is_dead(e.heap_tid()) {
                 dead.insert(Tid { block, offset }.key());
@@ -123,11 +139,11 @@ fn repair_links(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
     let layout = meta.layout();
     let mut highest: Option<(Tid, usize)> = None;
     for block in 1..buffer::block_count(index) {
-        unsafe { pg_sys::vacuum_delay_point() };
+        pause_for_cost_delay();
         let mut damaged = Vec::new();
         {
             let locked = Locked::new(index, block, Lock::Share);
-            for (offset, e) in buffer::elements_on(index, locked.page(), layout) {
+            for (offset, e) in locked.elements(index, layout) {
                 let tid = Tid { block, offset };
                 if e.is_deleted() || dead.contains(&tid.key()) {
                     continue;
@@ -150,7 +166,8 @@ fn repair_links(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
             let repaired = repair_element(index, meta, dead, &element);
             let locked = Locked::new(index, block, Lock::Exclusive);
             change_pages(index, &[&locked], false, |pages| {
-                buffer::element_mut_on(pages[0], element.tid.offset, layout)
+                pages[0]
+                    .element_mut(element.tid.offset, layout)
                     .unwrap()
                     .set_links(&repaired)
             });
@@ -311,7 +328,7 @@ fn relink_round(index: pg_sys::Relation, meta: &Meta) -> usize {
         if reached.contains(tid) {
             continue; // reached through an element relinked before it
         }
-        unsafe { pg_sys::vacuum_delay_point() };
+        pause_for_cost_delay();
         let Some(Some(vector)) = buffer::with_element(index, tid, layout, &mut nblocks, |e| {
             (!e.is_deleted()).then(|| e.vector().to_vec())
         }) else {
@@ -413,7 +430,8 @@ fn live_elements(index: pg_sys::Relation, layout: Layout) -> Vec<Tid> {
     for block in 1..buffer::block_count(index) {
         let locked = Locked::new(index, block, Lock::Share);
         live.extend(
-            buffer::elements_on(index, locked.page(), layout)
+            locked
+                .elements(index, layout)
                 .filter(|(_, e)| !e.is_deleted())
                 .map(|(offset, _)| Tid { block, offset }),
         );
@@ -433,7 +451,7 @@ fn free_elements(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
         let locked = Locked::new(index, block, Lock::Exclusive);
         change_pages(index, &[&locked], false, |pages| {
             for &offset in offsets {
-                if let Some(mut e) = buffer::element_mut_on(pages[0], offset, layout) {
+                if let Some(mut e) = pages[0].element_mut(offset, layout) {
                     e.mark_deleted();
                 }
             }
