@@ -17,11 +17,11 @@ fi
 
 # Lints, as errors: every crate of the workspace, the extension with its PostgreSQL feature.
 if cargo clippy --version >/dev/null 2>&1; then
-  cargo clippy --release --locked --all-targets -p m3ret-core -p m3ret-server -p m3ret-train -p m3ret-load -p m3ret-e2e -p m3ret-benches -- -D warnings
+  cargo clippy --release --locked --all-targets -p m3ret-index -p m3ret-core -p m3ret-server -p m3ret-train -p m3ret-load -p m3ret-e2e -p m3ret-benches -- -D warnings
   cargo clippy --release --locked -p m3ret --features pg15 --no-default-features -- -D warnings
 else
   echo "[test] clippy is not installed: lint check skipped" >&2
 fi
 
 bash scripts/install-extension.sh
-cargo test --release --locked -p m3ret-core -p m3ret-server -p m3ret-train -p m3ret-load -p m3ret-e2e "$@"
+cargo test --release --locked -p m3ret-index -p m3ret-core -p m3ret-server -p m3ret-train -p m3ret-load -p m3ret-e2e "$@"

@@ -1,14 +1,16 @@
-//! The HNSW algorithms on clustered vectors: recall of the in-memory graph against
-//! exact search, for the three metrics, and the resumable search's later batches.
+//! The HNSW algorithms against exact search: recall of the in-memory graph for the
+//! three metrics, every element reachable and found (near-duplicates, threaded
+//! builds against the serial one), the descent reaching the query's cluster, the
+//! bounded search, and the heuristic's cached verdicts.
 
-use m3ret_core::hnsw::{
+use m3ret_index::hnsw::{
     descend, reselect, search_layer_bounded, select_neighbors, Candidate, Graph, LevelRng,
     MemoryGraph, Metric, Params, ScoredLink,
 };
 use std::time::Duration;
 
 fn clustered(n: usize, dims: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
-    m3ret_core::vector::synthetic::Clustered::new(dims, clusters).vectors(n, seed)
+    m3ret_index::vector::synthetic::Clustered::new(dims, clusters).vectors(n, seed)
 }
 
 fn build(metric: Metric, data: &[Vec<f32>], params: Params, threads: usize) -> MemoryGraph {
@@ -139,7 +141,7 @@ fn every_element_is_linked_and_links_respect_levels() {
 /// on the same rows; the graph must do at least as well, and better as ef grows.
 #[test]
 fn near_duplicates_leave_no_element_unreachable_and_recall_grows_with_ef() {
-    let data = m3ret_core::vector::synthetic::near_duplicates(20_000, 64, 1);
+    let data = m3ret_index::vector::synthetic::near_duplicates(20_000, 64, 1);
     let graph = build(
         Metric::Cosine,
         &data,
