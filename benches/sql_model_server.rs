@@ -14,7 +14,7 @@
 //!
 //! `cargo bench -p m3ret-benches --bench sql_model_server` (the extension must be
 //! installed: scripts/install-extension.sh). M3RET_BENCH_CALLS sets the calls per
-//! session (8).
+//! session (8), M3RET_BENCH_MODELS the models (`tiny,small`).
 
 use m3ret_e2e::{shared_data, Cluster};
 use std::time::{Duration, Instant};
@@ -101,6 +101,9 @@ struct Run {
     /// The model server's own share (after the fresh-backend calls).
     server_mib: f64,
     first_call: Duration,
+    /// The baseline of `first_call`: the same query shape with a built-in function
+    /// in a fresh backend (PostgreSQL's own cost of a first query there).
+    first_plain: Duration,
     warm_call: Duration,
     mean_batch: Option<f64>,
 }
@@ -164,9 +167,17 @@ fn measure(model: &[u8], inference: &str, calls: usize, data: &[Vec<u8>]) -> Run
         .into_iter()
         .map(pss_anon_kib)
         .sum();
-    // The first call in a fresh backend, then a second one in the same backend.
-    let (mut firsts, mut warms) = (Vec::new(), Vec::new());
+    // The first call in a fresh backend, then a second one in the same backend; and
+    // the first query of the same shape without m3ret in another fresh backend.
+    let (mut firsts, mut warms, mut plains) = (Vec::new(), Vec::new(), Vec::new());
     for study in &data[..9] {
+        let mut fresh = db.connect();
+        let t = Instant::now();
+        fresh
+            .query_one("SELECT length($1::bytea)", &[study])
+            .unwrap();
+        plains.push(t.elapsed());
+        drop(fresh);
         let mut fresh = db.connect();
         let t = Instant::now();
         embed(&mut fresh, study);
@@ -177,6 +188,7 @@ fn measure(model: &[u8], inference: &str, calls: usize, data: &[Vec<u8>]) -> Run
     }
     firsts.sort();
     warms.sort();
+    plains.sort();
     let info: String = open[0]
         .query_one("SELECT m3ret_runtime_info()::text", &[])
         .unwrap()
@@ -194,6 +206,7 @@ fn measure(model: &[u8], inference: &str, calls: usize, data: &[Vec<u8>]) -> Run
         memory_mib: memory_kib as f64 / 1024.0,
         server_mib: server_kib as f64 / 1024.0,
         first_call: firsts[firsts.len() / 2],
+        first_plain: plains[plains.len() / 2],
         warm_call: warms[warms.len() / 2],
         mean_batch: info["server"]["mean_batch_size"].as_f64(),
     }
@@ -224,17 +237,21 @@ fn main() {
          real capsule JPEGs, this machine's {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("| model | mode | studies/s | p50 ms | p99 ms | Pss_Anon MiB (cluster + server) | of which the server | first call in a fresh backend ms | second call ms | mean batch |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| model | mode | studies/s | p50 ms | p99 ms | Pss_Anon MiB (cluster + server) | of which the server | first call in a fresh backend ms | first plain query there ms | second call ms | mean batch |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let models = std::env::var("M3RET_BENCH_MODELS").unwrap_or_else(|_| "tiny,small".into());
     for (name, model) in [
         ("shipped tiny (12 MB)", &shipped),
         ("small preset (88 MB)", &small),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(name, _)| models.split(',').any(|m| name.contains(m.trim())))
+    {
         let backend = measure(model, "backend", calls, &data);
         let server = measure(model, "server", calls, &data);
         for (mode, r) in [("backend", &backend), ("server", &server)] {
             println!(
-                "| {name} | {mode} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} |",
+                "| {name} | {mode} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} |",
                 r.studies_per_s,
                 ms(r.p50),
                 ms(r.p99),
@@ -245,12 +262,13 @@ fn main() {
                     "-".into()
                 },
                 ms(r.first_call),
+                ms(r.first_plain),
                 ms(r.warm_call),
                 r.mean_batch.map_or("-".into(), |b| format!("{b:.2}")),
             );
         }
         println!(
-            "| {name} | server / backend | {:.2} | {:.2} | {:.2} | {:.2} | | {:.3} | {:.2} | |",
+            "| {name} | server / backend | {:.2} | {:.2} | {:.2} | {:.2} | | {:.3} | | {:.2} | |",
             server.studies_per_s / backend.studies_per_s,
             ms(server.p50) / ms(backend.p50),
             ms(server.p99) / ms(backend.p99),

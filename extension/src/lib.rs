@@ -22,6 +22,7 @@ mod embed;
 mod embedding;
 mod error;
 mod hnsw;
+mod process_exit;
 mod registry;
 mod runtime;
 mod server_client;
@@ -29,13 +30,14 @@ mod server_worker;
 mod settings;
 mod study_info;
 
-/// Registers the settings and, when preloaded, the model server's supervising
-/// worker. No libtorch call may happen here (the postmaster may load the library
-/// before forking backends).
+/// Registers the settings, the exit handler that skips libtorch's destructors and,
+/// when preloaded, the model server's supervising worker. No libtorch call may
+/// happen here (the postmaster may load the library before forking backends).
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     hnsw::options::register();
+    process_exit::skip_library_destructors();
     server_worker::register();
 }
 
