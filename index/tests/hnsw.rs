@@ -1,11 +1,11 @@
 //! The HNSW algorithms against exact search: recall of the in-memory graph for the
 //! three metrics, every element reachable and found (near-duplicates, threaded
 //! builds against the serial one), the descent reaching the query's cluster, the
-//! bounded search, and the heuristic's cached verdicts.
+//! bounded search, the heuristic's cached verdicts and the sparing of a last in-link.
 
 use m3ret_index::hnsw::{
-    descend, reselect, search_layer_bounded, select_neighbors, Candidate, Graph, LevelRng,
-    MemoryGraph, Metric, Params, ScoredLink,
+    descend, reselect, search_layer_bounded, select_neighbors, spare_left_out, Candidate, Graph,
+    LevelRng, MemoryGraph, Metric, Params, ScoredLink,
 };
 use std::time::Duration;
 
@@ -394,4 +394,24 @@ fn reselecting_with_known_verdicts_keeps_what_selecting_afresh_keeps() {
             known = true;
         }
     }
+}
+
+#[test]
+fn a_left_out_link_with_no_other_way_in_is_spared_for_the_farthest_expendable_one() {
+    // Candidates 1..=5 nearest first; the heuristic kept 1, 2, 3, 5 and left out 4.
+    let by_distance = [1u32, 2, 3, 4, 5];
+    let kept = [1u32, 2, 3, 5];
+    // 4 has another in-link: the heuristic's choice stands.
+    let mut list = kept;
+    assert!(spare_left_out(&mut list, &by_distance, 4, |id| id == 4 || id == 2));
+    assert_eq!(list, kept);
+    // 4 has none: the farthest expendable kept link (2; 5 and 3 are not) goes.
+    let mut list = kept;
+    assert!(spare_left_out(&mut list, &by_distance, 4, |id| id == 1 || id == 2));
+    assert_eq!(list, [1, 4, 3, 5]);
+    // Nothing is expendable: the list is left as the heuristic chose, and the
+    // caller hears so.
+    let mut list = kept;
+    assert!(!spare_left_out(&mut list, &by_distance, 4, |_| false));
+    assert_eq!(list, kept);
 }

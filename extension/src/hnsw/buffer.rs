@@ -90,10 +90,12 @@ fn pin(index: pg_sys::Relation, block: u32) -> pg_sys::Buffer {
     }
 }
 
-/// Changes one locked page (or two: meta first) as one WAL record.
+/// Changes one locked page (or two: meta first) as one WAL record. The guards are
+/// borrowed mutably so that no item read through them before (a shared borrow)
+/// can still be in use once GenericXLogFinish has rewritten the pages.
 pub fn change_pages<R>(
     index: pg_sys::Relation,
-    pages: &[&Locked],
+    pages: &mut [&mut Locked],
     new_page: bool,
     f: impl FnOnce(&mut [PageCopy]) -> R,
 ) -> R {
@@ -182,8 +184,10 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
 
 /// Writes `f`'s changes to the meta page.
 pub fn update_meta(index: pg_sys::Relation, f: impl FnOnce(&mut Meta)) {
-    let locked = Locked::new(index, page::META_BLOCK, Lock::Exclusive);
-    change_pages(index, &[&locked], false, |pages| f(pages[0].meta_mut()));
+    let mut locked = Locked::new(index, page::META_BLOCK, Lock::Exclusive);
+    change_pages(index, &mut [&mut locked], false, |pages| {
+        f(pages[0].meta_mut())
+    });
 }
 
 /// Number of item slots on a page.

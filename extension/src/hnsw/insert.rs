@@ -11,7 +11,7 @@ use super::buffer::{self, change_pages, update_meta, Lock, Locked};
 use super::graph::{draw_level, prepare_value, DiskGraph, TidMap};
 use super::page::{space_for, Element, Layout, Meta, Tid};
 use super::update_lock::UpdateLock;
-use m3ret_core::hnsw::{find_neighbours, select_neighbors, Candidate, Metric};
+use m3ret_core::hnsw::{find_neighbours, select_neighbors, spare_left_out, Candidate, Metric};
 use pgrx::pg_sys;
 
 /// `aminsert`.
@@ -178,10 +178,10 @@ fn place_element(
     // element: later inserts (most are level 0) must still look there.
     let mut skipped: Option<u32> = None;
     for block in meta.insert_page.max(1)..nblocks {
-        let locked = Locked::new(index, block, Lock::Exclusive);
+        let mut locked = Locked::new(index, block, Lock::Exclusive);
         let (fits, freed) = reusable_slot(index, &locked, layout, level);
         if let Some(offset) = fits {
-            change_pages(index, &[&locked], false, |pages| {
+            change_pages(index, &mut [&mut locked], false, |pages| {
                 pages[0]
                     .element_mut(offset, layout)
                     .unwrap()
@@ -190,7 +190,7 @@ fn place_element(
             return placed(index, meta, Tid { block, offset }, skipped);
         }
         if locked.free_space() >= space_for(fresh.len()) {
-            let offset = change_pages(index, &[&locked], false, |pages| {
+            let offset = change_pages(index, &mut [&mut locked], false, |pages| {
                 pages[0].add_item(index, &fresh)
             });
             return placed(index, meta, Tid { block, offset }, skipped);
@@ -204,7 +204,7 @@ fn place_element(
                 .map(|&(_, len)| unsafe { pg_sys::MAXALIGN(len) })
                 .sum();
             if locked.free_space() + reclaimable >= space_for(fresh.len()) {
-                let offset = change_pages(index, &[&locked], false, |pages| {
+                let offset = change_pages(index, &mut [&mut locked], false, |pages| {
                     for &(offset, _) in freed.iter().rev() {
                         if pages[0].free_space() >= space_for(fresh.len()) {
                             break;
@@ -218,9 +218,9 @@ fn place_element(
             skipped.get_or_insert(block);
         }
     }
-    let locked = Locked::extend(index);
+    let mut locked = Locked::extend(index);
     let block = locked.block();
-    let offset = change_pages(index, &[&locked], true, |pages| {
+    let offset = change_pages(index, &mut [&mut locked], true, |pages| {
         pages[0].init();
         pages[0].add_item(index, &fresh)
     });
@@ -321,12 +321,12 @@ fn write_if_unchanged(
     current: &[Tid],
     updated: &[Tid],
 ) -> bool {
-    let locked = Locked::new(index, owner.block, Lock::Exclusive);
+    let mut locked = Locked::new(index, owner.block, Lock::Exclusive);
     let unchanged = locked
         .element(index, owner.offset, layout)
         .is_some_and(|e| !e.is_deleted() && e.neighbors(level).eq(current.iter().copied()));
     if unchanged {
-        change_pages(index, &[&locked], false, |pages| {
+        change_pages(index, &mut [&mut locked], false, |pages| {
             pages[0]
                 .element_mut(owner.offset, layout)
                 .unwrap()
@@ -519,7 +519,7 @@ fn reselect(
     let chosen = select_neighbors(&candidates, max, |a, b| {
         metric.graph_distance(&vectors[&a.key()], &vectors[&b.key()])
     });
-    let kept: Vec<Tid> = chosen.into_iter().map(|c| c.id).collect();
+    let mut kept: Vec<Tid> = chosen.into_iter().map(|c| c.id).collect();
     if !kept.contains(&link.new) {
         return None;
     }
@@ -534,37 +534,32 @@ fn reselect(
         .copied()
         .filter(|t| !kept.contains(t) && vectors.contains_key(&t.key()))
         .collect();
-    if dropped.iter().all(|d| link.new_links.contains(d)) {
+    // The list held at most `max` live links and gained one: at most one is dropped.
+    let left_out = match dropped[..] {
+        [] => return Some(kept),
+        [left_out] => left_out,
+        _ => return None,
+    };
+    // Unless the new element links to the left-out target too, give up instead the
+    // farthest kept link it has too and keep the left-out one; if it has none,
+    // the heuristic's choice stands when the new element reaches the left-out
+    // target in two links.
+    let by_distance: Vec<Tid> = candidates.iter().map(|c| c.id).collect();
+    if spare_left_out(&mut kept, &by_distance, left_out, |id| {
+        id != link.new && link.new_links.contains(&id)
+    }) {
         return Some(kept);
     }
-    let [spared] = dropped[..] else {
-        return None;
-    };
-    // Else give up instead the farthest link that the new element has too, and
-    // keep the one the heuristic dropped; or, if there is none, the heuristic's
-    // choice when the new element reaches it in two links.
-    let victim = candidates
-        .iter()
-        .rev()
-        .map(|c| c.id)
-        .find(|id| *id != link.new && kept.contains(id) && link.new_links.contains(id));
-    match victim {
-        Some(victim) => Some(
-            kept.into_iter()
-                .map(|n| if n == victim { spared } else { n })
-                .collect(),
-        ),
-        None => reached_through(
-            index,
-            layout,
-            link.new_links,
-            link.to,
-            spared,
-            link.level,
-            nblocks,
-        )
-        .then_some(kept),
-    }
+    reached_through(
+        index,
+        layout,
+        link.new_links,
+        link.to,
+        left_out,
+        link.level,
+        nblocks,
+    )
+    .then_some(kept)
 }
 
 /// Whether an element whose links on `level` are `links` reaches `target` in at

@@ -164,8 +164,8 @@ fn repair_links(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
         }
         for element in damaged {
             let repaired = repair_element(index, meta, dead, &element);
-            let locked = Locked::new(index, block, Lock::Exclusive);
-            change_pages(index, &[&locked], false, |pages| {
+            let mut locked = Locked::new(index, block, Lock::Exclusive);
+            change_pages(index, &mut [&mut locked], false, |pages| {
                 pages[0]
                     .element_mut(element.tid.offset, layout)
                     .unwrap()
@@ -448,8 +448,8 @@ fn free_elements(index: pg_sys::Relation, meta: &Meta, dead: &TidSet) {
         by_block.entry(tid.block).or_default().push(tid.offset);
     }
     for (&block, offsets) in &by_block {
-        let locked = Locked::new(index, block, Lock::Exclusive);
-        change_pages(index, &[&locked], false, |pages| {
+        let mut locked = Locked::new(index, block, Lock::Exclusive);
+        change_pages(index, &mut [&mut locked], false, |pages| {
             for &offset in offsets {
                 if let Some(mut e) = pages[0].element_mut(offset, layout) {
                     e.mark_deleted();

@@ -5,7 +5,7 @@
 //! elements at once (as hnswlib does). An element's own lists are written before
 //! any other list links to it, so a search never meets an element without links.
 
-use super::select::{reselect, ScoredLink};
+use super::select::{reselect, spare_left_out, ScoredLink};
 use super::{
     descend, find_neighbours, search_layer_afresh, select_neighbors, Candidate, Graph, Metric,
     Params,
@@ -230,8 +230,10 @@ impl MemoryGraph {
             level.min(top),
             self.params.ef_construction,
             |_, l, found| {
-                let candidates: Vec<_> = found.iter().copied().filter(|c| c.id != i).collect();
-                select_neighbors(&candidates, self.params.max_neighbors(l), |a, b| {
+                // No list links to `i` before it has chosen its own links, so its
+                // search cannot meet it.
+                debug_assert!(found.iter().all(|c| c.id != i));
+                select_neighbors(found, self.params.max_neighbors(l), |a, b| {
                     self.distance(a, b)
                 })
             },
@@ -279,14 +281,19 @@ impl MemoryGraph {
         let kept = reselect(&mut candidates, max, known, new, |a, b| self.distance(a, b));
         let mut kept_ids: Vec<u32> = kept.iter().map(|l| l.id).collect();
         if level == 0 {
-            let by_distance: Vec<Candidate<u32>> = candidates
+            // When the candidate left out holds no other in-link, it stays and the
+            // farthest kept link whose target has another one goes instead (or
+            // `new`, which [`Self::find_home`] places if no list takes it).
+            let by_distance: Vec<u32> = candidates.iter().map(|l| l.id).collect();
+            if let Some(left_out) = by_distance
                 .iter()
-                .map(|l| Candidate {
-                    distance: l.distance,
-                    id: l.id,
-                })
-                .collect();
-            self.spare_last_in_link(&mut kept_ids, &by_distance, new);
+                .copied()
+                .find(|id| !kept_ids.contains(id))
+            {
+                spare_left_out(&mut kept_ids, &by_distance, left_out, |id| {
+                    id == new || self.has_other_in_link(id)
+                });
+            }
         }
         if kept_ids.iter().zip(&kept).all(|(id, l)| *id == l.id) {
             self.replace_list(level, list, kept);
@@ -301,37 +308,12 @@ impl MemoryGraph {
         }
     }
 
-    /// When the candidate a full layer-0 list leaves out holds no other in-link, it
-    /// stays and the farthest kept link whose target has another one goes instead
-    /// (or `new`, which [`Self::find_home`] places if no list takes it).
-    fn spare_last_in_link(&self, kept: &mut [u32], candidates: &[Candidate<u32>], new: u32) {
-        let Some(left_out) = candidates
-            .iter()
-            .map(|c| c.id)
-            .find(|id| !kept.contains(id))
-        else {
-            return;
-        };
-        if left_out == new || self.has_other_in_link(left_out) {
-            return;
-        }
-        let victim = candidates
-            .iter()
-            .rev()
-            .map(|c| c.id)
-            .find(|&id| kept.contains(&id) && (id == new || self.has_other_in_link(id)));
-        if let Some(victim) = victim {
-            let slot = kept.iter().position(|&id| id == victim).unwrap();
-            kept[slot] = left_out;
-        }
-    }
-
     /// Lets `i` into the layer-0 list of the nearest of `near` (nearest first) that
     /// can take it: a list with room, or one whose farthest replaceable link points
     /// to an element that keeps another in-link. False if none could.
     fn find_home(&self, i: u32, near: &[Candidate<u32>]) -> bool {
         let max = self.params.max_neighbors(0);
-        for c in near.iter().filter(|c| c.id != i) {
+        for c in near {
             let mut links = self.links[c.id as usize].write().unwrap();
             let list = &mut links[0];
             if list.contains(i) {

@@ -17,7 +17,9 @@ pub use search::{
     descend, find_neighbours, search_layer, search_layer_afresh, search_layer_bounded, Candidate,
     Graph,
 };
-pub use select::{extend_neighbors, fill_nearest, reselect, select_neighbors, ScoredLink};
+pub use select::{
+    extend_neighbors, fill_nearest, reselect, select_neighbors, spare_left_out, ScoredLink,
+};
 
 use crate::vector::distance;
 

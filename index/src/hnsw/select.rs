@@ -127,3 +127,38 @@ pub fn reselect<Id: Copy + PartialEq>(
     kept.extend(pruned.into_iter().take(m - kept.len()));
     kept
 }
+
+/// The step after a full list was re-selected with one new candidate: a list that
+/// drops its link to `left_out` may take away `left_out`'s last way in. So unless
+/// `expendable(left_out)` says it has another, `left_out` stays in `kept` and the
+/// farthest kept link that is expendable goes instead (`by_distance` lists the
+/// candidates nearest first). False, with `kept` unchanged, when no kept link is
+/// expendable either.
+///
+/// What "expendable" means is the caller's: the in-memory build counts every
+/// element's in-links, the on-disk insert asks whether the new element leads to
+/// the target too.
+pub fn spare_left_out<Id: Copy + PartialEq>(
+    kept: &mut [Id],
+    by_distance: &[Id],
+    left_out: Id,
+    mut expendable: impl FnMut(Id) -> bool,
+) -> bool {
+    if expendable(left_out) {
+        return true;
+    }
+    let victim = by_distance
+        .iter()
+        .rev()
+        .copied()
+        .find(|&id| kept.contains(&id) && expendable(id));
+    let Some(victim) = victim else {
+        return false;
+    };
+    let slot = kept
+        .iter()
+        .position(|&id| id == victim)
+        .expect("the victim is kept");
+    kept[slot] = left_out;
+    true
+}
