@@ -4,7 +4,13 @@
 // - rpath to libtorch's lib folder: the postmaster's loader knows nothing of
 //   LD_LIBRARY_PATH, so the extension must find libtorch on its own.
 // - libtorch_cuda linked with --no-as-needed: nothing references it by symbol, so
-//   the linker would drop it and CUDA would silently stay off.
+//   the linker would drop it and CUDA would silently stay off. Except in the
+//   extension (extension/build.rs): PostgreSQL preloads it into the postmaster,
+//   every process of the cluster inherits what its libraries set up at load, and
+//   libtorch_cuda's CUDA libraries alone set up about 120 MiB (cuBLASLt's tables);
+//   there it is loaded on first use instead (`m3ret_core::runtime`).
+// - M3RET_LIBTORCH_CUDA: libtorch_cuda.so's path ("" if this libtorch has none),
+//   for that loading.
 // - M3RET_TORCH_VERSION: the PyTorch version of the libtorch we built against,
 //   read from its version.py, reported at run time.
 use std::path::Path;
@@ -14,17 +20,40 @@ fn main() {
     link_libtorch();
 }
 
-/// Emits the link flags and the version; returns libtorch's lib folder.
+/// How a package gets libtorch's CUDA support.
+#[allow(dead_code)]
+pub enum Cuda {
+    /// Linked: loaded with the program.
+    Linked,
+    /// Not linked: `m3ret_core::runtime` loads it before the first CUDA query.
+    OnFirstUse,
+}
+
+/// Emits the link flags and the version, with libtorch_cuda linked; returns
+/// libtorch's lib folder.
 pub fn link_libtorch() -> String {
+    link_libtorch_with(Cuda::Linked)
+}
+
+/// As [`link_libtorch`], with libtorch_cuda linked or not.
+pub fn link_libtorch_with(cuda: Cuda) -> String {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=../build/link_libtorch.rs");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not report libtorch's lib folder; run scripts/setup.sh and source scripts/env.sh");
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    if Path::new(&lib).join("libtorch_cuda.so").exists() {
+    let libtorch_cuda = Path::new(&lib).join("libtorch_cuda.so");
+    let has_cuda = libtorch_cuda.exists();
+    if has_cuda && matches!(cuda, Cuda::Linked) {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+    let path = if has_cuda {
+        libtorch_cuda.display().to_string()
+    } else {
+        String::new()
+    };
+    println!("cargo:rustc-env=M3RET_LIBTORCH_CUDA={path}");
     let version = Path::new(&lib)
         .parent()
         .map(|torch| torch.join("version.py"))

@@ -1,8 +1,9 @@
-//! The two libtorch calls tch 0.24 does not expose (csrc/torch_ext.cpp).
+//! The libtorch calls tch 0.24 does not expose (csrc/torch_ext.cpp).
 
 extern "C" {
     fn m3ret_set_cuda_autocast_bf16();
     fn m3ret_clear_grad(tensor: *mut torch_sys::C_tensor);
+    fn m3ret_cuda_hooks_registered() -> bool;
 }
 
 /// Runs `f` under CUDA autocast in bfloat16, as the paper trains (on the CPU, `f`
@@ -24,4 +25,12 @@ pub fn clear_grad(t: &tch::Tensor) {
     // SAFETY: `as_mut_ptr` is the live at::Tensor behind `handle`; resetting its
     // grad field touches nothing else.
     unsafe { m3ret_clear_grad(handle.as_mut_ptr()) };
+}
+
+/// Whether libtorch answers CUDA queries with libtorch_cuda's hooks (true) or its
+/// CPU-only stand-in. The first call fixes which, for the life of the process: see
+/// [`crate::runtime::load_cuda_support`].
+pub fn cuda_hooks_registered() -> bool {
+    // SAFETY: a query of libtorch's CUDA hooks, without arguments.
+    unsafe { m3ret_cuda_hooks_registered() }
 }

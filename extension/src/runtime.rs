@@ -148,6 +148,7 @@ fn backend_info() -> serde_json::Value {
             "torch": m3ret_core::runtime::TORCH_VERSION,
             "cuda_available": devices > 0,
             "cuda_devices": devices,
+            "cuda_support": m3ret_core::runtime::cuda_support(),
             "device_setting": device_name,
             "device": device,
             "threads": settings::THREADS.get(),

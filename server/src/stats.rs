@@ -78,6 +78,7 @@ impl Stats {
         serde_json::json!({
             "pid": std::process::id(),
             "device": self.device,
+            "cuda_support": m3ret_core::runtime::cuda_support(),
             "threads": self.threads,
             "workers": self.workers,
             "batch_wait_ms": self.batch_wait_ms,

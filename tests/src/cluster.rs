@@ -257,16 +257,21 @@ impl Cluster {
         self.pg_ctl(&["start", "-w", "-t", "120", "-l", path_str(&self.log_path())]);
     }
 
-    /// Kills the postmaster and every process of the cluster with SIGKILL, as a power
-    /// cut would, and returns once they are gone. The cluster stays down.
-    pub fn crash(&self) {
+    /// The running postmaster's pid, from its postmaster.pid file.
+    pub fn postmaster_pid(&self) -> i32 {
         let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
             .expect("postmaster.pid");
-        let postmaster: i32 = pid_file
+        pid_file
             .lines()
             .next()
             .and_then(|l| l.trim().parse().ok())
-            .expect("postmaster pid");
+            .expect("postmaster pid")
+    }
+
+    /// Kills the postmaster and every process of the cluster with SIGKILL, as a power
+    /// cut would, and returns once they are gone. The cluster stays down.
+    pub fn crash(&self) {
+        let postmaster = self.postmaster_pid();
         let mut victims = children_of(postmaster);
         victims.push(postmaster);
         for &pid in &victims {

@@ -211,6 +211,59 @@ fn in_server_mode_a_backend_holds_no_model() {
     );
 }
 
+/// Whether a process has libtorch_cuda.so mapped.
+fn maps_libtorch_cuda(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .contains("libtorch_cuda.so")
+}
+
+/// The extension does not link libtorch_cuda: the postmaster, and every process
+/// forked from it, would carry what its CUDA libraries set up at load (about 120
+/// MiB). Only a process that runs models loads it, and only where an NVIDIA
+/// driver is; there libtorch's CUDA hooks must be libtorch_cuda's.
+#[test]
+fn only_a_process_that_runs_models_loads_cuda_support() {
+    let (cluster, _) = preloaded("srv_cuda", &[]);
+    let mut served = connect(&cluster, "srv_cuda");
+    let mut local = connect(&cluster, "srv_cuda");
+    local
+        .batch_execute("SET m3ret.inference = backend")
+        .unwrap();
+    for c in [&mut served, &mut local] {
+        embed(c, &fixture("pmnist_train_0000.png"), "xray").unwrap();
+    }
+    let pid =
+        |c: &mut Client| -> i32 { c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0) };
+    let (served_pid, local_pid) = (pid(&mut served), pid(&mut local));
+    let server = server_status(&mut served);
+    let server_pid = server["pid"].as_i64().unwrap() as i32;
+    assert!(
+        !maps_libtorch_cuda(cluster.postmaster_pid()),
+        "the postmaster"
+    );
+    assert!(
+        !maps_libtorch_cuda(served_pid),
+        "a backend embedding through the server"
+    );
+
+    let expected = if m3ret_core::runtime::LIBTORCH_CUDA.is_empty() {
+        "none in this libtorch (CPU-only)"
+    } else if !m3ret_core::runtime::nvidia_driver_present() {
+        "not loaded: no NVIDIA driver on this machine"
+    } else {
+        "loaded"
+    };
+    assert_eq!(server["cuda_support"], expected);
+    assert_eq!(info(&mut local)["cuda_support"], expected);
+    for (name, pid) in [
+        ("the server", server_pid),
+        ("a backend-mode session", local_pid),
+    ] {
+        assert_eq!(maps_libtorch_cuda(pid), expected == "loaded", "{name}");
+    }
+}
+
 /// A role that may not read the weights embeds in server mode, and is the first to
 /// need the model: its backend hands the model to the server, reading it with the
 /// registry owner's rights, and gives the role its own rights back.

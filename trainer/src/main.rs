@@ -71,6 +71,7 @@ fn info() {
         "m3ret": env!("CARGO_PKG_VERSION"),
         "torch": m3ret_core::runtime::TORCH_VERSION,
         "cuda_devices": devices,
+        "cuda_support": m3ret_core::runtime::cuda_support(),
         "default_device": if devices > 0 { "cuda:0" } else { "cpu" },
     });
     println!("{}", serde_json::to_string_pretty(&info).expect("json"));
