@@ -106,6 +106,10 @@ struct Run {
     first_plain: Duration,
     warm_call: Duration,
     mean_batch: Option<f64>,
+    /// The server's time per study reading (decoding, preprocessing) and in
+    /// forward passes, wall clock.
+    decode_ms: Option<f64>,
+    forward_ms: Option<f64>,
 }
 
 fn embed(c: &mut postgres::Client, data: &[u8]) {
@@ -209,6 +213,8 @@ fn measure(model: &[u8], inference: &str, calls: usize, data: &[Vec<u8>]) -> Run
         first_plain: plains[plains.len() / 2],
         warm_call: warms[warms.len() / 2],
         mean_batch: info["server"]["mean_batch_size"].as_f64(),
+        decode_ms: info["server"]["mean_decode_ms_per_study"].as_f64(),
+        forward_ms: info["server"]["mean_forward_ms_per_study"].as_f64(),
     }
 }
 
@@ -240,6 +246,7 @@ fn main() {
     println!("| model | mode | studies/s | p50 ms | p99 ms | Pss_Anon MiB (cluster + server) | of which the server | first call in a fresh backend ms | first plain query there ms | second call ms | mean batch |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let models = std::env::var("M3RET_BENCH_MODELS").unwrap_or_else(|_| "tiny,small".into());
+    let mut split = Vec::new();
     for (name, model) in [
         ("shipped tiny (12 MB)", &shipped),
         ("small preset (88 MB)", &small),
@@ -276,5 +283,15 @@ fn main() {
             ms(server.first_call) / ms(backend.first_call),
             ms(server.warm_call) / ms(backend.warm_call),
         );
+        if let (Some(decode), Some(forward)) = (server.decode_ms, server.forward_ms) {
+            split.push(format!(
+                "{name}: the server's wall time per study: {decode:.2} ms reading it (decode and \
+                 preprocess, connection threads), {forward:.2} ms in forward passes (workers)"
+            ));
+        }
+    }
+    println!();
+    for line in split {
+        println!("{line}");
     }
 }

@@ -210,6 +210,7 @@ fn run_model(embedder: &Embedder, mut jobs: Vec<EmbedJob>, settings: &Settings, 
                 crate::connection::panic_text(&panic)
             )))
         });
+    stats.forward(now.elapsed());
     match result {
         Ok(vectors) => {
             let mut vectors = vectors.into_iter();

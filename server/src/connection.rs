@@ -167,7 +167,9 @@ fn embed(
     };
     let choice = ModalityChoice::parse(modality).map_err(failed)?;
     let options = StudyOptions::for_input(choice, &config.input);
+    let started = std::time::Instant::now();
     let studies = read_studies(form, blobs, &options)?;
+    stats.decoded(started.elapsed());
     let (reply, answer) = mpsc::channel();
     let job = EmbedJob {
         model: sha256.to_string(),

@@ -19,6 +19,8 @@ pub struct Stats {
     abandoned: AtomicU64,
     loads: AtomicU64,
     queue_wait_us: AtomicU64,
+    decode_us: AtomicU64,
+    forward_us: AtomicU64,
 }
 
 impl Stats {
@@ -43,6 +45,8 @@ impl Stats {
             abandoned: AtomicU64::new(0),
             loads: AtomicU64::new(0),
             queue_wait_us: AtomicU64::new(0),
+            decode_us: AtomicU64::new(0),
+            forward_us: AtomicU64::new(0),
         }
     }
 
@@ -67,10 +71,28 @@ impl Stats {
             .fetch_add(waited.as_micros() as u64, Relaxed);
     }
 
+    /// Time a connection thread spent reading its request's studies (decoding and
+    /// preprocessing them to the model's input).
+    pub fn decoded(&self, took: std::time::Duration) {
+        self.decode_us.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// Time one batch's forward passes took.
+    pub fn forward(&self, took: std::time::Duration) {
+        self.forward_us.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
     pub fn report(&self, models: &Models) -> serde_json::Value {
         let batches = self.batches.load(Relaxed);
         let studies = self.studies.load(Relaxed);
         let requests = self.requests.load(Relaxed);
+        let per_study = |us: &AtomicU64| {
+            if studies > 0 {
+                us.load(Relaxed) as f64 / 1000.0 / studies as f64
+            } else {
+                0.0
+            }
+        };
         let epoch = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64())
@@ -93,6 +115,8 @@ impl Stats {
             "mean_queue_wait_ms": if requests > 0 {
                 self.queue_wait_us.load(Relaxed) as f64 / 1000.0 / requests as f64
             } else { 0.0 },
+            "mean_decode_ms_per_study": per_study(&self.decode_us),
+            "mean_forward_ms_per_study": per_study(&self.forward_us),
             "abandoned_requests": self.abandoned.load(Relaxed),
             "model_loads": self.loads.load(Relaxed),
             "models_loaded": models.list().iter().map(|m| serde_json::json!({

@@ -157,6 +157,10 @@ fn the_server_embeds_as_the_backend_does() {
     // 6 files, 1 series, 1 batch, 1 alone; unreadable studies never reach the model.
     assert_eq!(status["requests"], 9, "{status}");
     assert_eq!(status["restarts"], 0);
+    // Where the server's time goes, per study: both parts were measured.
+    for part in ["mean_decode_ms_per_study", "mean_forward_ms_per_study"] {
+        assert!(status[part].as_f64().unwrap() > 0.0, "{part}: {status}");
+    }
     cluster.assert_no_backend_crashed();
 }
 
