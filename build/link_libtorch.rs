@@ -5,19 +5,30 @@
 //   LD_LIBRARY_PATH, so the extension must find libtorch on its own.
 // - libtorch_cuda linked with --no-as-needed: nothing references it by symbol, so
 //   the linker would drop it and CUDA would silently stay off. Except in the
-//   extension (extension/build.rs): PostgreSQL preloads it into the postmaster,
-//   every process of the cluster inherits what its libraries set up at load, and
-//   libtorch_cuda's CUDA libraries alone set up about 120 MiB (cuBLASLt's tables);
-//   there it is loaded on first use instead (`m3ret_core::runtime`).
+//   extension (and the server's crate: `LOADS_CUDA_ON_FIRST_USE`): PostgreSQL
+//   preloads the extension into the postmaster, every process of the cluster
+//   inherits what its libraries set up at load, and libtorch_cuda's CUDA
+//   libraries alone set up about 120 MiB (cuBLASLt's tables); there it is loaded
+//   on first use instead (`m3ret_core::runtime`).
 // - M3RET_LIBTORCH_CUDA: libtorch_cuda.so's path ("" if this libtorch has none),
 //   for that loading.
 // - M3RET_TORCH_VERSION: the PyTorch version of the libtorch we built against,
 //   read from its version.py, reported at run time.
 use std::path::Path;
 
+/// The packages whose programs load libtorch_cuda on first use instead of linking
+/// it: the extension (loaded into the postmaster) and the model server's crate
+/// (whose tests check that loading, as the server does it).
+const LOADS_CUDA_ON_FIRST_USE: [&str; 2] = ["m3ret", "m3ret-server"];
+
 #[allow(dead_code)]
 fn main() {
-    link_libtorch();
+    let package = std::env::var("CARGO_PKG_NAME").unwrap_or_default();
+    if LOADS_CUDA_ON_FIRST_USE.contains(&package.as_str()) {
+        link_libtorch_with(Cuda::OnFirstUse);
+    } else {
+        link_libtorch();
+    }
 }
 
 /// How a package gets libtorch's CUDA support.

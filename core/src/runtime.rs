@@ -58,20 +58,25 @@ fn load_libtorch_cuda() -> CudaSupport {
     if LIBTORCH_CUDA.is_empty() {
         return CudaSupport::NoneInLibtorch;
     }
-    if !DRIVER_PATHS
-        .iter()
-        .any(|p| std::path::Path::new(p).exists())
-    {
+    if !nvidia_driver_present() {
         return CudaSupport::NoDriver;
     }
-    let Ok(path) = CString::new(LIBTORCH_CUDA) else {
-        return CudaSupport::LoadFailed(format!("bad path {LIBTORCH_CUDA:?}"));
-    };
+    match load_libtorch_cuda_library() {
+        Ok(()) => CudaSupport::Loaded,
+        Err(e) => CudaSupport::LoadFailed(e),
+    }
+}
+
+/// Loads libtorch_cuda.so ([`LIBTORCH_CUDA`]) into this process, driver or not
+/// ([`load_cuda_support`] is the policy; this is the mechanism, tested on its own
+/// where there is no GPU).
+pub fn load_libtorch_cuda_library() -> Result<(), String> {
+    let path = CString::new(LIBTORCH_CUDA).map_err(|_| format!("bad path {LIBTORCH_CUDA:?}"))?;
     // SAFETY: a NUL-terminated path; the handle is kept for the life of the
     // process (never dlclose'd: libtorch keeps pointers into the library).
     let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
     if !handle.is_null() {
-        return CudaSupport::Loaded;
+        return Ok(());
     }
     // SAFETY: dlerror returns null or a NUL-terminated message that stays valid
     // until this thread's next dl* call.
@@ -83,7 +88,7 @@ fn load_libtorch_cuda() -> CudaSupport {
             std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
         }
     };
-    CudaSupport::LoadFailed(format!("cannot load {LIBTORCH_CUDA}: {message}"))
+    Err(format!("cannot load {LIBTORCH_CUDA}: {message}"))
 }
 
 /// How many CUDA devices libtorch can use (0 when none, or a CPU-only build).

@@ -63,7 +63,7 @@ fn misses(
         missed += exact[..10]
             .iter()
             .filter(|(d, id)| {
-                !found.iter().any(|c| c.id == *id) && !((d - tenth).abs() <= 1e-6 && tied_found)
+                !found.iter().any(|c| c.id == *id) && ((d - tenth).abs() > 1e-6 || !tied_found)
             })
             .count();
     }
