@@ -710,6 +710,62 @@ fn a_paused_scan_survives_vacuum_and_reused_slots() {
     db.cluster.assert_no_backend_crashed();
 }
 
+/// A backend pins an index page through where it last found it (`recent.rs`); when
+/// the page has been evicted and its buffer holds another page, that hint must fail
+/// and the page be read afresh. With 128 shared buffers and an index of 500
+/// pages, nearly every hint is stale by the next query: searches must still find
+/// each row's own vector first and give the same answers twice, inserts must land
+/// where they should, and the index must check clean.
+#[test]
+fn pages_evicted_between_queries_are_read_afresh() {
+    let cluster = Cluster::start(&["shared_buffers = 1MB"]);
+    let db = cluster.database("hnsw_evicted");
+    let mut c = db.connect();
+    create_table(&mut c, "items", false);
+    let rows = data().vectors(2_000, 51);
+    load(&mut c, "items", &rows, 0);
+    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb)")
+        .unwrap();
+    let pages: i64 = c
+        .query_one("SELECT pg_relation_size('items_idx') / 8192", &[])
+        .unwrap()
+        .get(0);
+    assert!(pages > 3 * 128, "the index has {pages} pages");
+    let queries: Vec<i32> = (0..2_000).step_by(20).collect();
+    let answers = |c: &mut Client| -> Vec<Vec<(i32, f64)>> {
+        queries
+            .iter()
+            .map(|&q| nearest(c, "items", "", "<=>", &rows[q as usize], 10, false))
+            .collect()
+    };
+    let first = answers(&mut c);
+    // More rows through the same backend: inserts pin pages exclusively, through
+    // the same (stale) hints.
+    load(&mut c, "items", &data().vectors(300, 52), 2_000);
+    let second = answers(&mut c);
+    for (q, found) in queries.iter().zip(&first) {
+        assert_eq!(found[0].0, *q, "query {q}: {found:?}");
+    }
+    for ((q, a), b) in queries.iter().zip(&first).zip(&second) {
+        // The new rows are from other draws: they may enter a top 10, never push
+        // the query's own row out of first place.
+        assert_eq!(
+            b[0].0, *q,
+            "query {q} after the inserts: {b:?} (before: {a:?})"
+        );
+    }
+    let (live, _, _) = check_index(&mut c, "items_idx");
+    assert_eq!(live, 2_300);
+    let (_, found_self) = self_recall(
+        &mut c,
+        "items",
+        &(2_000..2_300).step_by(10).collect::<Vec<_>>(),
+        40,
+    );
+    assert_eq!(found_self, 1.0, "an inserted row is not its own nearest");
+    cluster.assert_no_backend_crashed();
+}
+
 /// Recall@10 of the index against exact search, each query a stored row's own
 /// vector (`queries` are ids of `table (id, emb)`), and the share of queries whose
 /// own row is among the ten.

@@ -5,6 +5,7 @@
 //! taken before one element page; so two backends can never wait on each other.
 
 use super::page::{self, Element, ElementMut, Layout, Meta, Special, Tid};
+use super::recent;
 use crate::error::raise;
 use m3ret_core::vector::prefetch::prefetch;
 use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
@@ -77,9 +78,12 @@ impl Drop for Locked {
 }
 
 fn pin(index: pg_sys::Relation, block: u32) -> pg_sys::Buffer {
+    if let Some(buffer) = recent::pin_recent(index, block) {
+        return buffer;
+    }
     // SAFETY: `index` is open; callers check `block` against the index size
     // first, and ReadBufferExtended raises an ERROR past the end anyway.
-    unsafe {
+    let buffer = unsafe {
         pg_sys::ReadBufferExtended(
             index,
             pg_sys::ForkNumber::MAIN_FORKNUM,
@@ -87,7 +91,9 @@ fn pin(index: pg_sys::Relation, block: u32) -> pg_sys::Buffer {
             pg_sys::ReadBufferMode::RBM_NORMAL,
             std::ptr::null_mut(),
         )
-    }
+    };
+    recent::remember(index, block, buffer);
+    buffer
 }
 
 /// Changes one locked page (or two: meta first) as one WAL record. The guards are

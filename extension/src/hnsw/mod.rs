@@ -3,7 +3,8 @@
 //! One file per phase, as pgvector lays out its own: `build.rs` (CREATE INDEX),
 //! `insert.rs` (INSERT), `scan.rs` (ORDER BY ... LIMIT), `vacuum.rs` (VACUUM),
 //! `cost.rs` (the planner's estimate), `check.rs` (`m3ret_hnsw_check`); beneath them
-//! `page.rs` (the layout), `buffer.rs` (page access and WAL), `graph.rs` (the graph
+//! `page.rs` (the layout), `buffer.rs` (page access and WAL; `recent.rs`, where
+//! pages were last found), `graph.rs` (the graph
 //! seen from one query, with how a value and a new element's level are prepared)
 //! and `options.rs` (`WITH (m, ef_construction)`). This file is only the access
 //! method's face: the handler and the opclasses' support functions. The graph
@@ -17,6 +18,7 @@ mod graph;
 mod insert;
 pub mod options;
 mod page;
+mod recent;
 mod scan;
 mod update_lock;
 mod vacuum;
