@@ -78,17 +78,6 @@ fn pss_anon_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-fn postmaster_pid(cluster: &Cluster) -> i32 {
-    std::fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -167,7 +156,7 @@ fn measure(model: &[u8], inference: &str, calls: usize, data: &[Vec<u8>]) -> Run
     // Memory with the 16 sessions still open and idle: the server hands freed
     // memory back after a second without requests, so measure after two.
     std::thread::sleep(Duration::from_secs(2));
-    let memory_kib: u64 = descendants(postmaster_pid(&cluster))
+    let memory_kib: u64 = descendants(cluster.postmaster_pid())
         .into_iter()
         .map(pss_anon_kib)
         .sum();

@@ -25,6 +25,14 @@ pub fn error_message(err: &postgres::Error) -> String {
     }
 }
 
+/// The pid of the backend serving `client`.
+pub fn backend_pid(client: &mut postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
 /// Runs `sql` and returns the server's error message; panics if it succeeded.
 pub fn expect_error(client: &mut postgres::Client, sql: &str) -> String {
     match client.batch_execute(sql) {

@@ -3,7 +3,7 @@
 use m3ret_e2e::models::{model_with, reference_embedding, small_model};
 use m3ret_e2e::wire::Vector;
 use m3ret_e2e::{
-    error_message, expect_error, fixture, fixture_series, max_abs_diff, Cluster,
+    backend_pid, error_message, expect_error, fixture, fixture_series, max_abs_diff, Cluster,
     FIXTURES_BY_MODALITY,
 };
 use postgres::Client;
@@ -576,7 +576,7 @@ fn a_long_batch_stops_on_cancel_and_statement_timeout() {
     assert_eq!(err, "canceling statement due to statement timeout");
     c.batch_execute("RESET statement_timeout").unwrap();
     // pg_cancel_backend from another session.
-    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let pid = backend_pid(&mut c);
     let canceller = {
         let db_conn = db.cluster.connection_string(&db.name);
         std::thread::spawn(move || {

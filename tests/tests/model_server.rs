@@ -5,7 +5,7 @@
 use m3ret_e2e::models::{reference_embedding, small_model};
 use m3ret_e2e::wire::Vector;
 use m3ret_e2e::{
-    error_message, expect_error, fixture, fixture_series, max_abs_diff, Cluster,
+    backend_pid, error_message, expect_error, fixture, fixture_series, max_abs_diff, Cluster,
     FIXTURES_BY_MODALITY,
 };
 use postgres::Client;
@@ -191,7 +191,7 @@ fn in_server_mode_a_backend_holds_no_model() {
     let mut sessions: Vec<(Client, i32)> = (0..3)
         .map(|_| {
             let mut c = connect(&cluster, "srv_memory");
-            let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+            let pid = backend_pid(&mut c);
             (c, pid)
         })
         .collect();
@@ -237,9 +237,7 @@ fn only_a_process_that_runs_models_loads_cuda_support() {
     for c in [&mut served, &mut local] {
         embed(c, &fixture("pmnist_train_0000.png"), "xray").unwrap();
     }
-    let pid =
-        |c: &mut Client| -> i32 { c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0) };
-    let (served_pid, local_pid) = (pid(&mut served), pid(&mut local));
+    let (served_pid, local_pid) = (backend_pid(&mut served), backend_pid(&mut local));
     let server = server_status(&mut served);
     let server_pid = server["pid"].as_i64().unwrap() as i32;
     assert!(
@@ -433,10 +431,7 @@ fn sessions_share_a_forward_pass_and_abandoned_requests_are_dropped() {
 
     // Alone, a request waits; each way of giving up ends the wait at once.
     let mut lone = connect(&cluster, "srv_batch");
-    let pid: i32 = lone
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let pid = backend_pid(&mut lone);
     let waiting = {
         let png = png.clone();
         std::thread::spawn(move || {

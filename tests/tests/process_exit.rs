@@ -4,7 +4,7 @@
 //! status still tells the postmaster a session ended normally or with a FATAL.
 
 use m3ret_e2e::models::small_model;
-use m3ret_e2e::{fixture, Cluster};
+use m3ret_e2e::{backend_pid, fixture, Cluster};
 use postgres::Client;
 
 /// Waits until backend `pid` is gone (its exit processing is done by then).
@@ -44,10 +44,7 @@ fn a_session_that_ends_is_cleaned_up_and_its_exit_status_kept() {
     // A session that embedded, holds a temporary table and a cursor spilled to a
     // temporary file, then disconnects.
     let mut session = db.connect();
-    let pid: i32 = session
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let pid = backend_pid(&mut session);
     session
         .query_one(
             "SELECT m3ret_embed($1::bytea, 'xray')",
@@ -80,10 +77,7 @@ fn a_session_that_ends_is_cleaned_up_and_its_exit_status_kept() {
     // A session ended with a FATAL (terminated) exits with status 1, which the
     // postmaster takes as a normal end: no crash recovery, no restart.
     let mut victim = db.connect();
-    let victim_pid: i32 = victim
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let victim_pid = backend_pid(&mut victim);
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&victim_pid])
         .unwrap();
