@@ -12,8 +12,11 @@
 //!   model (every 40th study held out as a query); the embeddings are cached under
 //!   $M3RET_CACHE/bench (default /var/cache/m3ret/bench), keyed by the model's sha256.
 //!
-//! Both indexes: m = 16, ef_construction = 64, the same build threads (the leader and
-//! one maintenance worker). Per data set: build time (median of M3RET_BENCH_ROUNDS,
+//! The indexes: m3ret_hnsw as it stores vectors by default (`m3ret_hnsw`) and with
+//! `quantization = int8` (`m3ret_hnsw_int8`, re-ranked by the executor on the
+//! table's vectors), and pgvector's hnsw; choose with M3RET_BENCH_INDEXES
+//! (comma-separated names). All with m = 16, ef_construction = 64, the same build
+//! threads (the leader and one maintenance worker). Per data set: build time (median of M3RET_BENCH_ROUNDS,
 //! default 3) and size of each index; per ef_search, recall@10 against exact search (rows at the 10th distance count as hits, whichever of them is found)
 //! and queries per second with 1 and 4 clients (a prepared
 //! `ORDER BY col <=> $1 LIMIT 10`, the query vector sent as text to both, with
@@ -60,11 +63,18 @@ struct Contender {
     query_type: &'static str,
 }
 
-const CONTENDERS: [Contender; 2] = [
+const CONTENDERS: [Contender; 3] = [
     Contender {
         name: "m3ret_hnsw",
         column: "emb",
         create: "CREATE INDEX items_emb_idx ON items USING m3ret_hnsw (emb embedding_cosine_ops) WITH (m = 16, ef_construction = 64)",
+        ef_setting: "m3ret.ef_search",
+        query_type: "embedding",
+    },
+    Contender {
+        name: "m3ret_hnsw_int8",
+        column: "emb",
+        create: "CREATE INDEX items_emb_int8_idx ON items USING m3ret_hnsw (emb embedding_cosine_ops) WITH (m = 16, ef_construction = 64, quantization = int8)",
         ef_setting: "m3ret.ef_search",
         query_type: "embedding",
     },
@@ -85,6 +95,7 @@ struct Point {
 }
 
 struct Measured {
+    name: &'static str,
     build_s: f64,
     size_mib: f64,
     points: Vec<Point>,
@@ -239,8 +250,13 @@ fn bench_data_set(cluster: &Cluster, set: DataSet, rounds: usize) {
     );
     let db = cluster.database("bench_hnsw");
     load(&mut db.connect(), &data);
+    let chosen: String = env_or(
+        "M3RET_BENCH_INDEXES",
+        "m3ret_hnsw,m3ret_hnsw_int8,pgvector".to_string(),
+    );
     let measured: Vec<Measured> = CONTENDERS
         .iter()
+        .filter(|c| chosen.split(',').any(|n| n == c.name))
         .map(|c| bench_index(cluster, c, &queries, &truth, rounds))
         .collect();
     let (memory_build, memory) = bench_hnsw_rs(&data, &queries, &truth, rounds);
@@ -326,6 +342,7 @@ fn bench_index(
         .collect();
     c.batch_execute(&format!("DROP INDEX {index}")).unwrap();
     Measured {
+        name: contender.name,
         build_s: median(builds),
         size_mib: size as f64 / 1048576.0,
         points,
@@ -449,50 +466,70 @@ fn report(
     memory: &[Point],
     rounds: usize,
 ) {
-    let (ours, peer) = (&measured[0], &measured[1]);
     println!(
         "\n## {}: {} x {dims}, {} queries, m = {M}, ef_construction = {EF_CONSTRUCTION}, {THREADS} build threads, medians of {rounds}",
         set.name,
         set.data.len(),
         set.queries.len()
     );
-    println!(
-        "build: m3ret_hnsw {:.1} s, pgvector {:.1} s (ratio {:.2}), hnsw_rs in memory {memory_build:.1} s; size: m3ret_hnsw {:.1} MiB, pgvector {:.1} MiB (ratio {:.2})",
-        ours.build_s,
-        peer.build_s,
-        ours.build_s / peer.build_s,
-        ours.size_mib,
-        peer.size_mib,
-        ours.size_mib / peer.size_mib
-    );
-    println!("| ef_search | m3ret_hnsw recall@10 | QPS 1 client | QPS {CLIENTS} clients | pgvector recall@10 | QPS 1 client | QPS {CLIENTS} clients | hnsw_rs recall@10 | QPS |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (i, ef) in EF_SEARCH.iter().enumerate() {
-        let (o, p, m) = (ours.points[i], peer.points[i], memory[i]);
+    let peer = measured.iter().find(|m| m.name == "pgvector");
+    for m in measured {
+        let against = peer
+            .filter(|p| p.name != m.name)
+            .map(|p| {
+                format!(
+                    " (build {:.2}x, size {:.2}x pgvector's)",
+                    m.build_s / p.build_s,
+                    m.size_mib / p.size_mib
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "| {ef} | {:.3} | {:.0} | {:.0} | {:.3} | {:.0} | {:.0} | {:.3} | {:.0} |",
-            o.recall, o.qps, o.qps_clients, p.recall, p.qps, p.qps_clients, m.recall, m.qps
+            "{}: build {:.1} s, size {:.1} MiB{against}",
+            m.name, m.build_s, m.size_mib
         );
     }
+    println!("hnsw_rs in memory: build {memory_build:.1} s");
+    let mut header = "| ef_search |".to_string();
+    for m in measured {
+        header += &format!(
+            " {} recall@10 | QPS 1 client | QPS {CLIENTS} clients |",
+            m.name
+        );
+    }
+    println!("{header} hnsw_rs recall@10 | QPS |");
+    println!("|---|{}---|---|", "---|---|---|".repeat(measured.len()));
+    for (i, ef) in EF_SEARCH.iter().enumerate() {
+        let mut row = format!("| {ef} |");
+        for m in measured {
+            let p = m.points[i];
+            row += &format!(" {:.3} | {:.0} | {:.0} |", p.recall, p.qps, p.qps_clients);
+        }
+        println!("{row} {:.3} | {:.0} |", memory[i].recall, memory[i].qps);
+    }
+    let Some(peer) = peer else {
+        return;
+    };
     for level in RECALL_LEVELS {
         for (clients, qps) in [
             (1, (|p: &Point| p.qps) as fn(&Point) -> f64),
             (CLIENTS, |p: &Point| p.qps_clients),
         ] {
             let show = |v: Option<f64>| v.map_or("not reached".to_string(), |q| format!("{q:.0}"));
-            let (o, p) = (
-                qps_at_recall(&ours.points, level, qps),
-                qps_at_recall(&peer.points, level, qps),
+            let theirs = qps_at_recall(&peer.points, level, qps);
+            let mut line = format!(
+                "QPS at recall@10 {level:.2}, {clients} client(s): pgvector {}",
+                show(theirs)
             );
-            let ratio = match (o, p) {
-                (Some(o), Some(p)) => format!("{:.2}", o / p),
-                _ => "-".to_string(),
-            };
-            println!(
-                "QPS at recall@10 {level:.2}, {clients} client(s): m3ret_hnsw {}, pgvector {}, ratio {ratio}",
-                show(o),
-                show(p)
-            );
+            for m in measured.iter().filter(|m| m.name != "pgvector") {
+                let ours = qps_at_recall(&m.points, level, qps);
+                let ratio = match (ours, theirs) {
+                    (Some(o), Some(p)) => format!("{:.2}", o / p),
+                    _ => "-".to_string(),
+                };
+                line += &format!(", {} {} (ratio {ratio})", m.name, show(ours));
+            }
+            println!("{line}");
         }
     }
 }

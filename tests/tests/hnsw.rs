@@ -1,7 +1,8 @@
 //! The `m3ret_hnsw` index through a real cluster: recall against exact search for
 //! the three operator classes, filtered scans, concurrent inserts and searches, a
-//! crash during inserts, VACUUM, REINDEX, UNLOGGED tables and bad input, with
-//! `m3ret_hnsw_check` after every scenario.
+//! crash during inserts, VACUUM, REINDEX, UNLOGGED tables and bad input, the
+//! 8-bit quantised graph (`quantization = int8`) re-ranked on the table's vectors,
+//! with `m3ret_hnsw_check` after every scenario.
 
 use m3ret_core::vector::synthetic::Clustered;
 use m3ret_e2e::wire::literal;
@@ -302,8 +303,11 @@ fn vacuum_removes_deleted_rows_keeps_recall_and_reuses_space() {
         .query_one("SELECT pg_relation_size('items_idx')", &[])
         .unwrap()
         .get(0);
+    // New rows draw new levels: an element above every freed tuple's level takes
+    // the room of two freed ones (or free space), so the last few may find no
+    // room left. With 13 elements of 384 bytes per page, that has cost a page.
     assert!(
-        size_after <= size_before,
+        size_after <= size_before + size_before / 100,
         "the index grew from {size_before} to {size_after} bytes re-inserting as many rows"
     );
     // An insert gives up a link only when the new element reaches its target too
@@ -604,8 +608,19 @@ fn reindex_unlogged_small_memory_and_bad_input() {
     );
     c.batch_execute("CREATE TABLE wide (emb embedding(3000)); INSERT INTO wide SELECT array_fill(1.0::real, ARRAY[3000])::embedding").unwrap();
     assert_eq!(
-        expect_error(&mut c, "CREATE INDEX ON wide USING m3ret_hnsw (emb)"),
-        "m3ret_hnsw indexes at most 1988 dimensions with m = 16, not 3000"
+        expect_error(
+            &mut c,
+            "CREATE INDEX ON wide USING m3ret_hnsw (emb) WITH (quantization = none)"
+        ),
+        "m3ret_hnsw indexes at most 1988 dimensions with m = 16 and quantization none, not 3000"
+    );
+    // One byte per dimension (the default) fits four times as many.
+    c.batch_execute("CREATE INDEX wide_idx ON wide USING m3ret_hnsw (emb)")
+        .unwrap();
+    c.batch_execute("CREATE TABLE wider (emb embedding(9000)); INSERT INTO wider SELECT array_fill(1.0::real, ARRAY[9000])::embedding").unwrap();
+    assert_eq!(
+        expect_error(&mut c, "CREATE INDEX ON wider USING m3ret_hnsw (emb)"),
+        "m3ret_hnsw indexes at most 7940 dimensions with m = 16 and quantization int8, not 9000"
     );
     assert_eq!(check_index(&mut c, "items_idx"), (3000, 0, 0));
 
@@ -724,8 +739,11 @@ fn pages_evicted_between_queries_are_read_afresh() {
     create_table(&mut c, "items", false);
     let rows = data().vectors(2_000, 51);
     load(&mut c, "items", &rows, 0);
-    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb)")
-        .unwrap();
+    // Float vectors: an index three times the size of an int8 one.
+    c.batch_execute(
+        "CREATE INDEX items_idx ON items USING m3ret_hnsw (emb) WITH (quantization = none)",
+    )
+    .unwrap();
     let pages: i64 = c
         .query_one("SELECT pg_relation_size('items_idx') / 8192", &[])
         .unwrap()
@@ -798,9 +816,21 @@ fn self_recall(c: &mut Client, table: &str, queries: &[i32], ef_search: i32) -> 
 /// workers (3 build threads) and then 2,000 more inserted one by one: once 12% of
 /// the elements were unreachable and recall@10 was 0.13 at ef_search 40. pgvector
 /// reaches 0.40 and 0.52 at ef_search 40 and 100 on these rows.
+/// The default graph keeps 8-bit codes: its estimates are coarse next to the
+/// distances between near-duplicates, and the re-ranking on the table's vectors
+/// must still reach pgvector's recall.
 #[test]
 fn near_duplicate_rows_are_all_reachable_and_recall_at_least_pgvectors() {
-    let db = Cluster::shared().database("hnsw_near_duplicates");
+    near_duplicate_rows("hnsw_near_duplicates", "");
+}
+
+#[test]
+fn near_duplicate_rows_in_a_float_graph_are_all_reachable_and_recall_at_least_pgvectors() {
+    near_duplicate_rows("hnsw_near_duplicates_float", "WITH (quantization = none)");
+}
+
+fn near_duplicate_rows(database: &str, with: &str) {
+    let db = Cluster::shared().database(database);
     let mut c = db.connect();
     c.batch_execute("CREATE TABLE rows (id int PRIMARY KEY, emb embedding(64))")
         .unwrap();
@@ -813,7 +843,7 @@ fn near_duplicate_rows_are_all_reachable_and_recall_at_least_pgvectors() {
         w.finish().unwrap();
     };
     copy(&mut c, 0, 20_000);
-    c.batch_execute("SET max_parallel_maintenance_workers = 2; CREATE INDEX rows_idx ON rows USING m3ret_hnsw (emb)").unwrap();
+    c.batch_execute(&format!("SET max_parallel_maintenance_workers = 2; CREATE INDEX rows_idx ON rows USING m3ret_hnsw (emb) {with}")).unwrap();
     assert_eq!(
         check_index(&mut c, "rows_idx"),
         (20_000, 0, 0),
@@ -825,7 +855,7 @@ fn near_duplicate_rows_are_all_reachable_and_recall_at_least_pgvectors() {
     let (r400, self400) = self_recall(&mut c, "rows", &queries, 400);
     assert!(
         r40 >= 0.40 && r100 >= 0.52 && r40 < r100 && r100 < r400,
-        "recall@10 at ef_search 40, 100, 400: {r40}, {r100}, {r400}"
+        "{with}: recall@10 at ef_search 40, 100, 400: {r40}, {r100}, {r400}"
     );
     assert!(
         self400 >= 0.9,
@@ -890,26 +920,185 @@ fn real_embeddings_of_the_corpus_are_all_reachable_and_found() {
     let n = m3ret_e2e::copy_corpus_2d(&mut c, "studies");
     assert!(n > 7_000, "{n} 2D studies in the corpus");
     m3ret_e2e::embed_by_modality(&mut c, "studies");
-    c.batch_execute("SET max_parallel_maintenance_workers = 2; CREATE INDEX studies_idx ON studies USING m3ret_hnsw (emb)").unwrap();
-    assert_eq!(check_index(&mut c, "studies_idx"), (n as i64, 0, 0));
-    let queries: Vec<i32> = (0..n).step_by(40).collect();
-    let at: Vec<(f64, f64)> = [40, 100, 400]
+    // The same floors for the float graph and the default 8-bit one (re-ranked on
+    // the table's vectors).
+    for with in ["WITH (quantization = none)", ""] {
+        c.batch_execute(&format!("SET max_parallel_maintenance_workers = 2; CREATE INDEX studies_idx ON studies USING m3ret_hnsw (emb) {with}")).unwrap();
+        assert_eq!(check_index(&mut c, "studies_idx"), (n as i64, 0, 0));
+        let queries: Vec<i32> = (0..n).step_by(40).collect();
+        let at: Vec<(f64, f64)> = [40, 100, 400]
+            .iter()
+            .map(|&ef| self_recall(&mut c, "studies", &queries, ef))
+            .collect();
+        eprintln!("{with}: (recall@10, own row found) at ef_search 40, 100, 400: {at:?}");
+        // The parallel build differs from run to run: at ef_search 40 one query in
+        // about 200 has been seen to miss its own row; wider searches find them all.
+        assert!(
+            at[0].0 >= 0.98 && at[0].1 >= 0.99,
+            "{with}: at ef_search 40: {:?}",
+            at[0]
+        );
+        assert!(at[1].0 >= 0.995, "{with}: at ef_search 100: {:?}", at[1]);
+        assert!(
+            at[2].0 >= 0.999 && at[2].1 == 1.0,
+            "{with}: at ef_search 400: {:?}",
+            at[2]
+        );
+        c.batch_execute("DROP INDEX studies_idx").unwrap();
+    }
+    db.cluster.assert_no_backend_crashed();
+}
+
+/// `quantization = int8` keeps one byte per dimension and re-ranks each search's
+/// candidates on the table's vectors: for every operator class, rows come back in
+/// the exact order of the SQL operator, with the full graph's recall, from an index
+/// a third the size; deleted rows never come back, and inserts, VACUUM and the
+/// check (which compares every element's codes with its row's vector) keep holding.
+#[test]
+fn an_int8_graph_keeps_recall_and_exact_order_at_a_third_of_the_size() {
+    let db = Cluster::shared().database("hnsw_int8");
+    let mut c = db.connect();
+    create_table(&mut c, "items", false);
+    load(&mut c, "items", &data().vectors(20_000, 11), 1);
+    let queries = data().vectors(40, 12);
+    c.batch_execute(
+        "CREATE INDEX full_idx ON items USING m3ret_hnsw (emb) WITH (quantization = none)",
+    )
+    .unwrap();
+    let full_size: i64 = c
+        .query_one("SELECT pg_relation_size('full_idx')", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute("DROP INDEX full_idx").unwrap();
+    // Cosine last: its index stays for what follows.
+    for (opclass, op) in [
+        ("embedding_l2_ops", "<->"),
+        ("embedding_ip_ops", "<#>"),
+        ("embedding_cosine_ops", "<=>"),
+    ] {
+        c.batch_execute(&format!(
+            "CREATE INDEX items_idx ON items USING m3ret_hnsw (emb {opclass}) WITH (quantization = int8); ANALYZE items"
+        ))
+        .unwrap();
+        let plan = explain(
+            &mut c,
+            &format!(
+                "SELECT id FROM items ORDER BY emb {op} '{}' LIMIT 10",
+                literal(&queries[0])
+            ),
+        );
+        assert!(
+            plan.contains("Index Scan using items_idx"),
+            "{opclass}: the planner did not use the index:\n{plan}"
+        );
+        for q in &queries {
+            let found = nearest(&mut c, "items", "", op, q, 10, false);
+            assert_eq!(found.len(), 10, "{opclass}");
+            assert!(
+                found.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{opclass}: rows out of order: {found:?}"
+            );
+        }
+        let r = recall(&mut c, "items", "", op, &queries, 10);
+        assert!(r >= 0.95, "{opclass}: recall@10 {r}");
+        assert_eq!(
+            check_index(&mut c, "items_idx"),
+            (20_000, 0, 0),
+            "{opclass}"
+        );
+        if op != "<=>" {
+            c.batch_execute("DROP INDEX items_idx").unwrap();
+        }
+    }
+    let size: i64 = c
+        .query_one("SELECT pg_relation_size('items_idx')", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        size * 3 <= full_size,
+        "the int8 index takes {size} bytes, the full one {full_size}"
+    );
+    // Deleted rows: invisible before VACUUM (the scan fetches each candidate's row
+    // under its snapshot), freed after it; inserts then reuse the space.
+    let deleted = c
+        .execute("DELETE FROM items WHERE hashint4(id) & 1 = 0", &[])
+        .unwrap() as i64;
+    for q in &queries[..10] {
+        let found = nearest(&mut c, "items", "", "<=>", q, 10, false);
+        assert_eq!(found.len(), 10);
+        let ids: Vec<i32> = found.iter().map(|r| r.0).collect();
+        let gone: i64 = c
+            .query_one(
+                "SELECT count(*) FROM unnest($1::int[]) AS id WHERE hashint4(id) & 1 = 0",
+                &[&ids],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(gone, 0, "a deleted row came back: {ids:?}");
+    }
+    c.batch_execute("VACUUM items").unwrap();
+    assert_eq!(
+        check_index(&mut c, "items_idx"),
+        (20_000 - deleted, 0, deleted)
+    );
+    load(&mut c, "items", &data().vectors(2_000, 13), 100_001);
+    let (live, dead, _) = check_index(&mut c, "items_idx");
+    assert_eq!((live, dead), (22_000 - deleted, 0), "after inserts");
+    let after: i64 = c
+        .query_one("SELECT pg_relation_size('items_idx')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        after, size,
+        "2,000 inserts into the space of {deleted} freed rows"
+    );
+    let r = recall(&mut c, "items", "", "<=>", &queries, 10);
+    assert!(r >= 0.95, "recall@10 after VACUUM and inserts: {r}");
+    // A filtered query still returns LIMIT rows, in order (later rounds re-rank too).
+    let found = nearest(
+        &mut c,
+        "items",
+        "WHERE category = 3",
+        "<=>",
+        &queries[1],
+        10,
+        false,
+    );
+    assert_eq!(found.len(), 10);
+    assert!(found.iter().all(|r| category(r.0) == 3));
+    assert!(found.windows(2).all(|w| w[0].1 <= w[1].1), "{found:?}");
+    // What the option accepts, and where it cannot re-rank.
+    let e = expect_error(
+        &mut c,
+        "CREATE INDEX bad_idx ON items USING m3ret_hnsw (emb) WITH (quantization = int4)",
+    );
+    assert!(
+        e.contains(r#"invalid value for enum option "quantization": int4"#),
+        "{e}"
+    );
+    let e = expect_error(
+        &mut c,
+        "CREATE INDEX bad_idx ON items USING m3ret_hnsw ((emb::text::embedding)) WITH (quantization = int8)",
+    );
+    assert!(e.contains("index a column, not an expression"), "{e}");
+    // Without the option an expression index keeps float vectors, and works.
+    c.batch_execute("DROP INDEX items_idx; CREATE INDEX expr_idx ON items USING m3ret_hnsw ((emb::text::embedding))").unwrap();
+    assert_eq!(check_index(&mut c, "expr_idx").0, 22_000 - deleted);
+    let survivor: i32 = c
+        .query_one("SELECT min(id) FROM items", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute("SET enable_seqscan = off; RESET enable_indexscan")
+        .unwrap();
+    let found: Vec<i32> = c
+        .query(
+            "SELECT id FROM items ORDER BY emb::text::embedding <=> (SELECT emb FROM items WHERE id = $1) LIMIT 3",
+            &[&survivor],
+        )
+        .unwrap()
         .iter()
-        .map(|&ef| self_recall(&mut c, "studies", &queries, ef))
+        .map(|r| r.get(0))
         .collect();
-    eprintln!("(recall@10, own row found) at ef_search 40, 100, 400: {at:?}");
-    // The parallel build differs from run to run: at ef_search 40 one query in
-    // about 200 has been seen to miss its own row; wider searches find them all.
-    assert!(
-        at[0].0 >= 0.98 && at[0].1 >= 0.99,
-        "at ef_search 40: {:?}",
-        at[0]
-    );
-    assert!(at[1].0 >= 0.995, "at ef_search 100: {:?}", at[1]);
-    assert!(
-        at[2].0 >= 0.999 && at[2].1 == 1.0,
-        "at ef_search 400: {:?}",
-        at[2]
-    );
+    assert_eq!(found[0], survivor, "{found:?}");
     db.cluster.assert_no_backend_crashed();
 }

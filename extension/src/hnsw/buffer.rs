@@ -176,12 +176,13 @@ pub fn read_meta(index: pg_sys::Relation) -> Meta {
     if !(2..=100).contains(&meta.m)
         || meta.dims as usize > m3ret_core::vector::MAX_DIMS
         || super::page::metric_from_code(meta.metric).is_none()
+        || super::page::Quantization::from_code(meta.quantization).is_none()
     {
         corrupt(
             index,
             format_args!(
-                "meta page has m {}, {} dimensions, distance {}",
-                meta.m, meta.dims, meta.metric
+                "meta page has m {}, {} dimensions, distance {}, quantization {}",
+                meta.m, meta.dims, meta.metric, meta.quantization
             ),
         );
     }

@@ -11,7 +11,8 @@ use super::graph::{draw_level, prepare_value};
 use super::insert::{insert_vector, set_dims};
 use super::options;
 use super::page::{
-    self, check_fits, metric_code, metric_of, page_capacity, space_for, Layout, Meta, Tid,
+    self, check_fits, metric_code, metric_of, page_capacity, space_for, Layout, Meta, Quantization,
+    Tid,
 };
 use crate::error::raise;
 use m3ret_core::hnsw::{MemoryGraph, Metric, Params};
@@ -48,6 +49,7 @@ struct Build {
     index: pg_sys::Relation,
     metric: Metric,
     params: Params,
+    quantization: Quantization,
     /// 0 until the first row when the column has no declared dimension count.
     dims: usize,
     vectors: Vec<f32>,
@@ -67,7 +69,9 @@ pub unsafe extern "C-unwind" fn ambuild(
     info: *mut pg_sys::IndexInfo,
 ) -> *mut pg_sys::IndexBuildResult {
     let metric = metric_of(index);
-    let (m, ef_construction) = options::of(index);
+    let options = options::of(index);
+    let (m, ef_construction) = (options.m, options.ef_construction);
+    let quantization = options.quantization_for(index);
     if ef_construction < 2 * m {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -77,16 +81,23 @@ pub unsafe extern "C-unwind" fn ambuild(
             ),
         );
     }
+    if quantization == Quantization::Int8 && options::on_expression(index) {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "m3ret_hnsw with quantization = int8 re-ranks on the table's column: index a column, not an expression",
+        );
+    }
     let params = Params { m, ef_construction };
     let dims = declared_dims(index);
     if dims > 0 {
-        check_fits(dims, params);
+        check_fits(dims, params, quantization);
     }
     write_meta(
         index,
         pg_sys::ForkNumber::MAIN_FORKNUM,
         metric,
         params,
+        quantization,
         dims,
     );
     // SAFETY: a read of a setting, on the backend's thread.
@@ -95,6 +106,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         index,
         metric,
         params,
+        quantization,
         dims,
         vectors: Vec::new(),
         heap_tids: Vec::new(),
@@ -140,12 +152,16 @@ pub unsafe extern "C-unwind" fn ambuild(
 /// The init fork of an index on an UNLOGGED table: an empty index.
 #[pgrx::pg_guard]
 pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
-    let (m, ef_construction) = options::of(index);
+    let options = options::of(index);
     write_meta(
         index,
         pg_sys::ForkNumber::INIT_FORKNUM,
         metric_of(index),
-        Params { m, ef_construction },
+        Params {
+            m: options.m,
+            ef_construction: options.ef_construction,
+        },
+        options.quantization_for(index),
         declared_dims(index),
     );
     // Init forks are WAL-logged even though the table is not.
@@ -167,6 +183,7 @@ fn write_meta(
     fork: pg_sys::ForkNumber::Type,
     metric: Metric,
     params: Params,
+    quantization: Quantization,
     dims: usize,
 ) {
     // SAFETY: P_NEW of an open index's fork; the buffer comes back pinned and is
@@ -192,7 +209,7 @@ fn write_meta(
         m: params.m as u16,
         ef_construction: params.ef_construction as u16,
         metric: metric_code(metric),
-        unused: 0,
+        quantization: quantization.code(),
         entry_level: -1,
         entry: Tid::INVALID,
         insert_page: 1,
@@ -253,6 +270,7 @@ unsafe extern "C-unwind" fn collect(
     let layout = Layout {
         dims: state.dims,
         params: state.params,
+        quantization: state.quantization,
     };
     let level = draw_level(&layout);
     state.used += MemoryGraph::bytes_per_element(state.dims, &state.params, level) + 6;
@@ -314,6 +332,7 @@ fn write_pages(state: &Build, graph: &MemoryGraph) {
     let layout = Layout {
         dims: state.dims,
         params: state.params,
+        quantization: state.quantization,
     };
     let tids = assign_tids(graph, &layout);
     let mut first = 0;

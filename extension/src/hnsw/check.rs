@@ -1,13 +1,19 @@
 //! `m3ret_hnsw_check(index)`: verifies an index's structure against its table and
 //! reports what it found, for DBAs after a crash and for the tests after every
-//! scenario.
+//! scenario. On a primary it also checks that each element holds its row's vector
+//! as the index stores it (the floats, or the 8-bit codes of `quantization = int8`).
 
 use super::buffer::{self, Lock, Locked};
 use super::graph::TidMap;
-use super::page::{self, Layout, Meta, Tid};
+use super::page::{self, Layout, Meta, Quantization, Tid};
 use crate::error::raise;
 use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
 use pgrx::prelude::*;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// The table's rows that the index must hold, each with a digest of the vector its
+/// element should store (None on a standby, where the check reads no values).
+type Alive = TidMap<Option<u64>>;
 
 /// Takes a share lock on the table, so it sees a stable set of rows. On a hot
 /// standby, where that lock cannot be taken, it reads the rows its snapshot sees
@@ -106,9 +112,16 @@ struct Seen {
     level: usize,
     freed: bool,
     links: Vec<Vec<Tid>>,
+    vector_digest: u64,
 }
 
-fn check(index: pg_sys::Relation, alive: &TidMap<()>) -> Findings {
+fn digest(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn check(index: pg_sys::Relation, alive: &Alive) -> Findings {
     let mut f = Findings::default();
     let meta = buffer::read_meta(index);
     let layout = meta.layout();
@@ -126,10 +139,16 @@ fn check(index: pg_sys::Relation, alive: &TidMap<()>) -> Findings {
             continue;
         }
         *indexed.entry(heap.key()).or_default() += 1;
-        if alive.contains_key(&heap.key()) {
-            f.live += 1;
-        } else {
-            f.dead += 1;
+        match alive.get(&heap.key()) {
+            Some(expected) => {
+                f.live += 1;
+                if expected.is_some_and(|d| d != seen.vector_digest) {
+                    f.problem(format!(
+                        "element {tid:?} does not hold the vector of its row {heap:?}"
+                    ));
+                }
+            }
+            None => f.dead += 1,
         }
         check_links(&mut f, &meta, tid, seen, &elements);
     }
@@ -179,6 +198,14 @@ fn read_all(index: pg_sys::Relation, layout: Layout, f: &mut Findings) -> TidMap
             };
             match page::Element::parse(bytes, layout) {
                 Ok(e) => {
+                    if let page::StoredVector::Int8(v) = e.vector() {
+                        if !e.is_deleted() && !v.is_plausible() {
+                            f.problem(format!(
+                                "block {block} item {offset}: int8 codes with range {} + {} x code and error {}",
+                                v.low, v.step, v.error
+                            ));
+                        }
+                    }
                     let links = (0..=e.level()).map(|l| e.neighbors(l).collect()).collect();
                     elements.insert(
                         Tid { block, offset }.key(),
@@ -188,6 +215,7 @@ fn read_all(index: pg_sys::Relation, layout: Layout, f: &mut Findings) -> TidMap
                                 level: e.level(),
                                 freed: e.is_deleted(),
                                 links,
+                                vector_digest: digest(e.vector_bytes()),
                             },
                         ),
                     );
@@ -266,7 +294,7 @@ fn check_entry(f: &mut Findings, meta: &Meta, elements: &TidMap<(Tid, Seen)>) {
 /// Elements of live rows that no search can reach: not found walking every link
 /// from the entry. (An element of a dead row needs no way in: no search may return
 /// it, and VACUUM frees it. An insert cut off by a crash leaves one so.)
-fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>, alive: &TidMap<()>) -> i64 {
+fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>, alive: &Alive) -> i64 {
     let Some((entry, _)) = meta.entry() else {
         return 0;
     };
@@ -288,10 +316,20 @@ fn count_unreachable(meta: &Meta, elements: &TidMap<(Tid, Seen)>, alive: &TidMap
         .count() as i64
 }
 
-/// The heap rows the index must hold: what a build would index now.
-fn live_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<()> {
-    let mut alive: TidMap<()> = TidMap::default();
-    // SAFETY: the table is locked by the caller; `alive` outlives the scan, which
+/// What `collect_alive` fills, and how it prepares values as the index does.
+struct Collect {
+    alive: Alive,
+    meta: Meta,
+}
+
+/// The heap rows the index must hold (what a build would index now), each with the
+/// digest of its vector as an element stores it.
+fn live_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> Alive {
+    let mut collect = Collect {
+        alive: Alive::default(),
+        meta: buffer::read_meta(index),
+    };
+    // SAFETY: the table is locked by the caller; `collect` outlives the scan, which
     // passes it to `collect_alive` only.
     unsafe {
         let heap = pg_sys::table_open(heap_oid, pg_sys::NoLock as i32);
@@ -303,12 +341,32 @@ fn live_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<()> 
             false,
             false,
             Some(collect_alive),
-            &mut alive as *mut TidMap<()> as *mut std::ffi::c_void,
+            &mut collect as *mut Collect as *mut std::ffi::c_void,
             std::ptr::null_mut(),
         );
         pg_sys::table_close(heap, pg_sys::NoLock as i32);
     }
-    alive
+    collect.alive
+}
+
+/// The digest of the bytes an element of `value` stores.
+fn stored_digest(value: pg_sys::Datum, meta: &Meta) -> Option<u64> {
+    // An index still without dimensions holds no element to compare with.
+    if meta.dims == 0 {
+        return None;
+    }
+    let vector = super::graph::prepare_value(value, meta.metric(), meta.dims as usize);
+    Some(match meta.quantization() {
+        Quantization::None => {
+            let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_ne_bytes()).collect();
+            digest(&bytes)
+        }
+        Quantization::Int8 => {
+            let mut bytes = vec![0; m3ret_core::vector::int8::encoded_len(vector.len())];
+            m3ret_core::vector::int8::encode(&vector, &mut bytes);
+            digest(&bytes)
+        }
+    })
 }
 
 /// The table's rows the statement's snapshot sees, with a non-NULL indexed value.
@@ -316,8 +374,8 @@ fn live_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<()> 
 /// it; but WAL replays a row's index insertion before its transaction's commit, so
 /// every row a snapshot sees as committed has its element, and a row the snapshot
 /// does not see is counted as dead, as on the primary.
-fn visible_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<()> {
-    let mut alive: TidMap<()> = TidMap::default();
+fn visible_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> Alive {
+    let mut alive = Alive::default();
     // SAFETY: the table is locked (AccessShareLock, taken by the caller); the scan
     // runs under the active snapshot of the statement calling the function, and
     // every tuple pointer is used before the next heap_getnext.
@@ -342,7 +400,7 @@ fn visible_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<(
             }
             // An expression index (column 0): every visible row counts.
             if column == 0 || !pg_sys::heap_attisnull(tuple, column, (*heap).rd_att) {
-                alive.insert(Tid::from_item_pointer(&(*tuple).t_self).key(), ());
+                alive.insert(Tid::from_item_pointer(&(*tuple).t_self).key(), None);
             }
         }
         pg_sys::heap_endscan(scan);
@@ -355,17 +413,20 @@ fn visible_heap_rows(heap_oid: pg_sys::Oid, index: pg_sys::Relation) -> TidMap<(
 unsafe extern "C-unwind" fn collect_alive(
     _index: pg_sys::Relation,
     tid: pg_sys::ItemPointer,
-    _values: *mut pg_sys::Datum,
+    values: *mut pg_sys::Datum,
     isnull: *mut bool,
     is_alive: bool,
     state: *mut std::ffi::c_void,
 ) {
-    // SAFETY: the scan passes one null flag (one column), the row's tid and the
-    // `TidMap` live_heap_rows gave it, all valid for the call.
+    // SAFETY: the scan passes one value and null flag (one column), the row's tid
+    // and the `Collect` live_heap_rows gave it, all valid for the call.
     if is_alive && !unsafe { *isnull } {
         // SAFETY: as above.
-        let alive = unsafe { &mut *(state as *mut TidMap<()>) };
+        let collect = unsafe { &mut *(state as *mut Collect) };
         // SAFETY: as above.
-        alive.insert(Tid::from_item_pointer(unsafe { &*tid }).key(), ());
+        let digest = stored_digest(unsafe { *values }, &collect.meta);
+        // SAFETY: as above.
+        let key = Tid::from_item_pointer(unsafe { &*tid }).key();
+        collect.alive.insert(key, digest);
     }
 }

@@ -56,7 +56,7 @@ fn index_m(oid: pg_sys::Oid) -> usize {
     // SAFETY: the planner holds a lock on the index, so it can be opened without one.
     unsafe {
         let index = pg_sys::index_open(oid, pg_sys::NoLock as i32);
-        let (m, _) = super::options::of(index);
+        let m = super::options::of(index).m;
         pg_sys::index_close(index, pg_sys::NoLock as i32);
         m
     }

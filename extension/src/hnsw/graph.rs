@@ -56,6 +56,11 @@ impl DiskGraph {
         }
     }
 
+    /// The prepared query.
+    pub fn query(&self) -> &[f32] {
+        &self.query
+    }
+
     /// Reads one element: `f` sees it under a share lock.
     pub fn read<R>(&mut self, tid: Tid, f: impl FnOnce(&super::page::Element) -> R) -> Option<R> {
         with_element(self.index, tid, self.layout, &mut self.nblocks, f)
@@ -82,7 +87,7 @@ impl Graph for DiskGraph {
 
     fn distance(&mut self, id: Tid) -> Option<f32> {
         let (index, layout, metric, query) = (self.index, self.layout, self.metric, &self.query);
-        let distance = |e: &super::page::Element| metric.graph_distance(query, e.vector());
+        let distance = |e: &super::page::Element| e.vector().graph_distance(metric, query);
         match self.prefetched.take(id) {
             Some(buffer) => buffer::with_prefetched_element(index, buffer, id, layout, distance),
             None => with_element(index, id, layout, &mut self.nblocks, distance),

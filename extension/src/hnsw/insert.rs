@@ -51,7 +51,7 @@ pub fn set_dims(index: pg_sys::Relation, dims: usize) {
     let _alone = UpdateLock::exclusive(index);
     let meta = buffer::read_meta(index);
     if meta.dims == 0 {
-        super::page::check_fits(dims, meta.params());
+        super::page::check_fits(dims, meta.params(), meta.quantization());
         update_meta(index, |m| m.dims = dims as u32);
     } else if meta.dims as usize != dims {
         crate::error::raise(

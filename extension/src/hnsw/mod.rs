@@ -2,11 +2,12 @@
 //!
 //! One file per phase, as pgvector lays out its own: `build.rs` (CREATE INDEX),
 //! `insert.rs` (INSERT), `scan.rs` (ORDER BY ... LIMIT), `vacuum.rs` (VACUUM),
-//! `cost.rs` (the planner's estimate), `check.rs` (`m3ret_hnsw_check`); beneath them
+//! `cost.rs` (the planner's estimate), `check.rs` (`m3ret_hnsw_check`),
+//! `rerank.rs` (an int8 scan's candidates re-ranked on the table's vectors); beneath them
 //! `page.rs` (the layout), `buffer.rs` (page access and WAL; `recent.rs`, where
 //! pages were last found), `graph.rs` (the graph
 //! seen from one query, with how a value and a new element's level are prepared)
-//! and `options.rs` (`WITH (m, ef_construction)`). This file is only the access
+//! and `options.rs` (`WITH (m, ef_construction, quantization)`). This file is only the access
 //! method's face: the handler and the opclasses' support functions. The graph
 //! algorithms themselves are `m3ret_core::hnsw`'s.
 
@@ -19,6 +20,7 @@ mod insert;
 pub mod options;
 mod page;
 mod recent;
+mod rerank;
 mod scan;
 mod update_lock;
 mod vacuum;

@@ -4,8 +4,11 @@
 //! element tuples, one per indexed row:
 //!
 //! ```text
-//! heap tid (6) | level (1) | flags (1) | vector (4 x dims) | neighbour slots (6 each)
+//! heap tid (6) | level (1) | flags (1) | vector | neighbour slots (6 each)
 //! ```
+//!
+//! The vector is `dims` floats, or with `quantization = int8` its 8-bit encoding
+//! (`m3ret_core::vector::int8`: 12 bytes and one byte per dimension).
 //!
 //! Slots: 2m for layer 0, then m for each layer up to the element's capacity level;
 //! a list ends at its first invalid slot. The vector comes before the slots so that
@@ -14,6 +17,7 @@
 
 use crate::error::raise;
 use m3ret_core::hnsw::{Metric, Params, MAX_LEVEL};
+use m3ret_core::vector::int8::{self, Int8Vector};
 use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
 
 pub const META_BLOCK: u32 = 0;
@@ -98,7 +102,9 @@ pub struct Meta {
     pub ef_construction: u16,
     /// `Metric` as stored: 0 L2, 1 inner product, 2 cosine.
     pub metric: u8,
-    pub unused: u8,
+    /// `Quantization` as stored: 0 none, 1 int8 (indexes of format 1 made before
+    /// the option existed hold 0 here).
+    pub quantization: u8,
     /// Level of the entry element; -1 while the index is empty.
     pub entry_level: i16,
     pub entry: Tid,
@@ -123,7 +129,13 @@ impl Meta {
         Layout {
             dims: self.dims as usize,
             params: self.params(),
+            quantization: self.quantization(),
         }
+    }
+
+    /// How elements keep their vectors (`read_meta` has checked the code).
+    pub fn quantization(&self) -> Quantization {
+        Quantization::from_code(self.quantization).expect("checked by read_meta")
     }
 
     /// The distance the index orders by (`read_meta` has checked the code).
@@ -153,16 +165,65 @@ pub fn space_for(len: usize) -> usize {
     (unsafe { pg_sys::MAXALIGN(len) }) + std::mem::size_of::<pg_sys::ItemIdData>()
 }
 
+/// How element tuples keep their vectors (`WITH (quantization = ...)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantization {
+    /// The vector as given, 4 bytes per dimension.
+    None,
+    /// 8-bit codes with a per-vector range, 1 byte per dimension; scans return
+    /// lower bounds of the distance and the executor re-ranks on the table's vectors.
+    Int8,
+}
+
+impl Quantization {
+    pub fn code(self) -> u8 {
+        match self {
+            Quantization::None => 0,
+            Quantization::Int8 => 1,
+        }
+    }
+
+    /// The option's value that names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantization::None => "none",
+            Quantization::Int8 => "int8",
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Quantization> {
+        match code {
+            0 => Some(Quantization::None),
+            1 => Some(Quantization::Int8),
+            _ => None,
+        }
+    }
+}
+
 /// Sizes of element tuples for one index.
 #[derive(Clone, Copy, Debug)]
 pub struct Layout {
     pub dims: usize,
     pub params: Params,
+    pub quantization: Quantization,
 }
 
 impl Layout {
     pub fn tuple_len(&self, level: usize) -> usize {
-        HEADER_BYTES + 4 * self.dims + SLOT_BYTES * self.params.slots(level)
+        self.slots_start() + SLOT_BYTES * self.params.slots(level)
+    }
+
+    /// Bytes of an element's vector.
+    fn vector_len(&self) -> usize {
+        match self.quantization {
+            Quantization::None => 4 * self.dims,
+            Quantization::Int8 => int8::encoded_len(self.dims),
+        }
+    }
+
+    /// Where the neighbour slots begin in an element tuple.
+    fn slots_start(&self) -> usize {
+        HEADER_BYTES + self.vector_len()
     }
 
     /// The highest level whose tuple fits on a page; None if not even level 0 does.
@@ -174,7 +235,7 @@ impl Layout {
 
     /// The level a tuple of `len` bytes has room for, if `len` is a valid size.
     pub fn capacity_level(&self, len: usize) -> Option<usize> {
-        let slot_bytes = len.checked_sub(HEADER_BYTES + 4 * self.dims)?;
+        let slot_bytes = len.checked_sub(self.slots_start())?;
         if slot_bytes % SLOT_BYTES != 0 {
             return None;
         }
@@ -190,7 +251,7 @@ impl Layout {
         } else {
             (2 * m + (level - 1) * m, m)
         };
-        let base = HEADER_BYTES + 4 * self.dims;
+        let base = self.slots_start();
         base + SLOT_BYTES * start..base + SLOT_BYTES * (start + count)
     }
 
@@ -256,13 +317,28 @@ impl<'a> Element<'a> {
         self.bytes[7] & FLAG_DELETED != 0
     }
 
-    pub fn vector(&self) -> &'a [f32] {
-        let bytes = &self.bytes[HEADER_BYTES..HEADER_BYTES + 4 * self.layout.dims];
-        // Items start MAXALIGNed and the header is 8 bytes, so the floats are aligned.
-        assert_eq!(bytes.as_ptr() as usize % 4, 0, "misaligned element vector");
-        // SAFETY: `bytes` holds exactly `dims` floats (its length is checked when the
-        // element is parsed), aligned as asserted, and lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, self.layout.dims) }
+    /// The vector's bytes as stored (floats or an 8-bit encoding).
+    pub fn vector_bytes(&self) -> &'a [u8] {
+        &self.bytes[HEADER_BYTES..self.layout.slots_start()]
+    }
+
+    pub fn vector(&self) -> StoredVector<'a> {
+        let bytes = self.vector_bytes();
+        match self.layout.quantization {
+            Quantization::None => {
+                // Items start MAXALIGNed and the header is 8 bytes, so the floats are aligned.
+                assert_eq!(bytes.as_ptr() as usize % 4, 0, "misaligned element vector");
+                // SAFETY: `bytes` holds exactly `dims` floats (its length is checked
+                // when the element is parsed), aligned as asserted, and lives as long
+                // as `self`.
+                StoredVector::Float32(unsafe {
+                    std::slice::from_raw_parts(bytes.as_ptr() as *const f32, self.layout.dims)
+                })
+            }
+            Quantization::Int8 => StoredVector::Int8(
+                Int8Vector::parse(bytes, self.layout.dims).expect("length checked by parse"),
+            ),
+        }
     }
 
     /// Neighbours on `level` (none above the element's level).
@@ -276,6 +352,31 @@ impl<'a> Element<'a> {
             .chunks_exact(SLOT_BYTES)
             .map(Tid::read)
             .take_while(|t| t.is_valid())
+    }
+}
+
+/// An element's vector as its tuple keeps it.
+pub enum StoredVector<'a> {
+    Float32(&'a [f32]),
+    Int8(Int8Vector<'a>),
+}
+
+impl StoredVector<'_> {
+    /// The graph's distance from a prepared query (an estimate under int8).
+    #[inline]
+    pub fn graph_distance(&self, metric: Metric, query: &[f32]) -> f32 {
+        match self {
+            StoredVector::Float32(v) => metric.graph_distance(query, v),
+            StoredVector::Int8(v) => metric.graph_distance_int8(query, v),
+        }
+    }
+
+    /// The vector as floats (decoded under int8), for distances between elements.
+    pub fn to_vec(&self) -> Vec<f32> {
+        match self {
+            StoredVector::Float32(v) => v.to_vec(),
+            StoredVector::Int8(v) => v.decode(),
+        }
     }
 }
 
@@ -295,10 +396,16 @@ impl<'a> ElementMut<'a> {
         heap.write(&mut self.bytes[0..6]);
         self.bytes[6] = level as u8;
         self.bytes[7] = 0;
-        for (chunk, v) in self.bytes[HEADER_BYTES..].chunks_exact_mut(4).zip(vector) {
-            chunk.copy_from_slice(&v.to_ne_bytes());
+        let slots = self.layout.slots_start();
+        let stored = &mut self.bytes[HEADER_BYTES..slots];
+        match self.layout.quantization {
+            Quantization::None => {
+                for (chunk, v) in stored.chunks_exact_mut(4).zip(vector) {
+                    chunk.copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+            Quantization::Int8 => int8::encode(vector, stored),
         }
-        let slots = HEADER_BYTES + 4 * self.layout.dims;
         for slot in self.bytes[slots..].chunks_exact_mut(SLOT_BYTES) {
             Tid::INVALID.write(slot);
         }
@@ -328,7 +435,7 @@ impl<'a> ElementMut<'a> {
     pub fn mark_deleted(&mut self) {
         Tid::INVALID.write(&mut self.bytes[0..6]);
         self.bytes[7] |= FLAG_DELETED;
-        let slots = HEADER_BYTES + 4 * self.layout.dims;
+        let slots = self.layout.slots_start();
         for slot in self.bytes[slots..].chunks_exact_mut(SLOT_BYTES) {
             Tid::INVALID.write(slot);
         }
@@ -380,18 +487,23 @@ pub fn metric_from_code(code: u8) -> Option<Metric> {
 }
 
 /// ERROR unless an element of `dims` dimensions fits on a page.
-pub fn check_fits(dims: usize, params: Params) {
-    let layout = Layout { dims, params };
-    if layout.max_level().is_none() {
+pub fn check_fits(dims: usize, params: Params, quantization: Quantization) {
+    let layout = |dims| Layout {
+        dims,
+        params,
+        quantization,
+    };
+    if layout(dims).max_level().is_none() {
         let most = (0..dims)
             .rev()
-            .find(|&d| Layout { dims: d, params }.max_level().is_some())
+            .find(|&d| layout(d).max_level().is_some())
             .unwrap_or(0);
         raise(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             format!(
-                "m3ret_hnsw indexes at most {most} dimensions with m = {}, not {dims}",
-                params.m
+                "m3ret_hnsw indexes at most {most} dimensions with m = {} and quantization {}, not {dims}",
+                params.m,
+                quantization.name()
             ),
         );
     }

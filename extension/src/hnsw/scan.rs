@@ -12,23 +12,34 @@
 //! again as the last round. Rows come out in non-decreasing distance: an
 //! element a later round finds nearer than one already returned is skipped, so
 //! ORDER BY is never violated.
+//!
+//! Under `quantization = int8` the graph's distances are estimates (to decoded
+//! vectors): each round's candidates are re-ranked on the table's vectors
+//! (`rerank.rs`), so rows still come out exactly ordered among the candidates,
+//! however coarse the codes.
 
 use super::buffer;
 use super::graph::{prepare_value, DiskGraph, TidSet};
-use super::page::{Layout, Tid};
+use super::page::{Layout, Quantization, StoredVector, Tid};
+use super::rerank::TableVectors;
+use crate::embedding::EmbeddingRef;
 use crate::settings;
-use m3ret_core::hnsw::{search_layer_afresh, Candidate};
+use m3ret_core::hnsw::{search_layer_afresh, Candidate, Metric};
 use pgrx::pg_sys;
-use std::collections::VecDeque;
+use pgrx::FromDatum;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, VecDeque};
 
 /// One scan's state, owned by the scan's memory context.
 struct ScanState {
     walk: Option<Walk>,
+    /// Row fetches for re-ranking (int8), kept across rescans, ended by amendscan.
+    table: Option<TableVectors>,
 }
 
 enum Walk {
     /// Nearest-first through the graph.
-    Graph(Rounds),
+    Graph(Box<Rounds>),
     /// ORDER BY ... <=> NULL: every row, in storage order (all distances are NULL).
     Storage {
         layout: Layout,
@@ -46,7 +57,10 @@ pub unsafe extern "C-unwind" fn ambeginscan(
 ) -> pg_sys::IndexScanDesc {
     // SAFETY: PostgreSQL's own constructor for the scan of an open index.
     let scan = unsafe { pg_sys::RelationGetIndexScan(index, nkeys, norderbys) };
-    let state = Box::into_raw(Box::new(ScanState { walk: None }));
+    let state = Box::into_raw(Box::new(ScanState {
+        walk: None,
+        table: None,
+    }));
     // SAFETY: `scan` is the new scan; the callback is allocated in the current
     // context, which it is registered with, and frees `state` exactly once.
     unsafe {
@@ -86,8 +100,13 @@ pub unsafe extern "C-unwind" fn amrescan(
 }
 
 #[pgrx::pg_guard]
-pub unsafe extern "C-unwind" fn amendscan(_scan: pg_sys::IndexScanDesc) {
-    // The state goes with the scan's memory context (see ambeginscan).
+pub unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
+    // SAFETY: the scan ambeginscan made; its opaque is our state.
+    let state = unsafe { &mut *((*scan).opaque as *mut ScanState) };
+    // The rest of the state goes with the scan's memory context (see ambeginscan).
+    if let Some(table) = state.table.take() {
+        table.end();
+    }
 }
 
 #[pgrx::pg_guard]
@@ -104,6 +123,10 @@ pub unsafe extern "C-unwind" fn amgettuple(
         state.walk = Some(start(scan));
     }
     let next = match state.walk.as_mut().unwrap() {
+        Walk::Graph(rounds) if rounds.rerank.is_some() => {
+            let table = state.table.get_or_insert_with(|| TableVectors::begin(scan));
+            rounds.next_reranked(table)
+        }
         Walk::Graph(rounds) => rounds.next(),
         Walk::Storage {
             layout,
@@ -112,15 +135,13 @@ pub unsafe extern "C-unwind" fn amgettuple(
         } => next_in_storage(scan.indexRelation, *layout, block, heap),
         Walk::Empty => None,
     };
-    match next {
-        Some(heap) => {
-            scan.xs_heaptid = heap.to_item_pointer();
-            scan.xs_recheck = false;
-            scan.xs_recheckorderby = false;
-            true
-        }
-        None => false,
-    }
+    let Some(heap) = next else {
+        return false;
+    };
+    scan.xs_heaptid = heap.to_item_pointer();
+    scan.xs_recheck = false;
+    scan.xs_recheckorderby = false;
+    true
 }
 
 /// Reads the query and finds where the search starts.
@@ -152,16 +173,27 @@ fn start(scan: &pg_sys::IndexScanDescData) -> Walk {
     let Some(start) = graph.descend(entry, top, 0) else {
         return Walk::Empty;
     };
-    Walk::Graph(Rounds {
+    let rerank = (meta.quantization() == Quantization::Int8).then(|| Rerank {
+        // SAFETY: the order-by argument is a non-null embedding (checked above).
+        query: unsafe {
+            EmbeddingRef::from_polymorphic_datum(key.sk_argument, false, pg_sys::InvalidOid)
+        }
+        .expect("not null")
+        .values()
+        .to_vec(),
+        exact: BinaryHeap::new(),
+    });
+    Walk::Graph(Box::new(Rounds {
         graph,
+        rerank,
         start,
         ef: 0,
         visited: 0,
         round: VecDeque::new(),
         returned: TidSet::default(),
-        last: f32::NEG_INFINITY,
+        last: f64::NEG_INFINITY,
         done: false,
-    })
+    }))
 }
 
 /// A scan holds element tids between calls; VACUUM may free one of them meanwhile
@@ -184,28 +216,70 @@ fn refuse_non_mvcc_snapshot(snapshot: pg_sys::Snapshot) {
 /// Searches of layer 0 with more and more candidates.
 struct Rounds {
     graph: DiskGraph,
+    /// Under int8: the candidates' rows, re-ranked on the table's vectors.
+    rerank: Option<Rerank>,
     start: Candidate<Tid>,
     /// Candidates of the last round (0 before the first).
     ef: usize,
     visited: usize,
-    round: VecDeque<Candidate<Tid>>,
+    /// This round's candidates to return, by `order` ascending.
+    round: VecDeque<Ranked>,
     returned: TidSet,
-    last: f32,
+    last: f64,
     done: bool,
 }
 
+/// A candidate in the order the scan takes it: by graph distance, or under int8
+/// by the lower bound of the real distance.
+struct Ranked {
+    order: f64,
+    id: Tid,
+    /// Under int8, the element's row, read with its bound.
+    heap: Tid,
+}
+
+/// Re-ranking (int8): the query as given, and the rows fetched so far.
+struct Rerank {
+    query: Vec<f32>,
+    exact: BinaryHeap<Reverse<Exact>>,
+}
+
+/// A fetched row and its distance as the SQL operator computes it.
+struct Exact {
+    distance: f64,
+    heap: Tid,
+}
+
+impl PartialEq for Exact {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Exact {}
+impl PartialOrd for Exact {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Exact {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.distance.total_cmp(&other.distance)
+    }
+}
+
 impl Rounds {
+    /// The next row in the order of graph distances.
     fn next(&mut self) -> Option<Tid> {
         loop {
             while let Some(c) = self.round.pop_front() {
-                if c.distance < self.last || self.returned.contains(&c.id.key()) {
+                if c.order < self.last || self.returned.contains(&c.id.key()) {
                     continue;
                 }
                 let live = self.graph.read(c.id, |e| {
                     (!e.is_deleted() && e.heap_tid().is_valid()).then(|| e.heap_tid())
                 });
                 if let Some(Some(heap)) = live {
-                    self.last = c.distance;
+                    self.last = c.order;
                     self.returned.insert(c.id.key());
                     return Some(heap);
                 }
@@ -262,7 +336,86 @@ impl Rounds {
         } else {
             (self.ef / 2).max(1)
         };
-        self.round = found.into_iter().take(reliable).collect();
+        let kept = found.into_iter().take(reliable);
+        self.round = if self.rerank.is_some() {
+            self.by_lower_bound(kept)
+        } else {
+            kept.map(|c| Ranked {
+                order: c.distance as f64,
+                id: c.id,
+                heap: Tid::INVALID,
+            })
+            .collect()
+        };
+    }
+
+    /// The next row under int8: the nearest fetched row once no candidate still to
+    /// fetch has a lower bound below its distance (or once the round is spent: as
+    /// in [`Rounds::next`], a round's candidates are what it returns).
+    fn next_reranked(&mut self, table: &mut TableVectors) -> Option<Tid> {
+        loop {
+            let rerank = self.rerank.as_mut().expect("an int8 scan");
+            let next_bound = self.round.front().map(|c| c.order);
+            if let Some(Reverse(nearest)) = rerank.exact.peek() {
+                if next_bound.is_none_or(|bound| nearest.distance <= bound) {
+                    let Reverse(nearest) = rerank.exact.pop().unwrap();
+                    self.last = nearest.distance;
+                    return Some(nearest.heap);
+                }
+            }
+            if let Some(c) = self.round.pop_front() {
+                if !self.returned.insert(c.id.key()) {
+                    continue;
+                }
+                let (metric, heap) = (self.graph.metric, c.heap);
+                // A row the snapshot does not see is not returned (nor would the
+                // executor return it; a VACUUM may since have freed the element
+                // and an insert reused it, for a row this snapshot cannot see);
+                // one a later round finds nearer than a row already returned is
+                // skipped, so ORDER BY holds.
+                match table.distance(metric, &rerank.query, heap) {
+                    Some(distance) if distance >= self.last => {
+                        rerank.exact.push(Reverse(Exact { distance, heap }))
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if self.done {
+                return None;
+            }
+            self.search_round();
+        }
+    }
+
+    /// Candidates (by estimated distance) in the order of their lower bounds.
+    fn by_lower_bound(&mut self, found: impl Iterator<Item = Candidate<Tid>>) -> VecDeque<Ranked> {
+        let metric = self.graph.metric;
+        let query_norm = match metric {
+            Metric::InnerProduct => {
+                m3ret_core::vector::distance::dot(self.graph.query(), self.graph.query()).sqrt()
+            }
+            _ => 1.0,
+        };
+        let mut ranked: Vec<Ranked> = found
+            .filter_map(|c| {
+                let (order, heap) = self.graph.read(c.id, |e| {
+                    let live = !e.is_deleted() && e.heap_tid().is_valid();
+                    let bound = match e.vector() {
+                        StoredVector::Int8(v) => metric.lower_bound(c.distance, &v, query_norm),
+                        StoredVector::Float32(_) => c.distance as f64,
+                    };
+                    live.then(|| (bound, e.heap_tid()))
+                })??;
+                Some(Ranked {
+                    order,
+                    id: c.id,
+                    heap,
+                })
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.order.total_cmp(&b.order));
+        ranked.into()
     }
 }
 

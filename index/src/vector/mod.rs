@@ -4,6 +4,7 @@
 //! the SQL operators, the index and the trainer's evaluation agree to the bit.
 
 pub mod distance;
+pub mod int8;
 pub mod prefetch;
 pub mod synthetic;
 pub mod text;
