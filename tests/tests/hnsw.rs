@@ -435,7 +435,8 @@ fn a_crash_during_inserts_loses_no_committed_row() {
     let mut c = db.connect();
     create_table(&mut c, "items", false);
     create_table(&mut c, "scratch", true);
-    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb); CREATE INDEX scratch_idx ON scratch USING m3ret_hnsw (emb)")
+    // Both storages through the crash: the default int8 graph, and a float one.
+    c.batch_execute("CREATE INDEX items_idx ON items USING m3ret_hnsw (emb); CREATE INDEX items_float_idx ON items USING m3ret_hnsw (emb) WITH (quantization = none); CREATE INDEX scratch_idx ON scratch USING m3ret_hnsw (emb)")
         .unwrap();
     load(&mut c, "scratch", &data().vectors(100, 10), 1);
     drop(c);
@@ -468,6 +469,7 @@ fn a_crash_during_inserts_loses_no_committed_row() {
         .get(0);
     assert!(rows >= committed.len() as i64);
     assert_eq!(check_index(&mut c, "items_idx").0, rows);
+    assert_eq!(check_index(&mut c, "items_float_idx").0, rows);
     assert_all_findable(&mut c, &committed, 11, 40_000);
     // The UNLOGGED table comes back empty, with a valid empty index that takes rows.
     assert_eq!(check_index(&mut c, "scratch_idx"), (0, 0, 0));
