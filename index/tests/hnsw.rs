@@ -166,6 +166,27 @@ fn near_duplicates_leave_no_element_unreachable_and_recall_grows_with_ef() {
     );
 }
 
+/// Under inner product the same rows have norms from 4 to 40: the lists of the
+/// largest vectors fill with links that are their targets' only way in, and 1,166
+/// of 5,000 elements were once left unreachable (the last pass found no list that
+/// could spare a link). Every element must be reachable, serial or threaded.
+#[test]
+fn inner_product_over_rows_of_many_norms_leaves_no_element_unreachable() {
+    let data = m3ret_index::vector::synthetic::near_duplicates(5_000, 64, 1);
+    for threads in [1, 3] {
+        let graph = build(
+            Metric::InnerProduct,
+            &data,
+            Params {
+                m: 16,
+                ef_construction: 64,
+            },
+            threads,
+        );
+        assert_eq!(graph.unreachable(), Vec::<u32>::new(), "{threads} threads");
+    }
+}
+
 /// The threaded builder against the serial one on the same data: threads once lost
 /// links (an element overwrote the links others had just made to it) and left
 /// elements unreachable that the serial build reached. Both must reach every

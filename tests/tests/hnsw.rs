@@ -899,10 +899,55 @@ fn near_duplicate_rows(database: &str, with: &str) {
     db.cluster.assert_no_backend_crashed();
 }
 
+/// The near-duplicate rows under inner product, where their norms (4 to 40) rule:
+/// the lists of the largest vectors fill with links that are their targets' only
+/// way in, and a build once left 1,042 of 5,000 elements unreachable. None may be,
+/// after the parallel build (both storages), 1,000 single inserts, or deleting nine
+/// rows in ten and VACUUM.
+#[test]
+fn inner_product_over_rows_of_many_norms_reaches_every_element() {
+    let db = Cluster::shared().database("hnsw_inner_product");
+    let mut c = db.connect();
+    c.batch_execute("CREATE TABLE rows (id int PRIMARY KEY, emb embedding(64))")
+        .unwrap();
+    let rows = m3ret_core::vector::synthetic::near_duplicates(6_000, 64, 3);
+    let copy = |c: &mut Client, from: usize, to: usize| {
+        let mut w = c.copy_in("COPY rows (id, emb) FROM STDIN").unwrap();
+        for (i, v) in rows.iter().enumerate().take(to).skip(from) {
+            writeln!(w, "{i}\t{}", literal(v)).unwrap();
+        }
+        w.finish().unwrap();
+    };
+    copy(&mut c, 0, 5_000);
+    for with in ["WITH (quantization = none)", ""] {
+        c.batch_execute(&format!("SET max_parallel_maintenance_workers = 2; CREATE INDEX rows_idx ON rows USING m3ret_hnsw (emb embedding_ip_ops) {with}")).unwrap();
+        assert_eq!(check_index(&mut c, "rows_idx"), (5_000, 0, 0), "{with}");
+        if !with.is_empty() {
+            c.batch_execute("DROP INDEX rows_idx").unwrap();
+        }
+    }
+    copy(&mut c, 5_000, 6_000);
+    assert_eq!(
+        check_index(&mut c, "rows_idx"),
+        (6_000, 0, 0),
+        "after 1,000 inserts"
+    );
+    let deleted = c
+        .execute("DELETE FROM rows WHERE hashint4(id) % 10 <> 0", &[])
+        .unwrap() as i64;
+    c.batch_execute("VACUUM rows").unwrap();
+    assert_eq!(
+        check_index(&mut c, "rows_idx"),
+        (6_000 - deleted, 0, deleted),
+        "after deleting {deleted} rows and VACUUM"
+    );
+    db.cluster.assert_no_backend_crashed();
+}
+
 /// The 2D studies of the development corpus embedded with the default model (the
 /// X-ray embeddings of a weak model sit in a narrow cone), indexed with the
-/// parallel build: every element reachable, and recall grows with ef_search to
-/// 0.999 with every study finding itself. Once 85-126 elements of the corpus were
+/// parallel build: every element reachable, and recall grows with ef_search, to
+/// 0.999 with every study finding itself where ef_construction is 128. Once 85-126 elements of the corpus were
 /// unreachable and recall stayed at 0.98 whatever ef_search.
 #[test]
 fn real_embeddings_of_the_corpus_are_all_reachable_and_found() {
@@ -922,31 +967,48 @@ fn real_embeddings_of_the_corpus_are_all_reachable_and_found() {
     let n = m3ret_e2e::copy_corpus_2d(&mut c, "studies");
     assert!(n > 7_000, "{n} 2D studies in the corpus");
     m3ret_e2e::embed_by_modality(&mut c, "studies");
-    // The same floors for the float graph and the default 8-bit one (re-ranked on
-    // the table's vectors).
-    for with in ["WITH (quantization = none)", ""] {
-        c.batch_execute(&format!("SET max_parallel_maintenance_workers = 2; CREATE INDEX studies_idx ON studies USING m3ret_hnsw (emb) {with}")).unwrap();
-        assert_eq!(check_index(&mut c, "studies_idx"), (n as i64, 0, 0));
-        let queries: Vec<i32> = (0..n).step_by(40).collect();
-        let at: Vec<(f64, f64)> = [40, 100, 400]
-            .iter()
-            .map(|&ef| self_recall(&mut c, "studies", &queries, ef))
-            .collect();
-        eprintln!("{with}: (recall@10, own row found) at ef_search 40, 100, 400: {at:?}");
-        // The parallel build differs from run to run: at ef_search 40 one query in
-        // about 200 has been seen to miss its own row; wider searches find them all.
-        assert!(
-            at[0].0 >= 0.98 && at[0].1 >= 0.99,
-            "{with}: at ef_search 40: {:?}",
-            at[0]
-        );
-        assert!(at[1].0 >= 0.995, "{with}: at ef_search 100: {:?}", at[1]);
-        assert!(
-            at[2].0 >= 0.999 && at[2].1 == 1.0,
-            "{with}: at ef_search 400: {:?}",
-            at[2]
-        );
-        c.batch_execute("DROP INDEX studies_idx").unwrap();
+    // Both storages (the float graph, the default 8-bit one re-ranked on the
+    // table's vectors), with the default build and with ef_construction 128.
+    // One build is one draw of the random levels and of the threads' order: built
+    // in memory with 30 level seeds, the default parameters missed 34 of 58,800
+    // true neighbours of held-out studies (in 14 builds, at ef_search 40 and 320
+    // alike: the graph, not the search) and ef_construction 128 none
+    // (index/examples/recall_over_seeds.rs). So the default build gets floors a
+    // few misses below its usual results (a CI run once saw 2 of 196 studies miss
+    // their own row at ef_search 40), and the 0.999 is asserted of the
+    // build that removes those misses.
+    let queries: Vec<i32> = (0..n).step_by(40).collect();
+    for storage in ["quantization = none", "quantization = int8"] {
+        for (options, floors) in [
+            (
+                storage.to_string(),
+                [(0.98, 0.98), (0.99, 0.985), (0.995, 0.99)],
+            ),
+            (
+                format!("{storage}, ef_construction = 128"),
+                [(0.98, 0.98), (0.99, 0.985), (0.999, 1.0)],
+            ),
+        ] {
+            c.batch_execute(&format!("SET max_parallel_maintenance_workers = 2; CREATE INDEX studies_idx ON studies USING m3ret_hnsw (emb) WITH ({options})")).unwrap();
+            assert_eq!(check_index(&mut c, "studies_idx"), (n as i64, 0, 0));
+            let at: Vec<(f64, f64)> = [40, 100, 400]
+                .iter()
+                .map(|&ef| self_recall(&mut c, "studies", &queries, ef))
+                .collect();
+            eprintln!("{options}: (recall@10, own row found) at ef_search 40, 100, 400: {at:?}");
+            for (i, ef) in [40, 100, 400].iter().enumerate() {
+                assert!(
+                    at[i].0 >= floors[i].0 && at[i].1 >= floors[i].1,
+                    "{options}: at ef_search {ef}: {:?}",
+                    at[i]
+                );
+            }
+            assert!(
+                at[0].0 <= at[1].0 + 0.001 && at[1].0 <= at[2].0 + 0.001,
+                "{options}: recall does not grow with ef_search: {at:?}"
+            );
+            c.batch_execute("DROP INDEX studies_idx").unwrap();
+        }
     }
     db.cluster.assert_no_backend_crashed();
 }

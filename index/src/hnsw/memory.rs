@@ -346,6 +346,88 @@ impl MemoryGraph {
         false
     }
 
+    /// When no list near `o` has a link it can spare (every target's only in-link,
+    /// as under inner product, where the lists of the largest vectors fill with
+    /// elements nothing else links to): `o` takes a link over. A list near `o`
+    /// gives one of its links (the farthest it can) to `o`, and `o` links on to
+    /// that link's target: in a free slot of its own list, or in place of one of
+    /// its links whose target the handed-over target links to. So everything
+    /// reached before stays reached. Takes two lists' locks at once: only for the
+    /// single-threaded last pass.
+    fn take_over_home(&self, o: u32, near: &[Candidate<u32>]) -> bool {
+        let max = self.params.max_neighbors(0);
+        for c in near.iter().filter(|c| c.id != o) {
+            let mut home = self.links[c.id as usize].write().unwrap();
+            let mut victims: Vec<ScoredLink<u32>> = home[0]
+                .links
+                .iter()
+                .filter(|l| l.id != o)
+                .copied()
+                .collect();
+            victims.sort_by(|a, b| b.distance.total_cmp(&a.distance));
+            let mut own = self.links[o as usize].write().unwrap();
+            for victim in victims {
+                if own[0].contains(victim.id) {
+                    continue;
+                }
+                let onward = ScoredLink {
+                    id: victim.id,
+                    distance: self.distance(o, victim.id),
+                    accepted: false,
+                };
+                let mut own_updated = own[0].links.clone();
+                if own_updated.len() < max {
+                    own_updated.push(onward);
+                } else {
+                    let victim_links = self.neighbors(victim.id, 0);
+                    let Some(slot) = own_updated
+                        .iter()
+                        .position(|l| victim_links.contains(&l.id))
+                    else {
+                        continue;
+                    };
+                    own_updated[slot] = onward;
+                }
+                self.replace_list(0, &mut own[0], own_updated);
+                let to_o = ScoredLink {
+                    id: o,
+                    distance: self.distance(c.id, o),
+                    accepted: false,
+                };
+                let updated = home[0]
+                    .links
+                    .iter()
+                    .map(|l| if l.id == victim.id { to_o } else { *l })
+                    .collect();
+                self.replace_list(0, &mut home[0], updated);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Lets `o` into the layer-0 list of the nearest of `near` that has room.
+    fn find_room(&self, o: u32, near: &[Candidate<u32>]) -> bool {
+        let max = self.params.max_neighbors(0);
+        for c in near.iter().filter(|c| c.id != o) {
+            let mut links = self.links[c.id as usize].write().unwrap();
+            if links[0].contains(o) {
+                return true;
+            }
+            if links[0].links.len() < max {
+                let mut updated = links[0].links.clone();
+                updated.push(ScoredLink {
+                    id: o,
+                    distance: self.distance(c.id, o),
+                    accepted: false,
+                });
+                self.replace_list(0, &mut links[0], updated);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Whether an element keeps a layer-0 in-link when one list drops it.
     fn has_other_in_link(&self, id: u32) -> bool {
         self.in_links[id as usize].load(Ordering::Relaxed) > 1
@@ -406,12 +488,25 @@ impl MemoryGraph {
     /// last in-link, but two threads can each drop one of its last two at the same
     /// moment, and a group of elements can link only among themselves. Each element
     /// still unreachable is let into the list of its nearest reachable elements.
-    /// Returns how many had to be (typically none or a handful in 10^5).
+    /// A link given up for one may have been another's only way in from the
+    /// reachable part (the in-link counts include links from unreachable elements),
+    /// so the pass repeats while it makes progress. Returns how many had to be
+    /// linked (typically none or a handful in 10^5).
     pub fn link_unreachable(&self) -> usize {
-        let orphans = self.unreachable();
-        if orphans.is_empty() {
-            return 0;
+        let mut linked = 0;
+        let mut left = usize::MAX;
+        loop {
+            let orphans = self.unreachable();
+            if orphans.is_empty() || orphans.len() >= left {
+                return linked;
+            }
+            left = orphans.len();
+            linked += self.link_round(orphans);
         }
+    }
+
+    /// One pass of [`Self::link_unreachable`] over `orphans`.
+    fn link_round(&self, orphans: Vec<u32>) -> usize {
         let mut reached = vec![true; self.len()];
         orphans.iter().for_each(|&o| reached[o as usize] = false);
         let mut linked = 0;
@@ -426,7 +521,10 @@ impl MemoryGraph {
                 self.params.ef_construction,
                 self.params.ef_construction,
             );
-            if self.find_home(o, &near) {
+            // Safe ways in first: a list with room, a link taken over. Only then
+            // one that trusts the in-link counts.
+            if self.find_room(o, &near) || self.take_over_home(o, &near) || self.find_home(o, &near)
+            {
                 linked += 1;
                 self.mark_reachable(o, &mut reached);
             }
