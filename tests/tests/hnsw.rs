@@ -818,6 +818,15 @@ fn self_recall(c: &mut Client, table: &str, queries: &[i32], ef_search: i32) -> 
 /// workers (3 build threads) and then 2,000 more inserted one by one: once 12% of
 /// the elements were unreachable and recall@10 was 0.13 at ef_search 40. pgvector
 /// reaches 0.40 and 0.52 at ef_search 40 and 100 on these rows.
+/// Loads `rows` into `rows (id, emb)` with ids from `first_id` on.
+fn copy_rows(c: &mut Client, rows: &[Vec<f32>], first_id: usize) {
+    let mut w = c.copy_in("COPY rows (id, emb) FROM STDIN").unwrap();
+    for (i, v) in rows.iter().enumerate() {
+        writeln!(w, "{}\t{}", first_id + i, literal(v)).unwrap();
+    }
+    w.finish().unwrap();
+}
+
 /// The default graph keeps 8-bit codes: its estimates are coarse next to the
 /// distances between near-duplicates, and the re-ranking on the table's vectors
 /// must still reach pgvector's recall.
@@ -837,13 +846,7 @@ fn near_duplicate_rows(database: &str, with: &str) {
     c.batch_execute("CREATE TABLE rows (id int PRIMARY KEY, emb embedding(64))")
         .unwrap();
     let rows = m3ret_core::vector::synthetic::near_duplicates(22_000, 64, 1);
-    let copy = |c: &mut Client, from: usize, to: usize| {
-        let mut w = c.copy_in("COPY rows (id, emb) FROM STDIN").unwrap();
-        for (i, v) in rows.iter().enumerate().take(to).skip(from) {
-            writeln!(w, "{i}\t{}", literal(v)).unwrap();
-        }
-        w.finish().unwrap();
-    };
+    let copy = |c: &mut Client, from: usize, to: usize| copy_rows(c, &rows[from..to], from);
     copy(&mut c, 0, 20_000);
     c.batch_execute(&format!("SET max_parallel_maintenance_workers = 2; CREATE INDEX rows_idx ON rows USING m3ret_hnsw (emb) {with}")).unwrap();
     assert_eq!(
@@ -911,13 +914,7 @@ fn inner_product_over_rows_of_many_norms_reaches_every_element() {
     c.batch_execute("CREATE TABLE rows (id int PRIMARY KEY, emb embedding(64))")
         .unwrap();
     let rows = m3ret_core::vector::synthetic::near_duplicates(6_000, 64, 3);
-    let copy = |c: &mut Client, from: usize, to: usize| {
-        let mut w = c.copy_in("COPY rows (id, emb) FROM STDIN").unwrap();
-        for (i, v) in rows.iter().enumerate().take(to).skip(from) {
-            writeln!(w, "{i}\t{}", literal(v)).unwrap();
-        }
-        w.finish().unwrap();
-    };
+    let copy = |c: &mut Client, from: usize, to: usize| copy_rows(c, &rows[from..to], from);
     copy(&mut c, 0, 5_000);
     for with in ["WITH (quantization = none)", ""] {
         c.batch_execute(&format!("SET max_parallel_maintenance_workers = 2; CREATE INDEX rows_idx ON rows USING m3ret_hnsw (emb embedding_ip_ops) {with}")).unwrap();

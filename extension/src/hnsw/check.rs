@@ -5,7 +5,7 @@
 
 use super::buffer::{self, Lock, Locked};
 use super::graph::TidMap;
-use super::page::{self, Layout, Meta, Quantization, Tid};
+use super::page::{self, Layout, Meta, Tid};
 use crate::error::raise;
 use pgrx::pg_sys::{self, errcodes::PgSqlErrorCode};
 use pgrx::prelude::*;
@@ -356,17 +356,10 @@ fn stored_digest(value: pg_sys::Datum, meta: &Meta) -> Option<u64> {
         return None;
     }
     let vector = super::graph::prepare_value(value, meta.metric(), meta.dims as usize);
-    Some(match meta.quantization() {
-        Quantization::None => {
-            let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_ne_bytes()).collect();
-            digest(&bytes)
-        }
-        Quantization::Int8 => {
-            let mut bytes = vec![0; m3ret_core::vector::int8::encoded_len(vector.len())];
-            m3ret_core::vector::int8::encode(&vector, &mut bytes);
-            digest(&bytes)
-        }
-    })
+    let layout = meta.layout();
+    let mut bytes = vec![0; layout.vector_len()];
+    layout.write_vector(&vector, &mut bytes);
+    Some(digest(&bytes))
 }
 
 /// The table's rows the statement's snapshot sees, with a non-NULL indexed value.

@@ -214,10 +214,23 @@ impl Layout {
     }
 
     /// Bytes of an element's vector.
-    fn vector_len(&self) -> usize {
+    pub fn vector_len(&self) -> usize {
         match self.quantization {
             Quantization::None => 4 * self.dims,
             Quantization::Int8 => int8::encoded_len(self.dims),
+        }
+    }
+
+    /// Writes a prepared vector as an element keeps it (`out`: [`Layout::vector_len`]
+    /// bytes).
+    pub fn write_vector(&self, vector: &[f32], out: &mut [u8]) {
+        match self.quantization {
+            Quantization::None => {
+                for (chunk, v) in out.chunks_exact_mut(4).zip(vector) {
+                    chunk.copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+            Quantization::Int8 => int8::encode(vector, out),
         }
     }
 
@@ -397,15 +410,8 @@ impl<'a> ElementMut<'a> {
         self.bytes[6] = level as u8;
         self.bytes[7] = 0;
         let slots = self.layout.slots_start();
-        let stored = &mut self.bytes[HEADER_BYTES..slots];
-        match self.layout.quantization {
-            Quantization::None => {
-                for (chunk, v) in stored.chunks_exact_mut(4).zip(vector) {
-                    chunk.copy_from_slice(&v.to_ne_bytes());
-                }
-            }
-            Quantization::Int8 => int8::encode(vector, stored),
-        }
+        self.layout
+            .write_vector(vector, &mut self.bytes[HEADER_BYTES..slots]);
         for slot in self.bytes[slots..].chunks_exact_mut(SLOT_BYTES) {
             Tid::INVALID.write(slot);
         }

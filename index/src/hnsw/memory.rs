@@ -193,7 +193,7 @@ impl MemoryGraph {
         if self.in_links[i as usize].load(Ordering::Relaxed) == 0 {
             // Every neighbour's list preferred its own links: `i` must be let in
             // somewhere, or no search would ever reach it.
-            self.find_home(i, &chosen[0]);
+            self.find_home(i, &chosen[0], true);
         }
         if level > top {
             let mut entry = self.entry.lock().unwrap();
@@ -309,9 +309,10 @@ impl MemoryGraph {
     }
 
     /// Lets `i` into the layer-0 list of the nearest of `near` (nearest first) that
-    /// can take it: a list with room, or one whose farthest replaceable link points
-    /// to an element that keeps another in-link. False if none could.
-    fn find_home(&self, i: u32, near: &[Candidate<u32>]) -> bool {
+    /// can take it: a list with room, or (if `may_replace`) one whose farthest
+    /// replaceable link points to an element that keeps another in-link. False if
+    /// none could.
+    fn find_home(&self, i: u32, near: &[Candidate<u32>], may_replace: bool) -> bool {
         let max = self.params.max_neighbors(0);
         for c in near {
             let mut links = self.links[c.id as usize].write().unwrap();
@@ -327,6 +328,8 @@ impl MemoryGraph {
             };
             if updated.len() < max {
                 updated.push(home);
+            } else if !may_replace {
+                continue;
             } else {
                 let mut by_distance = updated.clone();
                 by_distance.sort_by(|a, b| a.distance.total_cmp(&b.distance));
@@ -400,28 +403,6 @@ impl MemoryGraph {
                     .map(|l| if l.id == victim.id { to_o } else { *l })
                     .collect();
                 self.replace_list(0, &mut home[0], updated);
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Lets `o` into the layer-0 list of the nearest of `near` that has room.
-    fn find_room(&self, o: u32, near: &[Candidate<u32>]) -> bool {
-        let max = self.params.max_neighbors(0);
-        for c in near.iter().filter(|c| c.id != o) {
-            let mut links = self.links[c.id as usize].write().unwrap();
-            if links[0].contains(o) {
-                return true;
-            }
-            if links[0].links.len() < max {
-                let mut updated = links[0].links.clone();
-                updated.push(ScoredLink {
-                    id: o,
-                    distance: self.distance(c.id, o),
-                    accepted: false,
-                });
-                self.replace_list(0, &mut links[0], updated);
                 return true;
             }
         }
@@ -523,7 +504,9 @@ impl MemoryGraph {
             );
             // Safe ways in first: a list with room, a link taken over. Only then
             // one that trusts the in-link counts.
-            if self.find_room(o, &near) || self.take_over_home(o, &near) || self.find_home(o, &near)
+            if self.find_home(o, &near, false)
+                || self.take_over_home(o, &near)
+                || self.find_home(o, &near, true)
             {
                 linked += 1;
                 self.mark_reachable(o, &mut reached);
