@@ -7,7 +7,7 @@ use crate::embedset;
 use crate::eval::cap_per_class;
 use crate::manifest;
 use m3ret_core::modality::Modality;
-use m3ret_core::model::config::FORMAT_VERSION;
+use m3ret_core::model::config::{Pooling, FORMAT_VERSION};
 use m3ret_core::model::file::{self, WeightDtype};
 use m3ret_core::model::{
     parse_device, Embedder, ModelFile, Scope, StandardizeConfig, Standardizer,
@@ -51,10 +51,10 @@ pub struct StandardizeArgs {
     /// Studies per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// Pooling of the token outputs to use (and write): cls, avg, cls+avg or grid2x2 (the
-    /// means of the four quarters of the token grid, concatenated) (default: the model's).
-    #[arg(long, value_parser = ["cls", "avg", "cls+avg", "grid2x2"])]
-    pub pooling: Option<String>,
+    /// Pooling of the token outputs to use (and write): cls, avg, cls+avg or gridNxN (the
+    /// means of N x N regions of the token grid, concatenated; N from 1 to 8) (default: the model's).
+    #[arg(long, value_parser = |s: &str| Pooling::parse(s))]
+    pub pooling: Option<Pooling>,
     /// Features as the mean over the last K blocks' pooled outputs (default: the model's).
     #[arg(long)]
     pub pool_blocks: Option<i64>,
@@ -79,9 +79,8 @@ pub fn run(args: StandardizeArgs) -> Result<(), String> {
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
     let mut file = ModelFile::from_path(&args.model).map_err(|e| e.to_string())?;
     // A new pooling makes other features: earlier statistics no longer apply.
-    if let Some(p) = &args.pooling {
-        file.config.pooling =
-            serde_json::from_value(serde_json::json!(p)).map_err(|e| e.to_string())?;
+    if let Some(p) = args.pooling {
+        file.config.pooling = p;
         file.config.standardize = None;
     }
     if let Some(k) = args.pool_blocks {

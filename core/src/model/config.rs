@@ -13,22 +13,67 @@ pub enum Method {
 }
 
 /// How token outputs become one embedding (the paper's figure 3b).
+/// Written in model files as "avg", "cls", "cls+avg" or "gridNxN".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Pooling {
     /// Mean of the patch tokens.
-    #[serde(rename = "avg")]
     Avg,
     /// The [CLS] token.
-    #[serde(rename = "cls")]
     Cls,
     /// [CLS] concatenated with the mean of the patch tokens (SimDINO's default).
-    #[serde(rename = "cls+avg")]
     ClsAvg,
-    /// The means of the patch tokens in each quarter of the image (2 x 2 regions of
-    /// the token grid, all slices or frames together), concatenated: keeps where in
-    /// the image a pattern is, which one global mean throws away.
-    #[serde(rename = "grid2x2")]
-    Grid2x2,
+    /// The means of the patch tokens in each of N x N regions of the token grid (all
+    /// slices or frames together), concatenated row by row: keeps where in the image a
+    /// pattern is, which one global mean throws away.
+    Grid(i64),
+}
+
+/// The largest N of `gridNxN`: the token grid of a 128-pixel input is 8 x 8.
+pub const MAX_GRID_SIDE: i64 = 8;
+
+impl Pooling {
+    pub fn name(self) -> String {
+        match self {
+            Pooling::Avg => "avg".into(),
+            Pooling::Cls => "cls".into(),
+            Pooling::ClsAvg => "cls+avg".into(),
+            Pooling::Grid(n) => format!("grid{n}x{n}"),
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Pooling, String> {
+        match name {
+            "avg" => return Ok(Pooling::Avg),
+            "cls" => return Ok(Pooling::Cls),
+            "cls+avg" => return Ok(Pooling::ClsAvg),
+            _ => {}
+        }
+        let side = name
+            .strip_prefix("grid")
+            .and_then(|rest| rest.split_once('x'))
+            .filter(|(a, b)| a == b)
+            .and_then(|(a, _)| a.parse::<i64>().ok())
+            .filter(|n| (1..=MAX_GRID_SIDE).contains(n));
+        side.map(Pooling::Grid).ok_or_else(|| {
+            format!(
+                "unknown pooling \"{name}\" (avg, cls, cls+avg or gridNxN with N from 1 to {MAX_GRID_SIDE})"
+            )
+        })
+    }
+}
+
+impl TryFrom<String> for Pooling {
+    type Error = String;
+    fn try_from(name: String) -> Result<Pooling, String> {
+        Pooling::parse(&name)
+    }
+}
+
+impl From<Pooling> for String {
+    fn from(p: Pooling) -> String {
+        p.name()
+    }
 }
 
 /// ViT widths, depths and head counts of the paper's presets.
@@ -210,7 +255,7 @@ impl ModelConfig {
         match self.pooling {
             Pooling::Avg | Pooling::Cls => self.encoder.width,
             Pooling::ClsAvg => 2 * self.encoder.width,
-            Pooling::Grid2x2 => 4 * self.encoder.width,
+            Pooling::Grid(n) => n * n * self.encoder.width,
         }
     }
 
@@ -275,6 +320,15 @@ impl ModelConfig {
         if matches!(self.pooling, Pooling::Cls | Pooling::ClsAvg) && !e.cls_token {
             return Err("pooling uses [CLS] but the encoder has no [CLS] token".to_string());
         }
+        if let Pooling::Grid(side) = self.pooling {
+            let tokens = (i.image_size / e.patch[1]).min(i.image_size / e.patch[2]);
+            if side > tokens {
+                return Err(format!(
+                    "pooling {} needs a token grid of at least {side} x {side}, not {tokens} x {tokens}",
+                    self.pooling.name()
+                ));
+            }
+        }
         if !(1..=e.depth).contains(&self.pool_blocks) {
             return Err(format!(
                 "pool_blocks {} is not between 1 and the depth {}",
@@ -294,5 +348,37 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_names_round_trip_and_bad_ones_are_refused() {
+        for name in ["avg", "cls", "cls+avg", "grid2x2", "grid4x4", "grid1x1"] {
+            let p: Pooling = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(serde_json::to_value(p).unwrap(), serde_json::json!(name));
+        }
+        assert_eq!(Pooling::parse("grid2x2"), Ok(Pooling::Grid(2)));
+        for bad in ["grid2x4", "grid9x9", "grid0x0", "gridx", "max"] {
+            let e = Pooling::parse(bad).unwrap_err();
+            assert!(e.contains(&format!("unknown pooling \"{bad}\"")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_grid_finer_than_the_token_grid_is_refused() {
+        let mut c = ModelConfig::new(Method::Mae, Preset::Tiny);
+        c.input.image_size = 64;
+        c.pooling = Pooling::Grid(4);
+        assert!(c.validate().is_ok());
+        c.pooling = Pooling::Grid(5);
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("needs a token grid of at least 5 x 5, not 4 x 4"),
+            "{e}"
+        );
     }
 }

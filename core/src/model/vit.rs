@@ -267,7 +267,7 @@ pub fn pool(output: &EncoderOutput, pooling: super::config::Pooling, grid: [i64;
         Pooling::Avg => avg(),
         Pooling::Cls => cls(),
         Pooling::ClsAvg => Tensor::cat(&[cls(), avg()], 1),
-        Pooling::Grid2x2 => {
+        Pooling::Grid(side) => {
             let (b, _, c) = output.patches.size3().expect("[B, N, C]");
             let [slices, rows, columns] = grid;
             output
@@ -276,8 +276,8 @@ pub fn pool(output: &EncoderOutput, pooling: super::config::Pooling, grid: [i64;
                 .reshape([b, slices, rows, columns, c])
                 .mean_dim(1, false, Kind::Float)
                 .permute([0, 3, 1, 2])
-                .adaptive_avg_pool2d([2, 2])
-                .reshape([b, 4 * c])
+                .adaptive_avg_pool2d([side, side])
+                .reshape([b, side * side * c])
         }
     }
 }
@@ -299,7 +299,7 @@ mod tests {
     #[test]
     fn grid_pooling_is_the_mean_of_each_quarter() {
         let out = output();
-        let grid = pool(&out, Pooling::Grid2x2, [2, 4, 6]);
+        let grid = pool(&out, Pooling::Grid(2), [2, 4, 6]);
         assert_eq!(grid.size(), [2, 4 * 5]);
         // The top-left quarter: rows 0-1, columns 0-2, of both slices.
         let tokens = out.patches.reshape([2, 2, 4, 6, 5]);
