@@ -119,6 +119,31 @@ fn centering_per_modality_removes_each_modalitys_offset_and_unseen_modalities_us
 }
 
 #[test]
+fn one_mean_and_one_set_of_axes_are_stored_once_and_serve_every_modality() {
+    let mut fit = features(Modality::Xray, 3.0, 200, 8, 5);
+    fit.extend(features(Modality::Mri, -1.0, 200, 8, 6));
+    let shared = StandardizeConfig {
+        centering: Scope::Global,
+        ..config(Some(4), Scope::Global)
+    };
+    let s = Standardizer::fit(shared, &fit).unwrap();
+    let names: Vec<String> = s.tensors().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["standardize.mean.all", "standardize.whiten.all"]);
+    // Each modality gets the same transform: the global mean, the shared axes.
+    let tensors: std::collections::BTreeMap<String, Tensor> = s.tensors().into_iter().collect();
+    let (mean, w) = (
+        &tensors["standardize.mean.all"],
+        &tensors["standardize.whiten.all"],
+    );
+    for (m, v) in [&fit[0], &fit[250]] {
+        let expected = (Tensor::from_slice(v) - mean).matmul(w);
+        let expected = &expected / expected.norm();
+        let out = Tensor::from_slice(&s.apply_one(v, *m));
+        assert!(out.allclose(&expected, 1e-5, 1e-5, false), "{m:?}");
+    }
+}
+
+#[test]
 fn fitting_refuses_too_many_components_and_mixed_lengths() {
     let fit = features(Modality::Xray, 0.0, 50, 6, 4);
     let e = Standardizer::fit(config(Some(7), Scope::Global), &fit).unwrap_err();

@@ -164,7 +164,11 @@ impl Standardizer {
             _ => None,
         };
         let mut groups = BTreeMap::new();
-        for m in matrices.keys() {
+        // With one mean and one set of axes, every modality would store a copy of the
+        // global statistics: `apply` falls back to them instead.
+        let shared_only = config.centering == Scope::Global
+            && (config.whitening == Scope::Global || config.whiten.is_none());
+        for m in matrices.keys().filter(|_| !shared_only) {
             let whiten = match config.whitening {
                 Scope::Global => shared.as_ref().map(Tensor::shallow_clone),
                 Scope::Modality => whiten_of(covariance_of(m)),
