@@ -481,6 +481,44 @@ fn standardize_writes_a_whitened_model_and_eval_compares_every_method_in_every_f
         String::from_utf8_lossy(&bad.stderr)
     );
 
+    // Region pooling: 2 x 2 regions of the 4 x 4 token grid (64 px, patches of 16).
+    let grid_model = dir.path().join("grid.safetensors");
+    run(bin().args(args(&[
+        "--pooling",
+        "grid2x2",
+        "--whiten",
+        "0",
+        "--out",
+        grid_model.to_str().unwrap(),
+    ])));
+    let file = m3ret_core::model::ModelFile::from_path(&grid_model).unwrap();
+    assert_eq!(
+        (file.config.pooling.name(), file.config.embedding_dims()),
+        ("grid2x2".to_string(), 4 * 192)
+    );
+    // A grid finer than the token grid, or not a grid at all: clear errors, no file.
+    for (pooling, expected) in [
+        ("grid5x5", "needs a token grid of at least 5 x 5, not 4 x 4"),
+        ("grid2x3", "unknown pooling \"grid2x3\""),
+    ] {
+        let path = dir.path().join(format!("{pooling}.safetensors"));
+        let bad = bin()
+            .args(args(&[
+                "--pooling",
+                pooling,
+                "--out",
+                path.to_str().unwrap(),
+            ]))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            !bad.status.success() && stderr.contains(expected),
+            "{stderr}"
+        );
+        assert!(!path.exists());
+    }
+
     let eval = dir.path().join("eval");
     let text = run(bin().args([
         "eval",
