@@ -6,6 +6,7 @@
 //! Which items make step s is a pure function of (seed, s), so a resumed run sees
 //! the same batches it would have seen.
 
+use crate::decode_cache::DecodeCache;
 use crate::manifest::{self, Item};
 use m3ret_core::modality::{Modality, ModalityChoice};
 use m3ret_core::model::config::InputSpec;
@@ -163,6 +164,8 @@ pub struct LoaderOptions {
     pub queue: usize,
     pub strict: bool,
     pub input: InputSpec,
+    /// Keeps 2D studies after their first decode (None: decode at every draw).
+    pub cache: Option<Arc<DecodeCache>>,
 }
 
 impl Loader {
@@ -187,6 +190,7 @@ impl Loader {
                 skipped.clone(),
             );
             let (seed, strict, input) = (options.seed, options.strict, options.input.clone());
+            let cache = options.cache.clone();
             std::thread::spawn(move || {
                 loop {
                     let step = next_step.fetch_add(1, Ordering::SeqCst);
@@ -194,7 +198,15 @@ impl Loader {
                         return;
                     }
                     let group = &groups[schedule.group(step, seed)];
-                    let batch = decode_step(group, step, seed, strict, &input, &skipped);
+                    let batch = decode_step(
+                        group,
+                        step,
+                        seed,
+                        strict,
+                        &input,
+                        cache.as_deref(),
+                        &skipped,
+                    );
                     if sender.send(batch).is_err() {
                         return; // the trainer stopped
                     }
@@ -231,8 +243,11 @@ fn decode_step(
     seed: u64,
     strict: bool,
     input: &InputSpec,
+    cache: Option<&DecodeCache>,
     skipped: &AtomicUsize,
 ) -> Result<Batch, String> {
+    // Videos and volumes draw random frames or slices: not the same tensor twice.
+    let cache = cache.filter(|_| group.layout == "2d");
     let mut options = StudyOptions::for_input(ModalityChoice::Given(group.modality), input);
     let mut tensors = Vec::with_capacity(group.batch);
     let mut attempt = 0u64;
@@ -242,13 +257,20 @@ fn decode_step(
             mix(seed ^ mix(step as u64) ^ mix(slot.wrapping_mul(1_000_003).wrapping_add(attempt)));
         let item = &group.items[(pick % group.items.len() as u64) as usize];
         options.sampling = FrameSampling::Random(pick);
-        let loaded = manifest::read_item(item).and_then(|bufs| {
-            let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
-            study::load_buffers(&refs, &options)
-                .map_err(|e| format!("{}: {e}", item.path.display()))
-        });
+        let decode = || {
+            manifest::read_item(item).and_then(|bufs| {
+                let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+                study::load_buffers(&refs, &options)
+                    .map(|s| s.tensor)
+                    .map_err(|e| format!("{}: {e}", item.path.display()))
+            })
+        };
+        let loaded = match cache {
+            Some(c) => c.get_or_decode(&item.path, decode),
+            None => decode(),
+        };
         match loaded {
-            Ok(s) => tensors.push(s.tensor),
+            Ok(t) => tensors.push(t),
             Err(e) if strict => return Err(e),
             Err(e) => {
                 if skipped.fetch_add(1, Ordering::SeqCst) < 10 {

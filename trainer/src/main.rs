@@ -3,6 +3,7 @@
 
 mod augment;
 mod checkpoint;
+mod decode_cache;
 mod embedset;
 mod eval;
 mod export;

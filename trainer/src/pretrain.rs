@@ -2,6 +2,7 @@
 
 use crate::augment;
 use crate::checkpoint::{self, State};
+use crate::decode_cache::DecodeCache;
 use crate::loader::{self, BatchSizes, Loader, LoaderOptions};
 use crate::manifest;
 use crate::optim::{self, AdamW};
@@ -11,6 +12,7 @@ use m3ret_core::modality::Modality;
 use m3ret_core::model::{parse_device, Method, ModelConfig, Preset};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -81,6 +83,10 @@ pub struct PretrainArgs {
     /// Data-decoding worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Memory for decoded 2D studies, in MiB, so that each is decoded once per run (videos and volumes are sampled anew at each draw); 0: decode at every draw.
+    #[arg(long, default_value_t = 4096)]
+    #[serde(default = "default_decode_cache_mib")]
+    pub decode_cache_mib: usize,
     /// libtorch intra-op threads for the training step (default: every core).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -140,6 +146,9 @@ pub struct PretrainArgs {
 // Defaults for settings that runs saved before they existed did not record.
 fn default_group_sampling() -> String {
     "turns".into()
+}
+fn default_decode_cache_mib() -> usize {
+    4096
 }
 fn default_group_floor() -> f64 {
     0.02
@@ -216,6 +225,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
             device: args.device,
             workers: args.workers,
             threads: args.threads,
+            decode_cache_mib: args.decode_cache_mib,
             ..saved
         };
     }
@@ -320,7 +330,10 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         queue: 4,
         strict: args.strict,
         input: config.input.clone(),
+        cache: (args.decode_cache_mib > 0)
+            .then(|| Arc::new(DecodeCache::new(args.decode_cache_mib << 20))),
     };
+    let cache = options.cache.clone();
     let mut loader = Loader::start(groups, schedule, start, end, options);
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -386,6 +399,16 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     let skipped = loader.skipped.load(std::sync::atomic::Ordering::SeqCst);
     if skipped > 0 {
         eprintln!("{skipped} items could not be decoded and were skipped");
+    }
+    if let Some(c) = cache {
+        let s = c.stats();
+        eprintln!(
+            "decode cache: {} 2D studies kept ({} MiB); {} decodes, {} reuses",
+            s.studies,
+            s.bytes >> 20,
+            s.decodes,
+            s.reuses
+        );
     }
     finish(&args, end, total)
 }

@@ -275,6 +275,48 @@ fn simdino_resumes_after_a_kill_as_if_never_stopped() {
 }
 
 #[test]
+fn the_decode_cache_decodes_each_study_once_and_changes_no_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path());
+    // 12 steps of 8 draws over 32 studies: most draws are studies seen before.
+    let train = |name: &str, cache_mib: &str| {
+        let out = dir.path().join(name);
+        let mut args = pretrain_args("mae", &m, &out, 12);
+        args.extend(["--decode-cache-mib".into(), cache_mib.into()]);
+        let text = run(bin().args(&args));
+        (text, losses(&out))
+    };
+    let (text, cached) = train("cached", "64");
+    let (plain_text, plain) = train("plain", "0");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("decode cache: "))
+        .unwrap_or_else(|| panic!("no cache line in:\n{text}"));
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // "decode cache: K 2D studies kept (M MiB); D decodes, R reuses"
+    let (kept, decodes, reuses) = (numbers[0], numbers[3], numbers[4]);
+    // The studies drawn at least once (random draws may miss one or two of the 32).
+    assert!((24..=32).contains(&kept), "{line}");
+    assert_eq!(decodes + reuses, 12 * 8, "every draw counted: {line}");
+    // Each study is decoded once, but for two workers drawing a new one at the same time.
+    assert!((kept..=2 * kept).contains(&decodes), "{line}");
+    assert!(!plain_text.contains("decode cache: "), "{plain_text}");
+    // Kept tensors are the decoded ones: the run is the same step for step.
+    assert_eq!(cached.len(), 12);
+    for (step, (group, loss)) in &plain {
+        let (g, l) = &cached[step];
+        assert_eq!(g, group);
+        assert!(
+            (l - loss).abs() < 1e-4 * (1.0 + loss.abs()),
+            "step {step}: {l} with the cache, {loss} without"
+        );
+    }
+}
+
+#[test]
 fn eval_reports_model_and_baselines() {
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(dir.path());
