@@ -261,13 +261,13 @@ fn decode_step(
             manifest::read_item(item).and_then(|bufs| {
                 let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
                 study::load_buffers(&refs, &options)
-                    .map(|s| s.tensor)
+                    .map(|s| (s.tensor, s.detected.shape[0] == 1))
                     .map_err(|e| format!("{}: {e}", item.path.display()))
             })
         };
         let loaded = match cache {
             Some(c) => c.get_or_decode(&item.path, decode),
-            None => decode(),
+            None => decode().map(|(t, _)| t),
         };
         match loaded {
             Ok(t) => tensors.push(t),
