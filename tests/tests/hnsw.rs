@@ -879,15 +879,7 @@ fn near_duplicate_rows(database: &str, with: &str) {
     // elements, and before VACUUM relinked what its walk cannot reach, groups of
     // survivors linking only to each other were left unreachable (6 of 1,997 in a
     // trial on rows like these).
-    let deleted = c
-        .execute("DELETE FROM rows WHERE hashint4(id) % 10 <> 0", &[])
-        .unwrap() as i64;
-    c.batch_execute("VACUUM rows").unwrap();
-    assert_eq!(
-        check_index(&mut c, "rows_idx"),
-        (22_000 - deleted, 0, deleted),
-        "after deleting {deleted} rows and VACUUM"
-    );
+    delete_nine_in_ten_and_vacuum(&mut c, 22_000);
     let survivors: Vec<i32> = c
         .query("SELECT id FROM rows ORDER BY id LIMIT 100", &[])
         .unwrap()
@@ -900,6 +892,20 @@ fn near_duplicate_rows(database: &str, with: &str) {
         "a surviving row finds itself at ef_search 400 in {found_self} of the queries"
     );
     db.cluster.assert_no_backend_crashed();
+}
+
+/// Deletes nine rows in ten of `rows` (by a hash of the id) and VACUUMs: `rows_idx`
+/// must then hold the survivors of the `before` rows, every one reachable.
+fn delete_nine_in_ten_and_vacuum(c: &mut Client, before: i64) {
+    let deleted = c
+        .execute("DELETE FROM rows WHERE hashint4(id) % 10 <> 0", &[])
+        .unwrap() as i64;
+    c.batch_execute("VACUUM rows").unwrap();
+    assert_eq!(
+        check_index(c, "rows_idx"),
+        (before - deleted, 0, deleted),
+        "after deleting {deleted} rows and VACUUM"
+    );
 }
 
 /// The near-duplicate rows under inner product, where their norms (4 to 40) rule:
@@ -929,15 +935,7 @@ fn inner_product_over_rows_of_many_norms_reaches_every_element() {
         (6_000, 0, 0),
         "after 1,000 inserts"
     );
-    let deleted = c
-        .execute("DELETE FROM rows WHERE hashint4(id) % 10 <> 0", &[])
-        .unwrap() as i64;
-    c.batch_execute("VACUUM rows").unwrap();
-    assert_eq!(
-        check_index(&mut c, "rows_idx"),
-        (6_000 - deleted, 0, deleted),
-        "after deleting {deleted} rows and VACUUM"
-    );
+    delete_nine_in_ten_and_vacuum(&mut c, 6_000);
     db.cluster.assert_no_backend_crashed();
 }
 
