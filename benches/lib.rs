@@ -10,8 +10,13 @@ use tch::{nn, Device};
 /// The small preset's encoder (ViT-S/16, 88 MB in float32) with random weights
 /// (seed 0), for the SQL benchmarks; `image_size` overrides the preset's input size.
 pub fn small_preset_model(image_size: Option<i64>) -> Vec<u8> {
+    preset_model(Preset::Small, image_size)
+}
+
+/// As [`small_preset_model`], for any preset.
+pub fn preset_model(preset: Preset, image_size: Option<i64>) -> Vec<u8> {
     tch::manual_seed(0);
-    let mut config = ModelConfig::new(Method::Simdino, Preset::Small);
+    let mut config = ModelConfig::new(Method::Simdino, preset);
     if let Some(size) = image_size {
         config.input.image_size = size;
     }

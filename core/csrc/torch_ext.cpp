@@ -20,3 +20,37 @@ extern "C" void m3ret_clear_grad(at::Tensor* t) {
 extern "C" bool m3ret_cuda_hooks_registered() {
     return at::detail::getCUDAHooks().hasCUDART();
 }
+
+// CPU autocast in bfloat16 (PyTorch's torch.autocast("cpu", torch.bfloat16)), which
+// tch does not expose: enter returns whether it was on before, for exit to restore.
+// The state is the calling thread's.
+extern "C" bool m3ret_cpu_autocast_bf16_enter() {
+    bool was = at::autocast::is_autocast_enabled(at::kCPU);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::increment_nesting();
+    return was;
+}
+
+extern "C" void m3ret_cpu_autocast_exit(bool was) {
+    if (at::autocast::decrement_nesting() == 0) {
+        at::autocast::clear_cache();
+    }
+    at::autocast::set_autocast_enabled(at::kCPU, was);
+}
+
+extern "C" bool m3ret_cpu_autocast_enabled() {
+    return at::autocast::is_autocast_enabled(at::kCPU);
+}
+
+// Turns CPU autocast off on this thread (for a computation that needs f32, such as a
+// Cholesky factor); returns whether it was on, for m3ret_cpu_autocast_restore.
+extern "C" bool m3ret_cpu_autocast_suspend() {
+    bool was = at::autocast::is_autocast_enabled(at::kCPU);
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    return was;
+}
+
+extern "C" void m3ret_cpu_autocast_restore(bool was) {
+    at::autocast::set_autocast_enabled(at::kCPU, was);
+}

@@ -7,6 +7,7 @@
 pub mod io;
 pub mod modality;
 pub mod model;
+pub mod precision;
 pub mod preprocess;
 pub mod runtime;
 pub mod study;

@@ -199,6 +199,53 @@ fn dicom_series_is_assembled_in_position_order() {
     assert_canonical(&s.tensor, 64, "series");
 }
 
+/// Voxels stream into `[slice][row][col]` along the superior-inferior axis: here i
+/// (the sform's third row points along i), so slices run along i, rows along k
+/// and columns along j; plain and gzip alike.
+#[test]
+fn nifti_voxels_land_in_slice_order_along_any_axis() {
+    let (nx, ny, nz) = (3usize, 4usize, 5usize);
+    let mut file = vec![0u8; 352];
+    file[0..4].copy_from_slice(&348i32.to_le_bytes());
+    for (i, d) in [3i16, nx as i16, ny as i16, nz as i16].iter().enumerate() {
+        file[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    file[70..72].copy_from_slice(&16i16.to_le_bytes());
+    file[108..112].copy_from_slice(&352f32.to_le_bytes());
+    file[254..256].copy_from_slice(&1i16.to_le_bytes()); // sform_code
+    for (row, values) in [
+        [0f32, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+        [1.0, 0.0, 0.0, 0.0],
+    ]
+    .iter()
+    .enumerate()
+    {
+        for (c, v) in values.iter().enumerate() {
+            let at = 280 + 16 * row + 4 * c;
+            file[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    file[344..348].copy_from_slice(b"n+1\0");
+    for v in 0..nx * ny * nz {
+        file.extend_from_slice(&(v as f32).to_le_bytes());
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&file).unwrap();
+    for bytes in [file.clone(), gz.finish().unwrap()] {
+        let v = io::read(&bytes, &Limits::default()).unwrap();
+        assert_eq!((v.frames, v.rows, v.cols), (nx, nz, ny));
+        for s in 0..nx {
+            for r in 0..nz {
+                for c in 0..ny {
+                    let expected = (s + nx * (c + ny * r)) as f32;
+                    assert_eq!(v.data[(s * nz + r) * ny + c], expected, "({s}, {r}, {c})");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn nifti_volumes_ct_air_and_label_map() {
     let root = common::shared_data();
@@ -380,22 +427,61 @@ fn bad_inputs_are_clear_errors() {
         err.contains("4 voxel bytes after offset 348, 1048576 needed for 64 x 64 x 64"),
         "{err}"
     );
-    // A gzip bomb: 64 MiB of zeros in a few KiB, against a 16 MiB inflate limit.
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..64 {
-        gz.write_all(&zeros).unwrap();
-    }
-    let bomb = gz.finish().unwrap();
+    // Gzip (issue 28, finding 3): the header is read first and only the voxel bytes
+    // it declares are inflated. A bomb whose header declares 1024^3 int16 is refused
+    // on its header, and a stream of zeros is not NIfTI at all.
+    let gzip = |header: &[u8], zero_mib: usize| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(header).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..zero_mib {
+            gz.write_all(&zeros).unwrap();
+        }
+        gz.finish().unwrap()
+    };
+    let nifti_header = |dims: [i16; 3], datatype: i16| {
+        let mut h = vec![0u8; 352];
+        h[0..4].copy_from_slice(&348i32.to_le_bytes());
+        for (i, d) in [3i16, dims[0], dims[1], dims[2]].iter().enumerate() {
+            h[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
+        }
+        h[70..72].copy_from_slice(&datatype.to_le_bytes());
+        h[108..112].copy_from_slice(&352f32.to_le_bytes());
+        h[344..348].copy_from_slice(b"n+1\0");
+        h
+    };
     let small = Limits {
         max_inflated_bytes: 16 << 20,
         ..limits
     };
-    let err = io::read(&bomb, &small).unwrap_err().to_string();
+    let bomb = gzip(&nifti_header([1024, 1024, 1024], 4), 64);
+    let err = io::read(&bomb, &limits).unwrap_err();
     assert!(
-        err.contains("inflates past the limit of 16777216 bytes"),
+        matches!(err, IoError::TooLarge(ref m) if m.contains("1024 x 1024 pixels exceeds")
+            || m.contains("samples exceeds")),
         "{err}"
     );
+    let declared = gzip(&nifti_header([2048, 2048, 4], 4), 0);
+    let err = io::read(&declared, &small).unwrap_err().to_string();
+    assert!(
+        err.contains("the header declares 33554784 bytes, past the gzip limit of 16777216"),
+        "{err}"
+    );
+    let zeros = gzip(&[], 64);
+    let err = io::read(&zeros, &small).unwrap_err().to_string();
+    assert!(
+        err.contains("only gzip-compressed NIfTI is accepted"),
+        "{err}"
+    );
+    // A small volume followed by 64 MiB the header does not declare: read, and the
+    // rest never inflated (it would break the 16 MiB limit).
+    let padded = gzip(&nifti_header([4, 4, 4], 4), 64);
+    let v = io::read(&padded, &small).unwrap();
+    assert_eq!((v.frames, v.rows, v.cols, v.data.len()), (4, 4, 4, 64));
+    // Too short for what it declares.
+    let short = gzip(&nifti_header([64, 64, 64], 4), 0);
+    let err = io::read(&short, &small).unwrap_err().to_string();
+    assert!(err.contains("needed for 64 x 64 x 64"), "{err}");
 
     let root = common::shared_data();
     let dcm = read(&root.join("dicom_samples/imageio_dicom_file01.dcm"));

@@ -356,6 +356,84 @@ fn mismatched_and_foreign_files_are_refused() {
     );
 }
 
+/// Issue 28, finding 4: a model file's config is held to m3ret's limits, and one that
+/// declares more than the file holds is refused before the encoder is built.
+#[test]
+fn oversized_or_inconsistent_configs_are_refused_before_allocating() {
+    let (config, _) = simdino_files(&[WeightDtype::F32]);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _ = Branch::new(vs.root(), &config.encoder, config.head.as_ref().unwrap());
+    let tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    // The count of parameters known before building is exact.
+    let encoder_vs = nn::VarStore::new(Device::Cpu);
+    let _ = Encoder::new(encoder_vs.root(), &config.encoder);
+    let built: i64 = encoder_vs
+        .variables()
+        .values()
+        .map(|t| t.numel() as i64)
+        .sum();
+    assert_eq!(config.encoder.parameter_count(), built);
+    let refused = |c: &ModelConfig, tensors: &[(String, Tensor)]| -> String {
+        match file::to_bytes(c, tensors, WeightDtype::F32) {
+            Ok(bytes) => Embedder::from_bytes(&bytes, Device::Cpu)
+                .err()
+                .expect("refused")
+                .to_string(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let mut huge = config.clone();
+    huge.input.image_size = 65536;
+    let err = refused(&huge, &tensors);
+    assert!(
+        err.contains("image size 65536 is over m3ret's limit of 512"),
+        "{err}"
+    );
+    let mut many = config.clone();
+    many.input.slices_volume = 256;
+    many.input.image_size = 256;
+    let err = refused(&many, &tensors);
+    assert!(
+        err.contains("tokens of a study (volume slices) 16384 is over m3ret's limit of 8192"),
+        "{err}"
+    );
+    for (what, change) in [
+        (
+            "depth 13",
+            (|c: &mut ModelConfig| c.encoder.depth = 13) as fn(&mut ModelConfig),
+        ),
+        ("width 384", |c: &mut ModelConfig| {
+            c.encoder.width = 384;
+            c.encoder.heads = 6
+        }),
+    ] {
+        let mut c = config.clone();
+        change(&mut c);
+        let err = refused(&c, &tensors);
+        assert!(
+            err.contains("the config describes an encoder of") && err.contains("hold only"),
+            "{what}: {err}"
+        );
+    }
+    // A weight reshaped to 1-D: as many parameters, the wrong shape.
+    let flat: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let t = if n == "encoder.blocks.0.attn.qkv.weight" {
+                t.flatten(0, -1)
+            } else {
+                t.shallow_clone()
+            };
+            (n.clone(), t)
+        })
+        .collect();
+    let err = refused(&config, &flat);
+    assert!(
+        err.contains("tensor \"encoder.blocks.0.attn.qkv.weight\" has shape"),
+        "{err}"
+    );
+}
+
 #[test]
 fn clear_grad_drops_the_gradient_so_backward_does_not_accumulate() {
     let vs = nn::VarStore::new(Device::Cpu);

@@ -25,6 +25,18 @@ CREATE UNIQUE INDEX m3ret_models_one_default ON m3ret_models ((true)) WHERE is_d
 COMMENT ON TABLE m3ret_models IS 'm3ret model versions: immutable; import with m3ret_model_import, list with m3ret_model_list';
 SELECT pg_catalog.pg_extension_config_dump('m3ret_models', '');
 
+-- The last version each name was given, kept when its versions are dropped: a
+-- version number names one file for good, so an index on m3ret_embed_pinned(...,
+-- 'name@3') can never come to hold the vectors of another file.
+CREATE TABLE m3ret_model_names (
+    name         text    PRIMARY KEY,
+    last_version integer NOT NULL CHECK (last_version > 0)
+);
+COMMENT ON TABLE m3ret_model_names IS 'the last version number given to each model name, dropped or not (never reused)';
+SELECT pg_catalog.pg_extension_config_dump('m3ret_model_names', '');
+REVOKE ALL ON m3ret_model_names FROM PUBLIC;
+GRANT SELECT ON m3ret_model_names TO PUBLIC;
+
 -- Weights are sensitive (a model trained on patients' images can leak them): only
 -- superusers and m3ret_admin read that column. Everyone may still embed: the
 -- extension reads the weights with the table owner's rights (registry.rs).
@@ -32,6 +44,7 @@ REVOKE ALL ON m3ret_models FROM PUBLIC;
 GRANT SELECT (name, version, sha256, config, dims, created_at, created_by, is_default)
     ON m3ret_models TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON m3ret_models TO m3ret_admin;
+GRANT SELECT, INSERT, UPDATE ON m3ret_model_names TO m3ret_admin;
 
 CREATE VIEW m3ret_model_list AS
     SELECT name, version, name || '@' || version AS model, sha256, dims,
@@ -41,7 +54,12 @@ CREATE VIEW m3ret_model_list AS
 COMMENT ON VIEW m3ret_model_list IS 'the imported models, without their weights';
 GRANT SELECT ON m3ret_model_list TO PUBLIC;
 
-CREATE FUNCTION m3ret_require_admin(action text) RETURNS void LANGUAGE plpgsql STABLE AS $$
+-- Every function below runs with its own search_path (the extension's schema after
+-- pg_catalog, pg_temp last so that it is not searched first): a name or operator in
+-- its body never resolves to an object of a schema the caller put on theirs.
+
+CREATE FUNCTION m3ret_require_admin(action text) RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user
                    AND (rolsuper OR pg_has_role(current_user, 'm3ret_admin', 'MEMBER'))) THEN
@@ -51,7 +69,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION m3ret_model_import(name text, weights bytea) RETURNS text
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 DECLARE
     info jsonb;
     v integer;
@@ -69,7 +87,14 @@ BEGIN
     IF FOUND THEN
         RETURN m3ret_model_import.name || '@' || v;   -- the same file again: the same version
     END IF;
-    SELECT coalesce(max(m.version), 0) + 1 INTO v FROM m3ret_models m WHERE m.name = m3ret_model_import.name;
+    -- After the name's last version ever, dropped or not (the greatest covers rows
+    -- restored from a dump taken before m3ret_model_names existed).
+    SELECT greatest(coalesce(max(m.version), 0),
+                    coalesce((SELECT n.last_version FROM m3ret_model_names n
+                              WHERE n.name = m3ret_model_import.name), 0)) + 1
+        INTO v FROM m3ret_models m WHERE m.name = m3ret_model_import.name;
+    INSERT INTO m3ret_model_names AS n (name, last_version) VALUES (m3ret_model_import.name, v)
+        ON CONFLICT ON CONSTRAINT m3ret_model_names_pkey DO UPDATE SET last_version = excluded.last_version;
     INSERT INTO m3ret_models (name, version, sha256, config, dims, weights, is_default)
     VALUES (m3ret_model_import.name, v, info->>'sha256', info->'config', (info->>'dims')::integer, weights,
             NOT EXISTS (SELECT 1 FROM m3ret_models WHERE is_default));
@@ -79,7 +104,7 @@ COMMENT ON FUNCTION m3ret_model_import(text, bytea) IS
     'stores a model file as a new version of name (the same file again returns its existing version); the first model imported becomes the default; returns name@version';
 
 CREATE FUNCTION m3ret_model_resolve(model text, OUT name text, OUT version integer) RETURNS record
-LANGUAGE plpgsql STABLE STRICT AS $$
+LANGUAGE plpgsql STABLE STRICT SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 DECLARE
     base text := split_part(model, '@', 1);
     ver text := nullif(split_part(model, '@', 2), '');
@@ -94,7 +119,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION m3ret_model_set_default(model text) RETURNS text
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
@@ -108,7 +133,7 @@ COMMENT ON FUNCTION m3ret_model_set_default(text) IS
     'makes name@version (or the latest version of name) the model m3ret_embed uses when given none';
 
 CREATE FUNCTION m3ret_model_drop(model text) RETURNS integer
-LANGUAGE plpgsql VOLATILE STRICT AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 DECLARE
     dropped integer;
     ver text := nullif(split_part(model, '@', 2), '');
@@ -123,7 +148,7 @@ BEGIN
     END IF;
     RETURN dropped;
 END $$;
-COMMENT ON FUNCTION m3ret_model_drop(text) IS 'drops name@version, or every version of name; returns how many';
+COMMENT ON FUNCTION m3ret_model_drop(text) IS 'drops name@version, or every version of name; returns how many (their version numbers are never given again)';
 
 REVOKE EXECUTE ON FUNCTION m3ret_model_import(text, bytea), m3ret_model_set_default(text), m3ret_model_drop(text),
     m3ret_model_import_file(text, text) FROM PUBLIC;

@@ -44,7 +44,8 @@ fn qualified(object: &str) -> String {
         client
             .select(
                 "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'm3ret'",
+                 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
+                 WHERE e.extname OPERATOR(pg_catalog.=) 'm3ret'",
                 Some(1),
                 &[],
             )?
@@ -60,6 +61,11 @@ fn qualified(object: &str) -> String {
     }
 }
 
+// Every query here names its operators and types with their schema
+// (`OPERATOR(pg_catalog.=)`, `pg_catalog.int4`): an unqualified `=` resolves through
+// the caller's search_path, where a role may have put an operator of its own, and
+// the weights are read with the registry owner's rights (`AsRegistryOwner`).
+//
 // The registry is read with read-only SPI (`select`): pgrx's `Spi::get_*` helpers
 // run every query as an update, which assigns a transaction ID. That made
 // m3ret_embed fail on a standby ("cannot assign TransactionIds during recovery")
@@ -86,7 +92,9 @@ pub fn resolve(model: Option<&str>) -> ModelRef {
                     .select(
                         &format!(
                             "SELECT name, version, sha256 FROM {models} \
-                             WHERE name = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1"
+                             WHERE name OPERATOR(pg_catalog.=) $1 \
+                               AND ($2::pg_catalog.int4 IS NULL OR version OPERATOR(pg_catalog.=) $2) \
+                             ORDER BY version DESC LIMIT 1"
                         ),
                         Some(1),
                         &[name.into(), version.into()],
@@ -114,11 +122,16 @@ pub fn resolve(model: Option<&str>) -> ModelRef {
 
 /// Runs as the owner of `m3ret_models` until dropped, as PostgreSQL does for its own
 /// internal queries (SECURITY_LOCAL_USERID_CHANGE): the caller may embed without
-/// being allowed to read the weights column. Dropped on unwind too; an ERROR's
-/// transaction abort would restore the user as well.
+/// being allowed to read the weights column. For as long, search_path is
+/// `pg_catalog, pg_temp`, as PostgreSQL's own maintenance commands restrict it: no
+/// name looked up with the owner's rights can reach a schema the caller chose (the
+/// queries qualify every name too; this guards the ones a later change forgets).
+/// Dropped on unwind too; an ERROR's (sub)transaction abort would restore the user
+/// and the setting as well.
 struct AsRegistryOwner {
     user: pg_sys::Oid,
     context: i32,
+    guc_level: i32,
 }
 
 impl AsRegistryOwner {
@@ -127,7 +140,8 @@ impl AsRegistryOwner {
         let owner = Spi::connect(|client| {
             client
                 .select(
-                    "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1::pg_catalog.regclass",
+                    "SELECT relowner FROM pg_catalog.pg_class \
+                     WHERE oid OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.regclass",
                     Some(1),
                     &[models.into()],
                 )?
@@ -151,22 +165,65 @@ impl AsRegistryOwner {
                 context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
             );
         }
-        AsRegistryOwner { user, context }
+        AsRegistryOwner {
+            user,
+            context,
+            guc_level: restrict_search_path(),
+        }
     }
 }
 
 impl Drop for AsRegistryOwner {
     fn drop(&mut self) {
-        // SAFETY: as in begin().
-        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
+        // SAFETY: pops the GUC nest level begin() pushed (restoring search_path), then
+        // restores the user, both on the backend's one thread.
+        unsafe {
+            pg_sys::AtEOXact_GUC(false, self.guc_level);
+            pg_sys::SetUserIdAndSecContext(self.user, self.context);
+        }
     }
 }
 
-/// The weights of a model version, read with the registry owner's rights.
+/// Sets search_path to `pg_catalog, pg_temp` in a new GUC nest level, which the
+/// caller pops with `AtEOXact_GUC(false, level)` (PostgreSQL's RestrictSearchPath,
+/// which PostgreSQL 15 lacks). pg_temp is named last so that it is not searched first.
+fn restrict_search_path() -> i32 {
+    // SAFETY: as a function's SET clause does it (fmgr_security_definer): a new nest
+    // level, then a saved, session-level value within it.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    }
+}
+
+/// The weights of a model version, read with the registry owner's rights, and
+/// checked against the version's sha256: a row whose weights were changed behind
+/// m3ret_model_import's back is refused, not loaded under another file's identity.
 pub fn weights(model: &ModelRef) -> Vec<u8> {
     let owner = AsRegistryOwner::begin();
     let weights = weights_as_current_user(model);
     drop(owner);
+    let actual = m3ret_core::model::file::sha256_hex(&weights);
+    if actual != model.sha256 {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!(
+                "model {}: its weights have sha256 {actual}, not the {} its registry row names (the row was changed outside m3ret_model_import)",
+                model.label(),
+                model.sha256
+            ),
+        );
+    }
     weights
 }
 
@@ -175,7 +232,8 @@ fn weights_as_current_user(model: &ModelRef) -> Vec<u8> {
         client
             .select(
                 &format!(
-                    "SELECT weights FROM {} WHERE name = $1 AND version = $2",
+                    "SELECT weights FROM {} \
+                     WHERE name OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
                     qualified("m3ret_models")
                 ),
                 Some(1),
@@ -195,15 +253,21 @@ fn weights_as_current_user(model: &ModelRef) -> Vec<u8> {
 }
 
 /// Checks a model file and describes it: `{"sha256", "dims", "config"}`.
-/// Used by m3ret_model_import before it stores anything.
+/// Used by m3ret_model_import before it stores anything. The check is the one a
+/// load makes: the config within m3ret's limits, then the encoder built on the CPU
+/// from the file's tensors, every name and shape matched.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn m3ret_model_inspect(weights: &[u8]) -> JsonB {
-    let file = m3ret_core::model::ModelFile::from_bytes(weights).unwrap_or_else(|e| {
+    let refused = |e: m3ret_core::model::ModelError| -> ! {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("model file refused: {e}"),
         )
-    });
+    };
+    let file = m3ret_core::model::ModelFile::from_bytes(weights).unwrap_or_else(|e| refused(e));
+    if let Err(e) = m3ret_core::model::Embedder::from_file(&file, tch::Device::Cpu) {
+        refused(e)
+    }
     JsonB(serde_json::json!({
         "sha256": m3ret_core::model::file::sha256_hex(weights),
         "dims": file.config.embedding_dims(),
@@ -229,7 +293,21 @@ fn m3ret_model_import_file(name: &str, path: &str) -> String {
             format!("m3ret.model_dir \"{dir}\": {e}"),
         )
     });
-    let full = std::path::Path::new(&dir).join(path);
+    // Refused on its text first, before the file system is asked anything: an
+    // answer about a path outside the directory ("No such file" against
+    // "Permission denied") would tell whether it exists.
+    let relative = std::path::Path::new(path);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("model file \"{path}\" is outside m3ret.model_dir (give a path below it, without \"..\")"),
+        );
+    }
+    let full = std::path::Path::new(&dir).join(relative);
     let canonical = std::fs::canonicalize(&full).unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
@@ -266,7 +344,10 @@ fn m3ret_model_import_file(name: &str, path: &str) -> String {
 /// (m3ret_require_admin in sql/registry.sql), which raises the ERROR itself.
 pub fn require_admin(action: &str) {
     if let Err(e) = Spi::get_one_with_args::<String>(
-        &format!("SELECT {}($1)::text", qualified("m3ret_require_admin")),
+        &format!(
+            "SELECT {}($1)::pg_catalog.text",
+            qualified("m3ret_require_admin")
+        ),
         &[action.into()],
     ) {
         raise(

@@ -46,8 +46,25 @@ fn device_setting() -> String {
     settings::string(&settings::DEVICE).unwrap_or_else(|| "auto".to_string())
 }
 
-/// The embedder for a model version, loading it into this backend if needed.
+/// m3ret.cpu_precision on this CPU; an ERROR for bf16 where the CPU has no bf16 unit.
+fn cpu_precision() -> m3ret_core::precision::CpuPrecision {
+    m3ret_core::precision::resolve(settings::CPU_PRECISION.get().choice()).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("m3ret.cpu_precision: {e}"),
+        )
+    })
+}
+
+/// The embedder for a model version, loading it into this backend if needed, set
+/// to run in m3ret.cpu_precision.
 pub fn embedder(model: &ModelRef) -> Rc<Embedder> {
+    let embedder = cached_embedder(model);
+    embedder.set_cpu_precision(cpu_precision().precision);
+    embedder
+}
+
+fn cached_embedder(model: &ModelRef) -> Rc<Embedder> {
     apply_threads();
     let device_name = device_setting();
     let device = parse_device(&device_name).unwrap_or_else(|e| {
@@ -95,8 +112,15 @@ pub fn embedder(model: &ModelRef) -> Rc<Embedder> {
     })
 }
 
+/// m3ret.threads, capped at the machine's cores: more threads than cores only
+/// contend (64 threads in one backend on 2 cores).
+fn threads() -> i32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
+    settings::THREADS.get().min(cores)
+}
+
 fn apply_threads() {
-    let threads = settings::THREADS.get();
+    let threads = threads();
     RUNTIME.with_borrow_mut(|rt| {
         if rt.threads != Some(threads) {
             tch::set_num_threads(threads);
@@ -151,7 +175,10 @@ fn backend_info() -> serde_json::Value {
             "cuda_support": m3ret_core::runtime::cuda_support(),
             "device_setting": device_name,
             "device": device,
-            "threads": settings::THREADS.get(),
+            "threads": threads(),
+            "cpu_precision": m3ret_core::precision::resolve(settings::CPU_PRECISION.get().choice())
+                .map(|p| p.describe())
+                .unwrap_or_else(|e| format!("error: {e}")),
             "max_cached_models": settings::MAX_CACHED_MODELS.get(),
             "first_load_epoch_s": rt.first_load.map(iso),
             "models_loaded": rt.loaded.iter().map(|l| serde_json::json!({

@@ -11,7 +11,8 @@ use crate::error::raise;
 use crate::registry::{self, ModelRef};
 use crate::settings;
 use m3ret_server::protocol::{
-    blob_to_vector, read_message, write_message, Answer, Form, Message, Request, SOCKET_PATH,
+    blob_to_vector, model_key, read_message, write_message, Answer, Form, Message, Request,
+    SOCKET_PATH,
 };
 use pgrx::pg_sys;
 use pgrx::pg_sys::errcodes::PgSqlErrorCode;
@@ -34,7 +35,7 @@ pub enum Embedded {
 pub fn embed(model: &ModelRef, modality: &str, form: Form, buffers: &[&[u8]]) -> Embedded {
     let mut stream = connect(setting_ms(&settings::SERVER_CONNECT_TIMEOUT_MS));
     let request = Request::Embed {
-        model: model.sha256.clone(),
+        model: key_of(model),
         modality: modality.to_string(),
         form,
     };
@@ -64,8 +65,30 @@ pub fn embed(model: &ModelRef, modality: &str, form: Form, buffers: &[&[u8]]) ->
     )
 }
 
-/// The server's counters (`m3ret_runtime_info()`); an error text when it does not answer.
+/// The server's key for `model`: this database's, never another's.
+fn key_of(model: &ModelRef) -> String {
+    // SAFETY: a plain read of the backend's database, set at connection start.
+    model_key(unsafe { pg_sys::MyDatabaseId }.to_u32(), &model.sha256)
+}
+
+/// The server's counters (`m3ret_runtime_info()`), with the models of this database
+/// only; an error text when it does not answer.
 pub fn status() -> Result<serde_json::Value, String> {
+    let mut status = server_status()?;
+    // SAFETY: as in key_of().
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if let Some(serde_json::Value::Array(models)) = status.get_mut("models_loaded") {
+        models.retain(|m| m["database"].as_u64() == Some(database as u64));
+        for m in models.iter_mut() {
+            if let Some(m) = m.as_object_mut() {
+                m.remove("database");
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn server_status() -> Result<serde_json::Value, String> {
     let mut stream = UnixStream::connect(SOCKET_PATH).map_err(|e| not_running_text(&e))?;
     match exchange(&mut stream, &Request::Status, &[], Duration::from_secs(5)) {
         Ok(Message {
@@ -73,7 +96,9 @@ pub fn status() -> Result<serde_json::Value, String> {
             ..
         }) => Ok(status),
         Ok(other) => Err(format!("unexpected answer {:?}", other.header)),
-        Err(NoAnswer::Lost(e)) => Err(format!("the m3ret model server closed the connection: {e}")),
+        Err(NoAnswer::Lost(e) | NoAnswer::NotSent(e)) => {
+            Err(format!("the m3ret model server closed the connection: {e}"))
+        }
         Err(NoAnswer::TimedOut) => Err("the m3ret model server did not answer within 5 s".into()),
     }
 }
@@ -81,7 +106,7 @@ pub fn status() -> Result<serde_json::Value, String> {
 fn hand_over(stream: &mut UnixStream, model: &ModelRef) {
     let weights = registry::weights(model);
     let request = Request::Load {
-        model: model.sha256.clone(),
+        model: key_of(model),
         label: model.label(),
     };
     match ask(stream, &request, &[&weights]).header {
@@ -129,7 +154,7 @@ fn not_running_text(e: &std::io::Error) -> String {
     format!(
         "the m3ret model server is not running ({SOCKET_PATH} in the data directory: {e}); \
          it runs when m3ret is in shared_preload_libraries (the server log says why it stopped), \
-         or SET m3ret.inference = backend"
+         or a superuser may SET m3ret.inference = backend"
     )
 }
 
@@ -150,12 +175,21 @@ fn connect(timeout: Duration) -> UnixStream {
     }
 }
 
-/// Sends one request and waits for its answer; an ERROR if there is none.
+/// Sends one request and waits for its answer; an ERROR if there is none. A request
+/// that could not even be sent (a server that died just as it accepted the
+/// connection resets it) is sent once more on a new connection, which waits for the
+/// restarted server; one the server received is never sent twice (it may be the
+/// study that crashed it).
 fn ask(stream: &mut UnixStream, request: &Request, blobs: &[&[u8]]) -> Message<Answer> {
     let timeout = setting_ms(&settings::SERVER_TIMEOUT_MS);
-    match exchange(stream, request, blobs, timeout) {
+    let mut answer = exchange(stream, request, blobs, timeout);
+    if let Err(NoAnswer::NotSent(_)) = answer {
+        *stream = connect(setting_ms(&settings::SERVER_CONNECT_TIMEOUT_MS));
+        answer = exchange(stream, request, blobs, timeout);
+    }
+    match answer {
         Ok(answer) => answer,
-        Err(NoAnswer::Lost(e)) => lost(e),
+        Err(NoAnswer::Lost(e) | NoAnswer::NotSent(e)) => lost(e),
         Err(NoAnswer::TimedOut) => raise(
             PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
             format!(
@@ -167,6 +201,8 @@ fn ask(stream: &mut UnixStream, request: &Request, blobs: &[&[u8]]) -> Message<A
 }
 
 enum NoAnswer {
+    /// The request did not reach the server.
+    NotSent(String),
     Lost(String),
     TimedOut,
 }
@@ -183,7 +219,7 @@ fn exchange(
 ) -> Result<Message<Answer>, NoAnswer> {
     let deadline = Instant::now() + timeout;
     let _ = stream.set_write_timeout(Some(timeout));
-    write_message(stream, request, blobs).map_err(|e| NoAnswer::Lost(e.to_string()))?;
+    write_message(stream, request, blobs).map_err(|e| NoAnswer::NotSent(e.to_string()))?;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -96,6 +96,7 @@ fn server_settings(restarts: u64) -> m3ret_server::Settings {
         socket: SOCKET_PATH.into(),
         device: settings::string(&settings::DEVICE).unwrap_or_else(|| "auto".into()),
         threads: settings::SERVER_THREADS.get().max(0) as usize,
+        cpu_precision: settings::CPU_PRECISION.get().choice(),
         batch_wait: Duration::from_millis(settings::BATCH_WAIT_MS.get().max(0) as u64),
         batch_size: settings::BATCH_SIZE.get().max(1) as usize,
         max_models: settings::MAX_CACHED_MODELS.get().max(1) as usize,

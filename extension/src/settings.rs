@@ -17,6 +17,31 @@ pub enum Inference {
     Backend,
 }
 
+/// The precision of forward passes on the CPU (`m3ret_core::precision`).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CpuPrecision {
+    /// bf16 where the CPU has AMX-BF16 or AVX512-BF16, else f32.
+    #[name = c"auto"]
+    Auto,
+    #[name = c"bf16"]
+    Bf16,
+    #[name = c"f32"]
+    F32,
+}
+
+impl CpuPrecision {
+    pub fn choice(self) -> m3ret_core::precision::PrecisionChoice {
+        use m3ret_core::precision::PrecisionChoice;
+        match self {
+            CpuPrecision::Auto => PrecisionChoice::Auto,
+            CpuPrecision::Bf16 => PrecisionChoice::Bf16,
+            CpuPrecision::F32 => PrecisionChoice::F32,
+        }
+    }
+}
+
+pub static CPU_PRECISION: GucSetting<CpuPrecision> =
+    GucSetting::<CpuPrecision>::new(CpuPrecision::Auto);
 pub static DEVICE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"auto"));
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_CACHED_MODELS: GucSetting<i32> = GucSetting::<i32>::new(2);
@@ -41,10 +66,18 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"m3ret.cpu_precision",
+        c"Precision of forward passes on the CPU: auto, bf16 or f32.",
+        c"auto: bf16 where the CPU has AMX-BF16 or AVX512-BF16 (matrix products in bf16, the rest in f32, weights unchanged), else f32; bf16 on a CPU without either is an error. The model server reads it when it starts.",
+        &CPU_PRECISION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"m3ret.threads",
         c"libtorch intra-op threads per backend.",
-        c"Each backend that embeds uses this many CPU threads for tensor operations.",
+        c"Each backend that embeds uses this many CPU threads for tensor operations, at most as many as the machine has cores.",
         &THREADS,
         1,
         64,
@@ -121,9 +154,9 @@ fn register_server() {
     GucRegistry::define_enum_guc(
         c"m3ret.inference",
         c"Where m3ret_embed runs models: auto, server or backend.",
-        c"server: the model server the extension starts when it is in shared_preload_libraries (one libtorch and one copy of each model for all sessions, batches across sessions, crashes isolated); backend: this session's own process; auto: server when preloaded, else backend.",
+        c"server: the model server the extension starts when it is in shared_preload_libraries (one libtorch and one copy of each model for all sessions, batches across sessions, crashes isolated); backend: this session's own process; auto: server when preloaded, else backend. Only superusers may change it: a session in backend mode leaves the server's crash isolation.",
         &INFERENCE,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -5,9 +5,11 @@
 //! - `scan.rs`: walk the tree, read headers, group DICOM files into series;
 //! - `prepare.rs`: per study, on worker threads: read, order, check, de-identify;
 //! - `table.rs`: the table, binary COPY one batch per transaction, server embedding;
-//! - `deidentify.rs`: keyed pseudonyms and the attributes removed;
+//! - `deidentify.rs`: the confidentiality profile applied, keyed pseudonyms and UIDs;
+//! - `deid_profile.rs`: the profile's table of attributes and actions;
 //! - `report.rs`: the rejects file, the progress bar, the summary.
 
+mod deid_profile;
 mod deidentify;
 mod prepare;
 mod report;
@@ -67,9 +69,24 @@ struct Args {
     /// With --embed-local: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Replace PatientID and AccessionNumber by HMAC-SHA256 pseudonyms under the key in this file, leave names, birth dates and other identifiers out of meta, and remove them from stored DICOM files.
+    /// With --embed-local on the CPU: auto (bf16 where the CPU has AMX-BF16 or AVX512-BF16, as the model server's default), bf16 or f32.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
+    precision: String,
+    /// De-identify DICOM files under DICOM PS3.15's Basic Application Level Confidentiality Profile (every sequence, private attributes removed, UIDs replaced), with PatientID and AccessionNumber replaced by HMAC-SHA256 pseudonyms under the key in this file; meta is read from the rewritten files.
     #[arg(long, value_name = "KEYFILE")]
     deidentify: Option<PathBuf>,
+    /// With --deidentify: keep UIDs as they are (Retain UIDs Option).
+    #[arg(long, requires = "deidentify")]
+    deid_keep_uids: bool,
+    /// With --deidentify: keep dates and times (Retain Longitudinal Temporal Information Full Dates Option).
+    #[arg(long, requires = "deidentify")]
+    deid_keep_dates: bool,
+    /// With --deidentify: keep sex, age, size, weight and the other patient characteristics (Retain Patient Characteristics Option).
+    #[arg(long, requires = "deidentify")]
+    deid_keep_patient_characteristics: bool,
+    /// With --deidentify: keep this private attribute, GGGG,EEEE in hex (repeatable; its private creator is kept too). Every other private attribute is removed.
+    #[arg(long, requires = "deidentify", value_name = "GGGG,EEEE", value_parser = deidentify::parse_tag)]
+    deid_keep_private: Vec<dicom_core::Tag>,
     /// Where to list the files skipped (CSV: path,reason).
     #[arg(long, default_value = "m3ret-load-rejects.csv")]
     rejects: PathBuf,
@@ -115,15 +132,21 @@ fn run(args: &Args) -> Result<Summary, String> {
             .map_err(|e| e.to_string())?;
     }
     let modality = args.modality.as_deref().map(parse_modality).transpose()?;
+    let options = deidentify::Options {
+        keep_uids: args.deid_keep_uids,
+        keep_dates: args.deid_keep_dates,
+        keep_patient_characteristics: args.deid_keep_patient_characteristics,
+        keep_private: args.deid_keep_private.clone(),
+    };
     let deidentifier = args
         .deidentify
         .as_deref()
-        .map(Deidentifier::from_file)
+        .map(|path| Deidentifier::from_file(path, options))
         .transpose()?;
     let embedder = args
         .embed_local
         .as_deref()
-        .map(|path| load_embedder(path, &args.device))
+        .map(|path| load_embedder(path, &args.device, &args.precision))
         .transpose()?;
     let table = table::quoted_name(&args.table)?;
     let mut client = postgres::Client::connect(&args.db, postgres::NoTls)
@@ -213,21 +236,33 @@ fn parse_modality(text: &str) -> Result<Modality, String> {
     }
 }
 
-fn load_embedder(path: &std::path::Path, device: &str) -> Result<Embedder, String> {
+fn load_embedder(
+    path: &std::path::Path,
+    device: &str,
+    precision: &str,
+) -> Result<Embedder, String> {
+    let precision = m3ret_core::precision::resolve_name(precision)?.precision;
     let device = m3ret_core::model::parse_device(device).map_err(|e| e.to_string())?;
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Embedder::from_bytes(&bytes, device).map_err(|e| format!("{}: {e}", path.display()))
+    let embedder =
+        Embedder::from_bytes(&bytes, device).map_err(|e| format!("{}: {e}", path.display()))?;
+    embedder.set_cpu_precision(precision);
+    Ok(embedder)
 }
 
 /// Under --deidentify a key made of a path is a pseudonym of it (names of folders
-/// and files can carry a patient's name); series keys stay UIDs.
+/// and files can carry a patient's name), and a series key holds the series' new
+/// UID, as its files do.
 fn pseudonymous_key(d: &Deidentifier, key: &str) -> String {
     for prefix in ["file:", "folder:"] {
         if let Some(path) = key.strip_prefix(prefix) {
             return format!("{prefix}{}", d.pseudonym(path));
         }
     }
-    key.to_string()
+    match key.strip_prefix("series:") {
+        Some(uid) => format!("series:{}", d.uid(uid)),
+        None => key.to_string(),
+    }
 }
 
 fn record(rejects: &mut RejectsFile, reject: &Reject, strict: bool) -> Result<(), String> {

@@ -82,13 +82,13 @@ pub fn prepare(files: &StudyFiles, p: &Preparation) -> Result<Row, Reject> {
     let refs: Vec<&[u8]> = ordered.iter().map(Vec::as_slice).collect();
     let format = format_of(&refs);
     let study = check(&refs, modality, p).map_err(|e| reject(&paths[0], e))?;
-    if let Some(d) = p.deidentifier {
-        d.scrub_meta(&mut meta);
-        if p.keep_data && is_dicom {
-            for (bytes, path) in ordered.iter_mut().zip(&paths) {
-                *bytes = d.scrub_dicom(bytes).map_err(|e| reject(path, e))?;
-            }
+    if let Some(d) = p.deidentifier.filter(|_| is_dicom) {
+        // The files are rewritten whether they are stored or not, and the keys read
+        // back from them: meta then holds only what the de-identified files hold.
+        for (bytes, path) in ordered.iter_mut().zip(&paths) {
+            *bytes = d.scrub_dicom(bytes).map_err(|e| reject(path, e))?;
         }
+        meta = dicom_keys(&ordered).map_err(|e| reject(first, e))?.0;
     }
     let source_path = match p.deidentifier {
         // File names can carry names; the key of a lone file is then a pseudonym too.

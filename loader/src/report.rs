@@ -32,7 +32,7 @@ impl RejectsFile {
         writeln!(
             self.out,
             "{},{}",
-            csv_field(&reject.path.to_string_lossy()),
+            csv_field(&crate::scan::os_text(reject.path.as_os_str())),
             csv_field(&reject.reason)
         )
         .and_then(|_| self.out.flush())

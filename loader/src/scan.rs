@@ -91,9 +91,25 @@ pub fn scan(root: &Path, max_file_bytes: u64, skip: &[PathBuf]) -> Result<Scan, 
 pub fn relative(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
     rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
+        .map(|c| os_text(c.as_os_str()))
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// A file name as text, losing nothing: bytes that are not UTF-8 (names written in
+/// Latin-1, say) become `\xNN` and a backslash `\\`, so two names never give one
+/// key, and the name can be told from its text.
+pub fn os_text(name: &std::ffi::OsStr) -> String {
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut text = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        text.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for byte in chunk.invalid() {
+            write!(text, "\\x{byte:02x}").expect("writing to a String");
+        }
+    }
+    text
 }
 
 fn identify(root: &Path, path: &Path, max_file_bytes: u64) -> Identified {

@@ -19,6 +19,8 @@ use std::sync::Arc;
 /// What every connection thread shares.
 pub struct Shared {
     pub device: tch::Device,
+    /// What the embedders run in on a CPU.
+    pub precision: m3ret_core::precision::Precision,
     pub jobs: Sender<Job>,
     pub models: Arc<Models>,
     pub stats: Arc<Stats>,
@@ -99,11 +101,12 @@ fn failed(error: impl ToString) -> Answer {
     }
 }
 
-/// Checks a model file against the sha256 the backend named and hands the loaded
-/// model to the batcher.
-fn load(sha256: &str, label: &str, blobs: &[Vec<u8>], shared: &Shared) -> Answer {
+/// Checks a model file against the sha256 the backend named (in the model's key)
+/// and hands the loaded model to the batcher.
+fn load(key: &str, label: &str, blobs: &[Vec<u8>], shared: &Shared) -> Answer {
     let Shared {
         device,
+        precision,
         jobs,
         models,
         stats,
@@ -112,10 +115,11 @@ fn load(sha256: &str, label: &str, blobs: &[Vec<u8>], shared: &Shared) -> Answer
         return failed("a load request carries exactly one model file");
     };
     let _one_load_at_a_time = models.loading.lock().unwrap_or_else(|p| p.into_inner());
-    if models.config(sha256).is_some() {
+    if models.config(key).is_some() {
         // Another session handed it over first.
         return Answer::Loaded;
     }
+    let (_, sha256) = crate::protocol::split_model_key(key);
     let actual = m3ret_core::model::file::sha256_hex(weights);
     if actual != sha256 {
         return failed(format!(
@@ -126,8 +130,9 @@ fn load(sha256: &str, label: &str, blobs: &[Vec<u8>], shared: &Shared) -> Answer
         Ok(e) => e,
         Err(e) => return failed(format!("model {label}: {e}")),
     };
+    embedder.set_cpu_precision(*precision);
     let model = LoadedModel {
-        sha256: sha256.to_string(),
+        sha256: key.to_string(),
         label: label.to_string(),
         config: embedder.config.clone(),
         loaded_at: std::time::SystemTime::now(),

@@ -41,6 +41,8 @@ pub struct Settings {
     pub max_models: usize,
     /// How many times the supervisor restarted the server before (reported only).
     pub restarts: u64,
+    /// The precision of forward passes on a CPU (m3ret.cpu_precision).
+    pub cpu_precision: m3ret_core::precision::PrecisionChoice,
 }
 
 /// Serves until the process ends; returns only when it cannot start.
@@ -57,6 +59,8 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         n => n,
     };
     let device = m3ret_core::model::parse_device(&settings.device).map_err(|e| e.to_string())?;
+    let precision = m3ret_core::precision::resolve(settings.cpu_precision)
+        .map_err(|e| format!("m3ret.cpu_precision: {e}"))?;
     let socket = &settings.socket;
     // A socket left by a crashed server would make bind fail; the supervisor runs
     // one server at a time, so whatever is there is stale.
@@ -70,7 +74,13 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     // that gives libtorch every thread.
     let workers = if device.is_cuda() { 1 } else { threads };
     tch::set_num_threads(if device.is_cuda() { threads } else { 1 } as i32);
-    let stats = Arc::new(stats::Stats::new(settings, device, threads, workers));
+    let stats = Arc::new(stats::Stats::new(
+        settings,
+        device,
+        threads,
+        workers,
+        precision.describe(),
+    ));
     let models = Arc::new(models::Models::default());
     let (jobs, queue) = mpsc::channel();
     let pool = Arc::new(batcher::Pool {
@@ -92,6 +102,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     }
     let shared = Arc::new(connection::Shared {
         device,
+        precision: precision.precision,
         jobs,
         models,
         stats,

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 #[derive(Clone)]
 pub struct LoadedModel {
+    /// The model's key (`protocol::model_key`: its database and file's sha256).
     pub sha256: String,
     pub label: String,
     pub config: ModelConfig,

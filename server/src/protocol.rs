@@ -23,17 +23,33 @@ pub const MAX_BLOBS: usize = 100_000;
 /// Most bytes of all blobs of one message together (a bytea is at most 1 GiB).
 pub const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 
+/// The key the server holds a model under: `<database oid>/<sha256 of its file>`.
+/// A model belongs to the database whose registry holds it, so a session of one
+/// database never embeds with another's model, whatever sha256 its registry
+/// claims: the server asks for the file, and checks its sha256, for each database.
+pub fn model_key(database: u32, sha256: &str) -> String {
+    format!("{database}/{sha256}")
+}
+
+/// The (database, sha256) of a model key; a bare sha256 is a key of no database.
+pub fn split_model_key(key: &str) -> (Option<u32>, &str) {
+    match key.split_once('/') {
+        Some((db, sha256)) => (db.parse().ok(), sha256),
+        None => (None, key),
+    }
+}
+
 /// What a backend asks.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Embed the blobs with the model whose file has this sha256.
+    /// Embed the blobs with the model of this key ([`model_key`]).
     Embed {
         model: String,
         modality: String,
         form: Form,
     },
-    /// The model file (one blob) for this sha256, sent after a `NeedModel` answer.
+    /// The model file (one blob) for this key, sent after a `NeedModel` answer.
     Load { model: String, label: String },
     /// The server's counters, for `m3ret_runtime_info()`.
     Status,

@@ -9,6 +9,7 @@ pub struct Stats {
     started_at: SystemTime,
     restarts: u64,
     device: String,
+    cpu_precision: String,
     threads: usize,
     workers: usize,
     batch_wait_ms: u64,
@@ -29,12 +30,14 @@ impl Stats {
         device: tch::Device,
         threads: usize,
         workers: usize,
+        cpu_precision: String,
     ) -> Stats {
         Stats {
             started: Instant::now(),
             started_at: SystemTime::now(),
             restarts: settings.restarts,
             device: format!("{device:?}").to_lowercase(),
+            cpu_precision,
             threads,
             workers,
             batch_wait_ms: settings.batch_wait.as_millis() as u64,
@@ -100,6 +103,7 @@ impl Stats {
         serde_json::json!({
             "pid": std::process::id(),
             "device": self.device,
+            "cpu_precision": self.cpu_precision,
             "cuda_support": m3ret_core::runtime::cuda_support(),
             "threads": self.threads,
             "workers": self.workers,
@@ -119,12 +123,15 @@ impl Stats {
             "mean_forward_ms_per_study": per_study(&self.forward_us),
             "abandoned_requests": self.abandoned.load(Relaxed),
             "model_loads": self.loads.load(Relaxed),
-            "models_loaded": models.list().iter().map(|m| serde_json::json!({
+            "models_loaded": models.list().iter().map(|m| {
+                let (database, sha256) = crate::protocol::split_model_key(&m.sha256);
+                serde_json::json!({
                 "model": m.label,
-                "sha256": m.sha256,
+                "database": database,
+                "sha256": sha256,
                 "dims": m.config.embedding_dims(),
                 "loaded_at_epoch_s": format!("{:.3}", epoch(m.loaded_at)),
-            })).collect::<Vec<_>>(),
+            })}).collect::<Vec<_>>(),
         })
     }
 }

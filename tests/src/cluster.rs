@@ -34,7 +34,9 @@ impl Cluster {
         })
     }
 
-    /// Starts a new cluster with extra `postgresql.conf` lines.
+    /// Starts a new cluster with extra `postgresql.conf` lines. Models run in f32
+    /// there (`m3ret.cpu_precision = f32`), so that SQL and core's reference
+    /// embeddings agree to the last bits; tests/tests/precision.rs runs bf16.
     pub fn start(extra_settings: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("m3ret-cluster-")
@@ -63,7 +65,8 @@ impl Cluster {
         );
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = off\n\
-             max_connections = 40\nshared_buffers = 128MB\nlog_min_messages = warning\n",
+             max_connections = 40\nshared_buffers = 128MB\nlog_min_messages = warning\n\
+             m3ret.cpu_precision = f32\n",
             cluster.port,
             path_str(cluster.dir.path()),
         );

@@ -18,6 +18,18 @@ pub fn small_model(seed: i64) -> Vec<u8> {
 
 /// A model of any size, e.g. a slower one for cancellation tests.
 pub fn model_with(seed: i64, width: i64, depth: i64, image_size: i64) -> Vec<u8> {
+    model_claiming(seed, width, depth, image_size, |_| {})
+}
+
+/// As [`model_with`], with the weights of that model and a config changed by
+/// `claim` after they were made: a file whose config does not describe its tensors.
+pub fn model_claiming(
+    seed: i64,
+    width: i64,
+    depth: i64,
+    image_size: i64,
+    claim: impl FnOnce(&mut ModelConfig),
+) -> Vec<u8> {
     tch::manual_seed(seed);
     let mut config = ModelConfig::new(Method::Simdino, Preset::Tiny);
     config.encoder = EncoderConfig {
@@ -40,6 +52,7 @@ pub fn model_with(seed: i64, width: i64, depth: i64, image_size: i64) -> Vec<u8>
     let vs = nn::VarStore::new(Device::Cpu);
     let _ = Branch::new(vs.root(), &config.encoder, config.head.as_ref().unwrap());
     let tensors: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    claim(&mut config);
     file::to_bytes(&config, &tensors, WeightDtype::F32).unwrap()
 }
 

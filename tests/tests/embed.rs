@@ -670,7 +670,8 @@ fn the_shipped_model_embeds_in_sql_as_m3ret_train_eval_does() {
     }
     std::fs::write(dir.join("manifest.csv"), manifest).unwrap();
     let status = std::process::Command::new(trainer_binary())
-        .args(["eval", "--device", "cpu", "--model"])
+        // f32, as the test cluster runs (tests/src/cluster.rs).
+        .args(["eval", "--device", "cpu", "--precision", "f32", "--model"])
         .arg(repo.join("models/m3ret-default.safetensors"))
         .arg("--manifest")
         .arg(dir.join("manifest.csv"))

@@ -31,6 +31,9 @@ pub struct EvalArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Precision on the CPU: auto (bf16 where the CPU has AMX-BF16 or AVX512-BF16, else f32), bf16 or f32. CUDA runs in bf16 whatever this says.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
+    pub precision: String,
     /// Studies per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -122,9 +125,12 @@ pub fn cap_per_class(items: Vec<Item>, n: Option<usize>) -> Vec<Item> {
 pub fn run(args: EvalArgs) -> Result<(), String> {
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
     let file = ModelFile::from_path(&args.model).map_err(|e| e.to_string())?;
+    let precision = m3ret_core::precision::resolve_name(&args.precision)?;
     let model = Embedder::from_file(&file, device).map_err(|e| e.to_string())?;
     tch::manual_seed(args.seed);
     let random = Embedder::random_init(&file.config, device);
+    model.set_cpu_precision(precision.precision);
+    random.set_cpu_precision(precision.precision);
     let items = cap_per_class(
         manifest::select(manifest::load(&args.manifest)?, &args.splits, &[]),
         args.max_per_class,

@@ -73,6 +73,7 @@ fn info() {
         "torch": m3ret_core::runtime::TORCH_VERSION,
         "cuda_devices": devices,
         "cuda_support": m3ret_core::runtime::cuda_support(),
+        "cpu_precision_auto": m3ret_core::precision::resolve(m3ret_core::precision::PrecisionChoice::Auto).map(|p| p.describe()).unwrap_or_default(),
         "default_device": if devices > 0 { "cuda:0" } else { "cpu" },
     });
     println!("{}", serde_json::to_string_pretty(&info).expect("json"));

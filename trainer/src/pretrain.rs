@@ -59,6 +59,10 @@ pub struct PretrainArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Precision on the CPU: auto (bf16 where the CPU has AMX-BF16 or AVX512-BF16, else f32), bf16 or f32. CUDA runs in bf16 whatever this says.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
+    #[serde(default = "default_precision")]
+    pub precision: String,
     /// Leave a modality out of pretraining (repeatable), e.g. mri for the paper's unseen-MRI setting.
     #[arg(long = "exclude-modality")]
     pub exclude_modality: Vec<String>,
@@ -147,6 +151,10 @@ pub struct PretrainArgs {
 fn default_group_sampling() -> String {
     "turns".into()
 }
+fn default_precision() -> String {
+    "auto".into()
+}
+
 fn default_decode_cache_mib() -> usize {
     4096
 }
@@ -223,6 +231,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
             resume: Some(from),
             stop_after: args.stop_after,
             device: args.device,
+            precision: args.precision,
             workers: args.workers,
             threads: args.threads,
             decode_cache_mib: args.decode_cache_mib,
@@ -286,6 +295,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         tch::set_num_threads(t);
     }
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
+    let precision = m3ret_core::precision::resolve_name(&args.precision)?;
     let trainee = Trainee::new(&config, device);
     let mut opt = AdamW::new(0.9, 0.95, args.weight_decay);
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
@@ -299,9 +309,10 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         .map(|n| (start + n).min(total))
         .unwrap_or(total);
     eprintln!(
-        "pretraining {} {} on {} items in {} groups ({}), steps {start}..{end} of {total}, device {device:?}",
+        "pretraining {} {} on {} items in {} groups ({}), steps {start}..{end} of {total}, device {device:?}, CPU precision {}",
         args.method, args.preset, items.len(), groups.len(),
-        groups.iter().map(|g| format!("{} x{}", g.name(), g.items.len())).collect::<Vec<_>>().join(", ")
+        groups.iter().map(|g| format!("{} x{}", g.name(), g.items.len())).collect::<Vec<_>>().join(", "),
+        precision.describe()
     );
     let schedule = loader::Schedule::new(
         &groups,
@@ -362,8 +373,8 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
             args.local_views_2d
         };
         let local = augment::ViewSettings { views, ..crops };
-        // bf16 autocast on CUDA (the paper's precision); f32 on the CPU.
-        let out = m3ret_core::torch_ext::bf16_autocast(device.is_cuda(), || {
+        // bf16 autocast on CUDA (the paper's precision); on the CPU, --precision.
+        let out = m3ret_core::torch_ext::autocast(device, precision.precision, || {
             trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64))
         });
         out.loss.backward();

@@ -30,6 +30,9 @@ pub struct ProbeArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Precision on the CPU: auto (bf16 where the CPU has AMX-BF16 or AVX512-BF16, else f32), bf16 or f32. CUDA runs in bf16 whatever this says.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
+    pub precision: String,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -44,6 +47,7 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
     let file = ModelFile::from_path(&args.model).map_err(|e| e.to_string())?;
     let model = Embedder::from_file(&file, device).map_err(|e| e.to_string())?;
+    model.set_cpu_precision(m3ret_core::precision::resolve_name(&args.precision)?.precision);
     let all = manifest::load(&args.manifest)?;
     let pick = |split: &str| {
         crate::eval::cap_per_class(

@@ -48,6 +48,9 @@ pub struct StandardizeArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Precision on the CPU: auto (bf16 where the CPU has AMX-BF16 or AVX512-BF16, else f32), bf16 or f32. CUDA runs in bf16 whatever this says.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
+    pub precision: String,
     /// Studies per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -89,6 +92,7 @@ pub fn run(args: StandardizeArgs) -> Result<(), String> {
     }
     file.config.validate()?;
     let model = Embedder::from_file(&file, device).map_err(|e| e.to_string())?;
+    model.set_cpu_precision(m3ret_core::precision::resolve_name(&args.precision)?.precision);
     let items = cap_per_class(
         manifest::select(manifest::load(&args.manifest)?, &args.splits, &[]),
         args.max_per_class,

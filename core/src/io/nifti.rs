@@ -39,29 +39,49 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     None
 }
 
-/// Inflates a gzip stream, refusing to produce more than the limit (gzip bombs).
+/// A gzip-compressed NIfTI file, inflated as far as its header says and no further:
+/// the header first, which is checked against the limits before any voxel is
+/// inflated, then exactly the declared voxel bytes, decoded as they stream out. A
+/// gzip bomb is refused after its header; trailing bytes are never inflated.
 pub fn read_gzip(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
-    let mut inflated = Vec::new();
-    let cap = limits.max_inflated_bytes as u64;
-    flate2::read::MultiGzDecoder::new(bytes)
-        .take(cap + 1)
-        .read_to_end(&mut inflated)
-        .map_err(|e| IoError::Invalid {
-            format: "gzip",
-            reason: e.to_string(),
-        })?;
-    if inflated.len() as u64 > cap {
-        return Err(IoError::TooLarge(format!(
-            "gzip stream inflates past the limit of {cap} bytes"
-        )));
-    }
-    match sniff(&inflated) {
-        Some(Format::Nifti1 | Format::Nifti2) => read(&inflated, limits),
-        _ => Err(IoError::Unsupported {
+    let gzip_error = |e: std::io::Error| IoError::Invalid {
+        format: "gzip",
+        reason: e.to_string(),
+    };
+    let mut stream = flate2::read::MultiGzDecoder::new(bytes);
+    let mut head = Vec::with_capacity(NIFTI2_HEADER);
+    (&mut stream)
+        .take(NIFTI2_HEADER as u64)
+        .read_to_end(&mut head)
+        .map_err(gzip_error)?;
+    if !matches!(sniff(&head), Some(Format::Nifti1 | Format::Nifti2)) {
+        return Err(IoError::Unsupported {
             format: "gzip",
             reason: "only gzip-compressed NIfTI is accepted".into(),
-        }),
+        });
     }
+    let h = parse_header(&head)?;
+    let plan = Plan::new(&h, limits)?;
+    let inflated = plan.start as u64 + plan.voxel_bytes() as u64;
+    if inflated > limits.max_inflated_bytes as u64 {
+        return Err(IoError::TooLarge(format!(
+            "the header declares {inflated} bytes, past the gzip limit of {}",
+            limits.max_inflated_bytes
+        )));
+    }
+    // The bytes between the header read and the voxels (extensions), skipped.
+    let skip = (plan.start as u64).saturating_sub(head.len() as u64);
+    let skipped =
+        std::io::copy(&mut (&mut stream).take(skip), &mut std::io::sink()).map_err(gzip_error)?;
+    let mut voxels: Box<dyn Read> = if head.len() > plan.start {
+        Box::new(std::io::Cursor::new(head[plan.start..].to_vec()).chain(stream))
+    } else {
+        Box::new(stream)
+    };
+    if skipped < skip {
+        return Err(plan.short_error(0));
+    }
+    plan.decode(&h, &mut voxels)
 }
 
 /// The fields of either header version that reading needs.
@@ -200,100 +220,166 @@ fn bytes_per_voxel(datatype: i16) -> Option<usize> {
     }
 }
 
+/// An uncompressed NIfTI file held in memory.
 pub fn read(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
     let h = parse_header(bytes)?;
-    let format = h.format;
-    let bpv = bytes_per_voxel(h.datatype).ok_or_else(|| {
-        IoError::unsupported(
-            format,
-            format!(
-                "datatype {} (m3ret reads integer and float scalars)",
-                h.datatype
-            ),
-        )
-    })?;
-    let (nx, ny, nz) = (
-        h.dims[0],
-        *h.dims.get(1).unwrap_or(&1),
-        *h.dims.get(2).unwrap_or(&1),
-    );
-    let axis = superior_inferior_axis(&h);
-    let (row_axis, col_axis) = in_plane_axes(axis);
-    let dims = [nx, ny, nz];
-    limits
-        .check_geometry(dims[axis], dims[row_axis], dims[col_axis], 1)
-        .map_err(IoError::TooLarge)?;
-    let voxels = nx * ny * nz; // the first volume only; bounded by the check above
-    let start = h.vox_offset.max(if format == Format::Nifti1 {
-        NIFTI1_HEADER
-    } else {
-        NIFTI2_HEADER
-    });
-    let needed = voxels * bpv;
-    if bytes.len() < start || bytes.len() - start < needed {
-        return Err(IoError::invalid(
-            format,
-            format!(
-                "{} voxel bytes after offset {start}, {needed} needed for {nx} x {ny} x {nz}",
-                bytes.len().saturating_sub(start)
-            ),
-        ));
+    let plan = Plan::new(&h, limits)?;
+    let available = bytes.len().saturating_sub(plan.start);
+    if available < plan.voxel_bytes() {
+        return Err(plan.short_error(available));
     }
-    let raw = &bytes[start..start + needed];
-    let slope = if h.scl_slope.is_finite() && h.scl_slope != 0.0 {
-        h.scl_slope
-    } else {
-        1.0
-    };
-    let inter = if h.scl_inter.is_finite() {
-        h.scl_inter
-    } else {
-        0.0
-    };
-    let values = decode_voxels(raw, h.datatype, h.big_endian, slope, inter);
-    let (data, frames, rows, cols) = reslice(values, dims, axis);
-    let pd = |i: usize| h.pixdim[i + 1].abs();
-    Ok(Volume {
-        data,
-        frames,
-        rows,
-        cols,
-        channels: 1,
-        values: Values::Rescaled,
-        format,
-        modality: None,
-        spacing: Some([pd(axis), pd(row_axis), pd(col_axis)]),
-        window: None,
-        inverted: false,
-        is_video: false,
-    })
+    plan.decode(&h, &mut &bytes[plan.start..])
 }
 
-fn decode_voxels(raw: &[u8], datatype: i16, big: bool, slope: f64, inter: f64) -> Vec<f32> {
-    macro_rules! conv {
-        ($t:ty, $n:expr) => {
-            raw.chunks_exact($n)
-                .map(|c| {
-                    let a: [u8; $n] = c.try_into().unwrap();
-                    let v = if big {
-                        <$t>::from_be_bytes(a)
-                    } else {
-                        <$t>::from_le_bytes(a)
-                    };
-                    (v as f64 * slope + inter) as f32
-                })
-                .collect()
+/// How a header's first volume is read: its geometry checked against the limits,
+/// where its voxels start, and the axis the slices are taken along.
+struct Plan {
+    format: Format,
+    bytes_per_voxel: usize,
+    dims: [usize; 3],
+    axis: usize,
+    start: usize,
+}
+
+impl Plan {
+    fn new(h: &Header, limits: &Limits) -> Result<Plan, IoError> {
+        let format = h.format;
+        let bytes_per_voxel = bytes_per_voxel(h.datatype).ok_or_else(|| {
+            IoError::unsupported(
+                format,
+                format!(
+                    "datatype {} (m3ret reads integer and float scalars)",
+                    h.datatype
+                ),
+            )
+        })?;
+        let dims = [
+            h.dims[0],
+            *h.dims.get(1).unwrap_or(&1),
+            *h.dims.get(2).unwrap_or(&1),
+        ];
+        let axis = superior_inferior_axis(h);
+        let (row_axis, col_axis) = in_plane_axes(axis);
+        limits
+            .check_geometry(dims[axis], dims[row_axis], dims[col_axis], 1)
+            .map_err(IoError::TooLarge)?;
+        let start = h.vox_offset.max(if format == Format::Nifti1 {
+            NIFTI1_HEADER
+        } else {
+            NIFTI2_HEADER
+        });
+        Ok(Plan {
+            format,
+            bytes_per_voxel,
+            dims,
+            axis,
+            start,
+        })
+    }
+
+    /// Voxels of the first volume; bounded by the geometry check.
+    fn voxels(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    fn voxel_bytes(&self) -> usize {
+        self.voxels() * self.bytes_per_voxel
+    }
+
+    fn short_error(&self, available: usize) -> IoError {
+        let [nx, ny, nz] = self.dims;
+        IoError::invalid(
+            self.format,
+            format!(
+                "{available} voxel bytes after offset {}, {} needed for {nx} x {ny} x {nz}",
+                self.start,
+                self.voxel_bytes()
+            ),
+        )
+    }
+
+    /// Decodes the voxels as they are read, scaled, straight into their place in
+    /// `[slice][row][col]` order: the only buffer the size of the volume is the
+    /// output (4 bytes a voxel), whatever the datatype and slice axis.
+    fn decode(&self, h: &Header, source: &mut dyn Read) -> Result<Volume, IoError> {
+        let slope = if h.scl_slope.is_finite() && h.scl_slope != 0.0 {
+            h.scl_slope
+        } else {
+            1.0
         };
+        let inter = if h.scl_inter.is_finite() {
+            h.scl_inter
+        } else {
+            0.0
+        };
+        let (row_axis, col_axis) = in_plane_axes(self.axis);
+        let (frames, rows, cols) = (
+            self.dims[self.axis],
+            self.dims[row_axis],
+            self.dims[col_axis],
+        );
+        // Where a step along i, j and k moves in the output.
+        let mut out_stride = [0usize; 3];
+        out_stride[self.axis] = rows * cols;
+        out_stride[row_axis] = cols;
+        out_stride[col_axis] = 1;
+        let mut data = vec![0f32; self.voxels()];
+        let bpv = self.bytes_per_voxel;
+        let mut chunk = vec![0u8; (64 << 10) / bpv * bpv];
+        let (mut at, mut ijk, mut done) = (0usize, [0usize; 3], 0usize);
+        while done < data.len() {
+            let want = chunk.len().min((data.len() - done) * bpv);
+            source
+                .read_exact(&mut chunk[..want])
+                .map_err(|_| self.short_error(done * bpv))?;
+            for voxel in chunk[..want].chunks_exact(bpv) {
+                data[at] = (decode_voxel(voxel, h.datatype, h.big_endian) * slope + inter) as f32;
+                // Next voxel in file order (i fastest), and its place in the output.
+                for (axis, extent) in self.dims.iter().enumerate() {
+                    ijk[axis] += 1;
+                    at += out_stride[axis];
+                    if ijk[axis] < *extent {
+                        break;
+                    }
+                    at -= extent * out_stride[axis];
+                    ijk[axis] = 0;
+                }
+            }
+            done += want / bpv;
+        }
+        let pd = |i: usize| h.pixdim[i + 1].abs();
+        Ok(Volume {
+            data,
+            frames,
+            rows,
+            cols,
+            channels: 1,
+            values: Values::Rescaled,
+            format: self.format,
+            modality: None,
+            spacing: Some([pd(self.axis), pd(row_axis), pd(col_axis)]),
+            window: None,
+            inverted: false,
+            is_video: false,
+        })
+    }
+}
+
+/// One voxel's value, from its bytes in the file's byte order.
+fn decode_voxel(raw: &[u8], datatype: i16, big: bool) -> f64 {
+    macro_rules! conv {
+        ($t:ty, $n:expr) => {{
+            let a: [u8; $n] = raw.try_into().expect("bytes_per_voxel");
+            (if big {
+                <$t>::from_be_bytes(a)
+            } else {
+                <$t>::from_le_bytes(a)
+            }) as f64
+        }};
     }
     match datatype {
-        2 => raw
-            .iter()
-            .map(|&v| (v as f64 * slope + inter) as f32)
-            .collect(),
-        256 => raw
-            .iter()
-            .map(|&v| (v as i8 as f64 * slope + inter) as f32)
-            .collect(),
+        2 => raw[0] as f64,
+        256 => raw[0] as i8 as f64,
         4 => conv!(i16, 2),
         512 => conv!(u16, 2),
         8 => conv!(i32, 4),
@@ -368,29 +454,4 @@ fn in_plane_axes(slice_axis: usize) -> (usize, usize) {
         1 => (2, 0),
         _ => (1, 0),
     }
-}
-
-/// Reorders voxels stored i-fastest into `[slice][row][col]` along `slice_axis`.
-fn reslice(
-    values: Vec<f32>,
-    dims: [usize; 3],
-    slice_axis: usize,
-) -> (Vec<f32>, usize, usize, usize) {
-    let (row_axis, col_axis) = in_plane_axes(slice_axis);
-    let (frames, rows, cols) = (dims[slice_axis], dims[row_axis], dims[col_axis]);
-    if slice_axis == 2 {
-        return (values, frames, rows, cols); // already k-major, j rows, i columns
-    }
-    let strides = [1, dims[0], dims[0] * dims[1]];
-    let mut out = Vec::with_capacity(values.len());
-    for s in 0..frames {
-        for r in 0..rows {
-            for c in 0..cols {
-                out.push(
-                    values[s * strides[slice_axis] + r * strides[row_axis] + c * strides[col_axis]],
-                );
-            }
-        }
-    }
-    (out, frames, rows, cols)
 }

@@ -191,6 +191,48 @@ fn is_one_block(k: &i64) -> bool {
     *k == 1
 }
 
+/// The largest model file m3ret reads: the sizes below, documented in the README's
+/// security model. They bound what a model file can make a backend or the model
+/// server allocate: the ViT-base preset at 256 pixels and 64 slices (4,096 tokens a
+/// CT volume) is well inside them.
+pub mod limits {
+    pub const MAX_WIDTH: i64 = 2048;
+    pub const MAX_DEPTH: i64 = 48;
+    pub const MAX_HEADS: i64 = 64;
+    pub const MAX_MLP_RATIO: f64 = 8.0;
+    pub const MAX_IMAGE_SIZE: i64 = 512;
+    pub const MAX_SLICES: i64 = 256;
+    /// Tokens of one study, in the layout with the most (2D, video or volume).
+    pub const MAX_TOKENS: i64 = 8192;
+    pub const MAX_DECODER_WIDTH: i64 = 2048;
+    pub const MAX_DECODER_DEPTH: i64 = 32;
+    pub const MAX_HEAD_HIDDEN: i64 = 16384;
+    pub const MAX_HEAD_OUT: i64 = 65536;
+}
+
+impl EncoderConfig {
+    /// The encoder's parameter count (its variables' elements): what building it
+    /// allocates, known before building it.
+    pub fn parameter_count(&self) -> i64 {
+        let w = self.width;
+        let hidden = self.mlp_hidden();
+        let patch = w * 3 * self.patch.iter().product::<i64>() + w;
+        let cls = if self.cls_token { w } else { 0 };
+        let block = 2 * w
+            + (3 * w * w + 3 * w)
+            + (w * w + w)
+            + 2 * w
+            + (hidden * w + hidden)
+            + (w * hidden + w);
+        patch + cls + self.depth * block + 2 * w
+    }
+
+    /// The MLP's hidden width (as the reference ViTs compute it).
+    pub fn mlp_hidden(&self) -> i64 {
+        (self.width as f64 * self.mlp_ratio) as i64
+    }
+}
+
 pub const FORMAT: &str = "m3ret";
 /// The newest format this build reads. Version 2 added `standardize`: a file that
 /// has one says 2, so that an older m3ret refuses it instead of ignoring it.
@@ -267,6 +309,63 @@ impl ModelConfig {
         }
     }
 
+    /// Checks every size against [`limits`], before anything is allocated for it.
+    fn within_limits(&self) -> Result<(), String> {
+        use limits::*;
+        let (e, i) = (&self.encoder, &self.input);
+        let at_most = |what: &str, value: i64, max: i64| {
+            if value > max {
+                Err(format!("{what} {value} is over m3ret's limit of {max}"))
+            } else {
+                Ok(())
+            }
+        };
+        at_most("encoder width", e.width, MAX_WIDTH)?;
+        at_most("encoder depth", e.depth, MAX_DEPTH)?;
+        at_most("encoder heads", e.heads, MAX_HEADS)?;
+        if !(e.mlp_ratio > 0.0 && e.mlp_ratio <= MAX_MLP_RATIO) || e.mlp_hidden() < 1 {
+            return Err(format!(
+                "encoder mlp_ratio {} is not in (0, {MAX_MLP_RATIO}]",
+                e.mlp_ratio
+            ));
+        }
+        if i.image_size < 1 {
+            return Err(format!("image size {} is not positive", i.image_size));
+        }
+        at_most("image size", i.image_size, MAX_IMAGE_SIZE)?;
+        for (what, s) in [
+            ("2D slices", i.slices_2d),
+            ("video frames", i.frames_video),
+            ("volume slices", i.slices_volume),
+        ] {
+            if s < 1 {
+                return Err(format!("{what} {s} is not positive"));
+            }
+            at_most(what, s, MAX_SLICES)?;
+            let [ps, ph, pw] = e.patch;
+            if ps > 0 && ph > 0 && pw > 0 {
+                let tokens = (s / ps) * (i.image_size / ph) * (i.image_size / pw);
+                at_most(&format!("tokens of a study ({what})"), tokens, MAX_TOKENS)?;
+            }
+        }
+        if let Some(d) = &self.decoder {
+            at_most("decoder width", d.width, MAX_DECODER_WIDTH)?;
+            at_most("decoder depth", d.depth, MAX_DECODER_DEPTH)?;
+            at_most("decoder heads", d.heads, MAX_HEADS)?;
+            if d.depth < 1 {
+                return Err(format!("decoder depth {} is not positive", d.depth));
+            }
+        }
+        if let Some(h) = &self.head {
+            at_most("head hidden width", h.hidden, MAX_HEAD_HIDDEN)?;
+            at_most("head output width", h.out, MAX_HEAD_OUT)?;
+            if h.hidden < 1 || h.out < 1 {
+                return Err(format!("head {h:?} is not valid"));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the combinations a model cannot be built from.
     pub fn validate(&self) -> Result<(), String> {
         let e = &self.encoder;
@@ -279,16 +378,13 @@ impl ModelConfig {
                 self.format_version
             ));
         }
-        if !(1..=8192).contains(&e.width)
-            || !(1..=64).contains(&e.depth)
-            || e.heads < 1
-            || e.width % e.heads != 0
-        {
+        if e.width < 1 || e.depth < 1 || e.heads < 1 || e.width % e.heads != 0 {
             return Err(format!(
                 "encoder width {} / depth {} / heads {} is not a valid ViT",
                 e.width, e.depth, e.heads
             ));
         }
+        self.within_limits()?;
         if e.width % 2 != 0 || e.width < 6 {
             return Err(format!(
                 "encoder width {} must be even (and at least 6) for the 3-axis sin-cos positions",

@@ -13,6 +13,7 @@ use super::standardize::Standardizer;
 use super::vit::{pool, Encoder};
 use super::{torch_error, ModelError};
 use crate::modality::Modality;
+use crate::precision::Precision;
 use crate::study::Study;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -22,6 +23,9 @@ pub struct Embedder {
     vs: nn::VarStore,
     encoder: Encoder,
     standardizer: Option<Standardizer>,
+    /// On the CPU: whether forward passes run in bf16 (1) or f32 (0); set per call
+    /// site with [`Embedder::set_cpu_precision`] (a backend follows its setting).
+    cpu_bf16: std::sync::atomic::AtomicBool,
 }
 
 /// The device named by `auto`, `cpu`, `cuda` or `cuda:N` (`auto`: the first CUDA
@@ -54,7 +58,22 @@ fn cuda(index: usize, name: &str, available: usize) -> Result<Device, ModelError
 
 impl Embedder {
     /// Loads the encoder of a model file (its decoder or head, if any, are skipped).
+    /// Every encoder tensor is checked against the config: names and shapes, and
+    /// first, before the encoder is built, their total size, so that a config that
+    /// declares a larger encoder than the file holds allocates nothing for it.
     pub fn from_file(file: &ModelFile, device: Device) -> Result<Embedder, ModelError> {
+        let declared = file.config.encoder.parameter_count();
+        let stored: i64 = file
+            .tensors
+            .iter()
+            .filter(|(name, _)| name.starts_with("encoder."))
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        if declared > stored {
+            return Err(ModelError::BadConfig(format!(
+                "the config describes an encoder of {declared} parameters, the file's encoder tensors hold only {stored}"
+            )));
+        }
         let mut embedder = Self::random_init(&file.config, Device::Cpu);
         file.load_into(&embedder.vs, "encoder.")?;
         if let Some(config) = &file.config.standardize {
@@ -94,6 +113,7 @@ impl Embedder {
             vs,
             encoder,
             standardizer: None,
+            cpu_bf16: std::sync::atomic::AtomicBool::new(false),
         };
         embedder.place_on(device);
         embedder
@@ -101,6 +121,23 @@ impl Embedder {
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// The precision of later forward passes on the CPU (f32 until set). The
+    /// weights stay f32: bf16 runs under CPU autocast.
+    pub fn set_cpu_precision(&self, precision: Precision) {
+        self.cpu_bf16.store(
+            precision == Precision::Bf16,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub fn cpu_precision(&self) -> Precision {
+        if self.cpu_bf16.load(std::sync::atomic::Ordering::Relaxed) {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
     }
 
     pub fn dims(&self) -> i64 {
@@ -113,7 +150,8 @@ impl Embedder {
     }
 
     /// The features of a batch `[B, 3, S, H, W]` of one shape: `[B, feature dims]`,
-    /// f32 on the CPU. Runs without gradients; in bf16 on CUDA.
+    /// f32 on the CPU. Runs without gradients; in bf16 on CUDA, and on the CPU in the
+    /// precision set with [`Embedder::set_cpu_precision`].
     pub fn features_batch(&self, batch: &Tensor) -> Result<Tensor, ModelError> {
         self.features_batch_with(batch, &mut || {})
     }
@@ -132,28 +170,37 @@ impl Embedder {
         } else {
             Kind::Float
         };
+        let precision = if device.is_cuda() {
+            Precision::F32 // CUDA runs in bf16 weights of its own
+        } else {
+            self.cpu_precision()
+        };
         let run = || {
-            tch::no_grad(|| {
-                let x = batch.to_device(device).to_kind(kind);
-                let outputs = self.encoder.encode_tokens_last(
-                    &self.encoder.tokens(&x),
-                    self.config.pool_blocks as usize,
-                    between_blocks,
-                );
-                let patch = self.config.encoder.patch;
-                let (_, _, s, h, w) = x.size5().expect("[B, 3, S, H, W]");
-                let grid = [s / patch[0], h / patch[1], w / patch[2]];
-                let pooled: Vec<Tensor> = outputs
-                    .iter()
-                    .map(|out| {
-                        l2_normalize(&pool(out, self.config.pooling, grid).to_kind(Kind::Float))
-                    })
-                    .collect();
-                let features = match pooled.len() {
-                    1 => pooled[0].shallow_clone(),
-                    _ => l2_normalize(&Tensor::stack(&pooled, 0).mean_dim(0, false, Kind::Float)),
-                };
-                features.to_device(Device::Cpu)
+            crate::torch_ext::autocast(Device::Cpu, precision, || {
+                tch::no_grad(|| {
+                    let x = batch.to_device(device).to_kind(kind);
+                    let outputs = self.encoder.encode_tokens_last(
+                        &self.encoder.tokens(&x),
+                        self.config.pool_blocks as usize,
+                        between_blocks,
+                    );
+                    let patch = self.config.encoder.patch;
+                    let (_, _, s, h, w) = x.size5().expect("[B, 3, S, H, W]");
+                    let grid = [s / patch[0], h / patch[1], w / patch[2]];
+                    let pooled: Vec<Tensor> = outputs
+                        .iter()
+                        .map(|out| {
+                            l2_normalize(&pool(out, self.config.pooling, grid).to_kind(Kind::Float))
+                        })
+                        .collect();
+                    let features = match pooled.len() {
+                        1 => pooled[0].shallow_clone(),
+                        _ => {
+                            l2_normalize(&Tensor::stack(&pooled, 0).mean_dim(0, false, Kind::Float))
+                        }
+                    };
+                    features.to_device(Device::Cpu)
+                })
             })
         };
         // A C++ exception inside libtorch (e.g. out of memory) surfaces as a panic with a

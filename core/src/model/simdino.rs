@@ -112,8 +112,10 @@ pub fn simdino_loss(student: &[Tensor], teacher: &[Tensor], eps: f64) -> SimDino
 }
 
 /// R(Z) = 1/2 logdet(I + d / (m eps^2) Z^T Z), through a Cholesky factor:
-/// 1/2 logdet(A) = sum(log(diag(chol(A)))).
+/// 1/2 logdet(A) = sum(log(diag(chol(A)))). In f32 also under CPU bf16 autocast
+/// (the Gram matrix's rounding would reach the factor).
 pub fn coding_rate(z: &Tensor, eps: f64) -> Tensor {
+    let _f32 = crate::torch_ext::CpuF32::enter();
     let (m, d) = z.size2().expect("[m, d]");
     let z = z.to_kind(Kind::Float);
     let scale = d as f64 / (m as f64 * eps * eps);

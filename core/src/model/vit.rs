@@ -36,7 +36,9 @@ pub fn linear(vs: nn::Path, i: i64, o: i64) -> nn::Linear {
     nn::linear(vs, i, o, config)
 }
 
-/// Multi-head self-attention through `scaled_dot_product_attention`.
+/// Multi-head self-attention: `scaled_dot_product_attention`, except when training
+/// on the CPU in bf16, where the explicit form (matmul, softmax, matmul) gives the
+/// same result and trains 2.4x faster (the CPU's fused backward is slow in bf16).
 #[derive(Debug)]
 struct Attention {
     qkv: nn::Linear,
@@ -61,18 +63,32 @@ impl Attention {
             .reshape([b, n, 3, self.heads, c / self.heads])
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let out = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
+        let explicit = x.device() == tch::Device::Cpu
+            && x.requires_grad()
+            && crate::torch_ext::CpuBf16::active();
+        let out = if explicit {
+            explicit_attention(&q, &k, &v)
+        } else {
+            Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.0,
+                false,
+                None,
+                false,
+            )
+        };
         self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
     }
+}
+
+/// softmax(q k^T / sqrt(d)) v over `[B, heads, N, d]`, the softmax in f32.
+pub fn explicit_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let d = *q.size().last().expect("[.., d]");
+    let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (d as f64).sqrt());
+    scores.softmax(-1, Kind::Float).to_kind(v.kind()).matmul(v)
 }
 
 /// A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).

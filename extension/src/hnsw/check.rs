@@ -40,6 +40,19 @@ fn m3ret_hnsw_check(
     // of the transaction), and the access method's name is read before anything
     // else is looked up.
     let (heap_oid, index) = unsafe {
+        // A table's oid would reach IndexGetRelation's "cache lookup failed".
+        if pg_sys::get_rel_relkind(index_oid) != pg_sys::RELKIND_INDEX as std::ffi::c_char {
+            let name = pg_sys::get_rel_name(index_oid);
+            let name = if name.is_null() {
+                format!("OID {}", index_oid.to_u32())
+            } else {
+                format!("\"{}\"", std::ffi::CStr::from_ptr(name).to_string_lossy())
+            };
+            raise(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("m3ret_hnsw_check: {name} is not an index"),
+            );
+        }
         let heap_oid = pg_sys::IndexGetRelation(index_oid, false);
         if !pg_sys::pg_class_ownercheck(heap_oid, pg_sys::GetUserId()) {
             raise(

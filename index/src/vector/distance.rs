@@ -22,26 +22,63 @@ pub fn dot_and_norms(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
     dispatch!(dot_and_norms_kernel(a, b))
 }
 
+// The SQL operators below run the f32 kernels, and again in f64 when an f32 sum
+// overflowed or fell below f32's normal range: elements near 3e38 or 1e-30 are
+// legal, and their squares are not f32s (`<=>` of [3e38,3e38] with itself was NaN).
+
+/// Whether an f32 sum of products may have lost its value: not finite, or below
+/// the normal range (zero included, so an exact zero is confirmed in f64).
+fn lost(sum: f32) -> bool {
+    !sum.is_finite() || sum.abs() < f32::MIN_POSITIVE
+}
+
 /// Euclidean distance `|a - b|` (the `<->` operator).
 pub fn l2_distance(a: &[f32], b: &[f32]) -> f64 {
-    (l2_squared(a, b) as f64).sqrt()
+    let d = l2_squared(a, b);
+    if lost(d) {
+        return wide::l2_squared(a, b).sqrt();
+    }
+    (d as f64).sqrt()
 }
 
 /// Negative inner product `-(a . b)` (the `<#>` operator: smaller is closer).
 pub fn negative_inner_product(a: &[f32], b: &[f32]) -> f64 {
-    -(dot(a, b) as f64)
+    let ab = dot(a, b);
+    if lost(ab) {
+        return -wide::dot(a, b);
+    }
+    -(ab as f64)
 }
 
 /// Cosine distance `1 - cos(a, b)` clamped to `[0, 2]` (the `<=>` operator).
 /// NaN when either vector is zero: a zero vector has no direction.
 pub fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
     let (ab, aa, bb) = dot_and_norms(a, b);
-    let denom = (aa as f64 * bb as f64).sqrt();
+    let (ab, aa, bb) = if lost(aa) || lost(bb) || !ab.is_finite() {
+        (wide::dot(a, b), wide::dot(a, a), wide::dot(b, b))
+    } else {
+        (ab as f64, aa as f64, bb as f64)
+    };
+    let denom = (aa * bb).sqrt();
     if denom == 0.0 {
         return f64::NAN;
     }
-    let cos = (ab as f64 / denom).clamp(-1.0, 1.0);
+    let cos = (ab / denom).clamp(-1.0, 1.0);
     1.0 - cos
+}
+
+/// The same sums in f64, for the rare vectors whose f32 sums lose their value.
+pub mod wide {
+    pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+    }
+
+    pub fn l2_squared(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum()
+    }
 }
 
 /// Runs a kernel through the fastest variant this CPU supports.
@@ -264,6 +301,26 @@ mod tests {
             assert!((cosine_distance(&a, &b) - cos).abs() < 1e-5, "cos n={n}");
             assert!((portable::dot_kernel(&a, &b) as f64 - d).abs() < 1e-4);
         }
+    }
+
+    /// Issue 28: legal elements whose squares are not f32s.
+    #[test]
+    fn huge_and_tiny_elements_give_the_f64_distances() {
+        let huge = [3e38f32, 3e38];
+        assert_eq!(super::cosine_distance(&huge, &huge), 0.0);
+        assert!(super::l2_distance(&huge, &[-3e38, -3e38]).is_finite());
+        assert!((super::l2_distance(&huge, &[-3e38, -3e38]) - 6e38 * 2f64.sqrt()).abs() < 1e33);
+        let ip = super::negative_inner_product(&huge, &huge);
+        assert!((ip / -(2.0 * 9e76) - 1.0).abs() < 1e-6, "{ip}");
+        let tiny = [1e-30f32, 1e-30];
+        assert!(super::cosine_distance(&tiny, &tiny).abs() < 1e-12);
+        assert!((super::cosine_distance(&tiny, &[-1e-30, -1e-30]) - 2.0).abs() < 1e-12);
+        let d = super::l2_distance(&tiny, &[0.0, 0.0]);
+        assert!((d - 1e-30 * 2f64.sqrt()).abs() < 1e-36, "{d}");
+        assert!(
+            super::cosine_distance(&tiny, &[0.0, 0.0]).is_nan(),
+            "zero still has no direction"
+        );
     }
 
     #[test]

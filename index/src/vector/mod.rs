@@ -34,11 +34,18 @@ pub fn check_finite(values: &[f32]) -> Result<(), VectorError> {
     }
 }
 
-/// Returns `v / |v|`; a zero vector stays zero (it has no direction to keep).
+/// Returns `v / |v|`; a zero vector stays zero (it has no direction to keep). The
+/// norm is taken in f64 when the f32 sum of squares overflows or underflows (of
+/// [3e38, 3e38], say), so every nonzero vector comes out of unit length.
 pub fn l2_normalized(v: &[f32]) -> Vec<f32> {
-    let norm = distance::dot(v, v).sqrt();
+    let squares = distance::dot(v, v);
+    let norm = if squares.is_finite() && squares >= f32::MIN_POSITIVE {
+        squares.sqrt() as f64
+    } else {
+        distance::wide::dot(v, v).sqrt()
+    };
     if norm > 0.0 {
-        v.iter().map(|x| x / norm).collect()
+        v.iter().map(|x| (*x as f64 / norm) as f32).collect()
     } else {
         v.to_vec()
     }
@@ -61,6 +68,15 @@ pub enum VectorError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalizes_huge_and_tiny_vectors_to_unit_length() {
+        for v in [[3e38f32, 3e38], [1e-30, 1e-30], [1e-44, 0.0]] {
+            let n = l2_normalized(&v);
+            let len: f64 = n.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            assert!((len - 1.0).abs() < 1e-6, "{v:?} -> {n:?}");
+        }
+    }
 
     #[test]
     fn normalizes_to_unit_length() {
