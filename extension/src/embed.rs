@@ -5,7 +5,7 @@
 //! - `m3ret_embed_pinned(bytea, modality, 'name@version')`: IMMUTABLE, for indexes;
 //! - `m3ret_embed_batch(bytea[], modality, model)`: many studies, batched forward passes.
 
-use crate::bytea_array::elements;
+use crate::bytea_array::{elements, one_dimensional};
 use crate::embedding::Embedding;
 use crate::error::raise;
 use crate::registry::{self, ModelRef};
@@ -121,7 +121,7 @@ fn m3ret_embed_series(
     modality: Option<&str>,
     model: default!(Option<&str>, "NULL"),
 ) -> Option<Embedding> {
-    let (data, modality) = (data?, modality?);
+    let (data, modality) = (one_dimensional(data?, "series"), modality?);
     let buffers = elements(data.iter(), "series");
     match embed(&registry::resolve(model), modality, Form::Series, &buffers) {
         Ok(mut v) => Some(Embedding(v.remove(0))),
@@ -153,6 +153,7 @@ fn m3ret_embed_batch(
 ) -> TableIterator<'static, (name!(ord, i32), name!(embedding, Embedding))> {
     // Bad arguments are errors even when every element is NULL.
     modality_choice(modality);
+    let data = one_dimensional(data, "batch");
     let model = registry::resolve(model);
     let items: Vec<(usize, &[u8])> = data
         .iter()

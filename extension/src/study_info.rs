@@ -6,7 +6,7 @@
 //! - `m3ret_study_info(bytea)` / `(bytea[])`: format, declared modality and decoded
 //!   shape of any supported file or DICOM series.
 
-use crate::bytea_array::elements;
+use crate::bytea_array::{elements, one_dimensional};
 use crate::error::raise;
 use m3ret_core::io::{dicom_meta, info, IoError, Limits};
 use pgrx::datum::Array;
@@ -38,6 +38,7 @@ fn m3ret_dicom_meta(data: &[u8]) -> JsonB {
 /// one series.
 #[pg_extern(immutable, parallel_safe, strict, name = "m3ret_dicom_meta")]
 fn m3ret_dicom_meta_series(data: Array<'_, &[u8]>) -> JsonB {
+    let data = one_dimensional(data, "series");
     let slices = elements(data.iter(), "series");
     let (meta, _) = dicom_meta::series_meta(&slices)
         .unwrap_or_else(|e| read_error("cannot read the DICOM series", e));
@@ -57,6 +58,7 @@ fn m3ret_study_info(data: &[u8]) -> JsonB {
 /// As m3ret_study_info for a DICOM series given one slice per element.
 #[pg_extern(immutable, parallel_safe, strict, name = "m3ret_study_info")]
 fn m3ret_study_info_series(data: Array<'_, &[u8]>) -> JsonB {
+    let data = one_dimensional(data, "series");
     let slices = elements(data.iter(), "series");
     let info = info::study_info(&slices, &Limits::default())
         .unwrap_or_else(|e| read_error("cannot read the series", e));

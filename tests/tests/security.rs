@@ -454,3 +454,31 @@ fn low_findings_hold() {
     }
     cluster.assert_no_backend_crashed();
 }
+
+/// Issue 28, finding 7: a 2-D bytea[] is refused, not read flattened.
+#[test]
+fn a_two_dimensional_bytea_array_is_refused() {
+    let db = Cluster::shared().database("sec_two_dims");
+    let mut c = db.connect();
+    c.query_one("SELECT m3ret_model_import('test', $1)", &[&small_model(1)])
+        .unwrap();
+    let png = fixture("pmnist_train_0000.png");
+    for sql in [
+        "SELECT m3ret_study_info(ARRAY[[$1::bytea, $1], [$1, $1]])::text",
+        "SELECT m3ret_dicom_meta(ARRAY[[$1::bytea, $1], [$1, $1]])::text",
+        "SELECT m3ret_embed(ARRAY[[$1::bytea, $1], [$1, $1]], 'xray')::text",
+        "SELECT count(*)::text FROM m3ret_embed_batch(ARRAY[[$1::bytea, $1], [$1, $1]], 'xray')",
+    ] {
+        let err = m3ret_e2e::error_message(&c.query_one(sql, &[&png]).unwrap_err());
+        assert!(err.contains("2-dimensional bytea[]"), "{sql}: {err}");
+    }
+    let n: String = c
+        .query_one(
+            "SELECT count(*)::text FROM m3ret_embed_batch(ARRAY[$1::bytea, $1], 'xray')",
+            &[&png],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, "2", "one dimension still reads");
+    db.cluster.assert_no_backend_crashed();
+}
