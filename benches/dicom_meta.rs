@@ -4,22 +4,10 @@
 
 use m3ret_core::io::{self, dicom_meta, Limits};
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// Median seconds of one call of `f`, over `reps` calls after a warm-up.
-fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut times: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+fn median_seconds(reps: usize, f: impl FnMut()) -> f64 {
+    m3ret_benches::median_seconds(3, reps, f)
 }
 
 fn main() {

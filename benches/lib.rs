@@ -29,3 +29,19 @@ pub fn preset_model(preset: Preset, image_size: Option<i64>) -> Vec<u8> {
         .collect();
     file::to_bytes(&config, &tensors, WeightDtype::F32).unwrap()
 }
+
+/// The median seconds of `f` over `reps` calls, after `warmups` calls not counted.
+pub fn median_seconds(warmups: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmups {
+        f();
+    }
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}

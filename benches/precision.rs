@@ -16,7 +16,6 @@ use m3ret_core::model::simdino::{simdino_loss, Branch};
 use m3ret_core::model::{Embedder, Method, ModelConfig, Preset};
 use m3ret_core::precision::{bf16_unit, Precision};
 use m3ret_core::torch_ext::autocast;
-use std::time::Instant;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -31,17 +30,8 @@ fn reps() -> usize {
 }
 
 /// Median seconds of `f` over the repetitions, after one warm-up call.
-fn median_s(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..reps())
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+fn median_s(f: impl FnMut()) -> f64 {
+    m3ret_benches::median_seconds(1, reps(), f)
 }
 
 fn config(method: Method, preset: Preset) -> ModelConfig {
