@@ -72,7 +72,7 @@ pub struct PretrainArgs {
     /// Random seed (weights, sampling, masks, augmentations).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Continue a run from its output folder (or a checkpoint folder).
+    /// Continue a run from its output folder (or a checkpoint folder), with its own settings; --stop-after, --device, --precision, --workers, --threads and --decode-cache-mib are taken from this command.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Input side in pixels (the paper: 256). Smaller trains faster.
@@ -220,7 +220,8 @@ pub fn model_config(args: &PretrainArgs) -> ModelConfig {
 
 pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     if let Some(from) = args.resume.clone() {
-        // A resumed run keeps its own settings; only how long it runs may change.
+        // A resumed run keeps its own settings; only how long it runs and where (device,
+        // CPU precision, workers, threads, decode cache) may change.
         let cp = checkpoint::folder(&from);
         let text = std::fs::read_to_string(cp.join("state.json"))
             .map_err(|e| format!("--resume {}: {e}", from.display()))?;
