@@ -141,7 +141,7 @@ impl AsRegistryOwner {
             client
                 .select(
                     "SELECT relowner FROM pg_catalog.pg_class \
-                     WHERE oid OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.regclass",
+                     WHERE oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
                     Some(1),
                     &[models.into()],
                 )?

@@ -65,18 +65,18 @@ impl Cache {
     }
 
     fn insert(&mut self, model: LoadedModel, embedder: Embedder, models: &Models) {
-        self.embedders.retain(|(sha, _)| *sha != model.sha256);
+        self.embedders.retain(|(key, _)| *key != model.key);
         while self.embedders.len() >= self.max_models {
-            let (sha, _) = self.embedders.remove(0);
-            models.remove(&sha);
+            let (key, _) = self.embedders.remove(0);
+            models.remove(&key);
         }
         self.embedders
-            .push((model.sha256.clone(), Arc::new(SharedEmbedder(embedder))));
+            .push((model.key.clone(), Arc::new(SharedEmbedder(embedder))));
         models.insert(model);
     }
 
-    fn get(&mut self, sha256: &str) -> Option<Arc<SharedEmbedder>> {
-        let i = self.embedders.iter().position(|(sha, _)| sha == sha256)?;
+    fn get(&mut self, key: &str) -> Option<Arc<SharedEmbedder>> {
+        let i = self.embedders.iter().position(|(k, _)| k == key)?;
         let hit = self.embedders.remove(i);
         self.embedders.push(hit);
         self.embedders.last().map(|(_, e)| e.clone())

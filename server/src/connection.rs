@@ -132,7 +132,7 @@ fn load(key: &str, label: &str, blobs: &[Vec<u8>], shared: &Shared) -> Answer {
     };
     embedder.set_cpu_precision(*precision);
     let model = LoadedModel {
-        sha256: key.to_string(),
+        key: key.to_string(),
         label: label.to_string(),
         config: embedder.config.clone(),
         loaded_at: std::time::SystemTime::now(),
@@ -154,7 +154,7 @@ fn load(key: &str, label: &str, blobs: &[Vec<u8>], shared: &Shared) -> Answer {
 }
 
 fn embed(
-    sha256: &str,
+    key: &str,
     modality: &str,
     form: Form,
     blobs: &[Vec<u8>],
@@ -167,7 +167,7 @@ fn embed(
         stats,
         ..
     } = shared;
-    let Some(config) = models.config_after_loads(sha256) else {
+    let Some(config) = models.config_after_loads(key) else {
         return Err(Answer::NeedModel);
     };
     let choice = ModalityChoice::parse(modality).map_err(failed)?;
@@ -177,7 +177,7 @@ fn embed(
     stats.decoded(started.elapsed());
     let (reply, answer) = mpsc::channel();
     let job = EmbedJob {
-        model: sha256.to_string(),
+        model: key.to_string(),
         studies,
         client: client.try_clone().map_err(failed)?,
         queued_at: std::time::Instant::now(),

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 #[derive(Clone)]
 pub struct LoadedModel {
     /// The model's key (`protocol::model_key`: its database and file's sha256).
-    pub sha256: String,
+    pub key: String,
     pub label: String,
     pub config: ModelConfig,
     pub loaded_at: std::time::SystemTime,
@@ -24,29 +24,29 @@ pub struct Models {
 
 impl Models {
     /// The configuration of a loaded model; waits for a load in progress first.
-    pub fn config_after_loads(&self, sha256: &str) -> Option<ModelConfig> {
-        if let Some(config) = self.config(sha256) {
+    pub fn config_after_loads(&self, key: &str) -> Option<ModelConfig> {
+        if let Some(config) = self.config(key) {
             return Some(config);
         }
         let _loads_done = self.loading.lock().unwrap_or_else(|p| p.into_inner());
-        self.config(sha256)
+        self.config(key)
     }
 
-    pub fn config(&self, sha256: &str) -> Option<ModelConfig> {
+    pub fn config(&self, key: &str) -> Option<ModelConfig> {
         self.lock()
             .iter()
-            .find(|m| m.sha256 == sha256)
+            .find(|m| m.key == key)
             .map(|m| m.config.clone())
     }
 
     pub fn insert(&self, model: LoadedModel) {
         let mut loaded = self.lock();
-        loaded.retain(|m| m.sha256 != model.sha256);
+        loaded.retain(|m| m.key != model.key);
         loaded.push(model);
     }
 
-    pub fn remove(&self, sha256: &str) {
-        self.lock().retain(|m| m.sha256 != sha256);
+    pub fn remove(&self, key: &str) {
+        self.lock().retain(|m| m.key != key);
     }
 
     pub fn list(&self) -> Vec<LoadedModel> {

@@ -124,7 +124,7 @@ impl Stats {
             "abandoned_requests": self.abandoned.load(Relaxed),
             "model_loads": self.loads.load(Relaxed),
             "models_loaded": models.list().iter().map(|m| {
-                let (database, sha256) = crate::protocol::split_model_key(&m.sha256);
+                let (database, sha256) = crate::protocol::split_model_key(&m.key);
                 serde_json::json!({
                 "model": m.label,
                 "database": database,

@@ -73,15 +73,12 @@ pub fn read_gzip(bytes: &[u8], limits: &Limits) -> Result<Volume, IoError> {
     let skip = (plan.start as u64).saturating_sub(head.len() as u64);
     let skipped =
         std::io::copy(&mut (&mut stream).take(skip), &mut std::io::sink()).map_err(gzip_error)?;
-    let mut voxels: Box<dyn Read> = if head.len() > plan.start {
-        Box::new(std::io::Cursor::new(head[plan.start..].to_vec()).chain(stream))
-    } else {
-        Box::new(stream)
-    };
     if skipped < skip {
         return Err(plan.short_error(0));
     }
-    plan.decode(&h, &mut voxels)
+    // The header read may have taken the first voxels with it (NIfTI-1 at offset 352).
+    let already = head.get(plan.start..).unwrap_or_default();
+    plan.decode(&h, &mut already.chain(stream))
 }
 
 /// The fields of either header version that reading needs.

@@ -23,8 +23,8 @@ pub struct Embedder {
     vs: nn::VarStore,
     encoder: Encoder,
     standardizer: Option<Standardizer>,
-    /// On the CPU: whether forward passes run in bf16 (1) or f32 (0); set per call
-    /// site with [`Embedder::set_cpu_precision`] (a backend follows its setting).
+    /// On the CPU: whether forward passes run in bf16 (else f32); set with
+    /// [`Embedder::set_cpu_precision`] (a backend follows its setting per call).
     cpu_bf16: std::sync::atomic::AtomicBool,
 }
 

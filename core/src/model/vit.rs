@@ -38,7 +38,8 @@ pub fn linear(vs: nn::Path, i: i64, o: i64) -> nn::Linear {
 
 /// Multi-head self-attention: `scaled_dot_product_attention`, except when training
 /// on the CPU in bf16, where the explicit form (matmul, softmax, matmul) gives the
-/// same result and trains 2.4x faster (the CPU's fused backward is slow in bf16).
+/// same result and the CPU's fused backward is slow (issue 29 measured the explicit
+/// form 2.4x faster on an AMX CPU; not measured on this project's AVX512-BF16 one).
 #[derive(Debug)]
 struct Attention {
     qkv: nn::Linear,
