@@ -121,7 +121,7 @@ fn simdino_rate(preset: Preset, precision: Precision, batch: i64) -> f64 {
             let zs: Vec<Tensor> = views.iter().map(|v| student.project(v)).collect();
             let zt: Vec<Tensor> =
                 tch::no_grad(|| views[..2].iter().map(|v| teacher.project(v)).collect());
-            simdino_loss(&zs, &zt, head.eps).loss
+            simdino_loss(&zs, &zt, head.eps, 1.0).loss
         });
         loss.backward();
         opt.step();

@@ -174,7 +174,7 @@ fn simdino_loss_aligns_views_and_trains() {
         vec![4, 32],
         "local views of another size share the encoder"
     );
-    let out = simdino::simdino_loss(&zs, &zt, head.eps);
+    let out = simdino::simdino_loss(&zs, &zt, head.eps, 1.0);
     // Alignment by hand: pairs (t0,s1), (t0,s2), (t1,s0), (t1,s2).
     let half_sq = |a: &Tensor, b: &Tensor| {
         ((a - b)

@@ -2,7 +2,7 @@
 
 use crate::trainee::export_prefix;
 use m3ret_core::model::file::{self, WeightDtype};
-use m3ret_core::model::ModelFile;
+use m3ret_core::model::{ModelConfig, ModelFile};
 use std::path::Path;
 
 #[derive(clap::Args, Debug)]
@@ -41,10 +41,35 @@ pub fn export(
 ) -> Result<(), String> {
     let cp = crate::checkpoint::folder(checkpoint_dir);
     let model = ModelFile::from_path(&cp.join("model.safetensors")).map_err(|e| e.to_string())?;
-    let mut config = model.config.clone();
-    let prefix = export_prefix(config.method, branch);
     let tensors: Vec<(String, tch::Tensor)> = model
         .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let mut encoder = encoder_file(&model.config, &tensors, branch)
+        .map_err(|e| format!("{}: {e}", cp.display()))?;
+    let state = std::fs::read_to_string(cp.join("state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    encoder.config.training = serde_json::json!({
+        "exported_from": cp.display().to_string(),
+        "branch": branch,
+        "state": state,
+        "weights": format!("{dtype:?}").to_lowercase(),
+    });
+    let tensors: Vec<(String, tch::Tensor)> = encoder.tensors.into_iter().collect();
+    file::save(out, &encoder.config, &tensors, dtype).map_err(|e| e.to_string())
+}
+
+/// The encoder of a trainee's tensors (`branch` as in `export`) as an encoder-only
+/// model file in memory; its tensors are the trainee's own (shallow copies).
+pub fn encoder_file(
+    config: &ModelConfig,
+    tensors: &[(String, tch::Tensor)],
+    branch: &str,
+) -> Result<ModelFile, String> {
+    let prefix = export_prefix(config.method, branch);
+    let tensors: std::collections::BTreeMap<String, tch::Tensor> = tensors
         .iter()
         .filter_map(|(n, t)| {
             n.strip_prefix(prefix)
@@ -52,17 +77,9 @@ pub fn export(
         })
         .collect();
     if tensors.is_empty() {
-        return Err(format!("{}: no {prefix}* tensors", cp.display()));
+        return Err(format!("no {prefix}* tensors"));
     }
-    let state = std::fs::read_to_string(cp.join("state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let mut config = config.clone();
     config.decoder = None;
-    config.training = serde_json::json!({
-        "exported_from": cp.display().to_string(),
-        "branch": branch,
-        "state": state,
-        "weights": format!("{dtype:?}").to_lowercase(),
-    });
-    file::save(out, &config, &tensors, dtype).map_err(|e| e.to_string())
+    Ok(ModelFile { config, tensors })
 }

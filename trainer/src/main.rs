@@ -3,6 +3,7 @@
 
 mod augment;
 mod checkpoint;
+mod curve;
 mod decode_cache;
 mod embedset;
 mod eval;

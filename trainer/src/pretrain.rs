@@ -137,6 +137,39 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 0.4)]
     #[serde(default = "default_local_max")]
     pub local_crop_max: f64,
+    /// SimDINO: weight of the alignment term against the coding rate (the reference's MCRLoss coeff).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "default_alignment_weight")]
+    pub alignment_weight: f64,
+    /// SimDINO: hidden width of the projection head (default: the preset's, 2048). The head is
+    /// not exported; a narrower one makes the checkpoint (student and teacher) smaller.
+    #[arg(long)]
+    #[serde(default)]
+    pub head_hidden: Option<i64>,
+    /// Precision of the checkpoint: f32 (exact resumes), or f16 (weights in f16, AdamW's
+    /// moments in bf16: about a third of the size, for a checkpoint kept in a repository;
+    /// each resume then starts from the rounded state).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    #[serde(default = "default_checkpoint_dtype")]
+    pub checkpoint_dtype: String,
+    /// Every N steps (and at step 0 and at the last step), score the encoder that would be
+    /// exported on --eval-split with the shipped readout (grid4x4 over every block, whitened
+    /// to 64 with statistics fitted on --eval-fit-split): one line in OUT/log.jsonl.
+    #[arg(long)]
+    #[serde(default)]
+    pub eval_every: Option<i64>,
+    /// The split the learning curve is scored on.
+    #[arg(long, default_value = "heldout")]
+    #[serde(default = "default_eval_split")]
+    pub eval_split: String,
+    /// The split the learning curve's standardisation is fitted on.
+    #[arg(long, default_value = "train")]
+    #[serde(default = "default_eval_fit_split")]
+    pub eval_fit_split: String,
+    /// Items per class of --eval-fit-split (evenly spread over the class).
+    #[arg(long, default_value_t = 200)]
+    #[serde(default = "default_eval_fit_max")]
+    pub eval_fit_max_per_class: usize,
     /// SimDINO: largest additive intensity shift of a view, on [0, 1] intensities (the reference: 0.1; 0: none).
     #[arg(long, default_value_t = 0.1)]
     #[serde(default = "default_intensity_jitter")]
@@ -155,6 +188,21 @@ fn default_precision() -> String {
     "auto".into()
 }
 
+fn default_alignment_weight() -> f64 {
+    1.0
+}
+fn default_checkpoint_dtype() -> String {
+    "f32".into()
+}
+fn default_eval_split() -> String {
+    "heldout".into()
+}
+fn default_eval_fit_split() -> String {
+    "train".into()
+}
+fn default_eval_fit_max() -> usize {
+    200
+}
 fn default_decode_cache_mib() -> usize {
     4096
 }
@@ -214,6 +262,9 @@ pub fn model_config(args: &PretrainArgs) -> ModelConfig {
     }
     if let Some(h) = config.head.as_mut() {
         h.eps = args.eps;
+        if let Some(hidden) = args.head_hidden {
+            h.hidden = hidden;
+        }
     }
     config
 }
@@ -300,11 +351,24 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     let trainee = Trainee::new(&config, device);
     let mut opt = AdamW::new(0.9, 0.95, args.weight_decay);
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let mut start = 0;
+    let (mut start, mut samples, mut seconds) = (0, 0u64, 0.0);
     if let Some(from) = &args.resume {
-        start = checkpoint::load(from, &trainee, &mut opt)?.step;
+        let state = checkpoint::load(from, &trainee, &mut opt)?;
+        (start, samples, seconds) = (state.step, state.samples, state.seconds);
         eprintln!("resuming at step {start} of {total}");
     }
+    let curve = match args.eval_every {
+        Some(n) if n < 1 => return Err(format!("--eval-every {n}: a number of steps, 1 or more")),
+        Some(_) => Some(crate::curve::Curve::new(
+            &args.manifest,
+            &args.eval_split,
+            &args.eval_fit_split,
+            args.eval_fit_max_per_class,
+            &args.out,
+        )?),
+        None => None,
+    };
+    let train_items = items.len() as f64;
     let end = args
         .stop_after
         .map(|n| (start + n).min(total))
@@ -359,7 +423,36 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
     );
     let settings = serde_json::to_value(&args).expect("args serialise");
     let started = Instant::now();
-    let mut samples = 0usize;
+    let run_seconds = |seconds: f64| seconds + started.elapsed().as_secs_f64();
+    let mut window = LossWindow::default();
+    let learning_curve = |step: i64, samples: u64, seconds: f64, loss: Option<f64>| match &curve {
+        Some(c) if c.last_logged_step().is_none_or(|s| s < step) => {
+            let record = serde_json::json!({
+                "step": step, "samples": samples, "epochs": samples as f64 / train_items,
+                "hours": seconds / 3600.0, "loss": loss, "lr": optim::learning_rate(step, total, warmup, args.lr, 0.01),
+            });
+            let mut encoder = crate::export::encoder_file(
+                &config,
+                &trainee.named_tensors(),
+                &args.export_branch,
+            )?;
+            encoder.config = crate::curve::readout(&encoder.config);
+            let scored = Instant::now();
+            let (trained, pixels) = c.score(&encoder, precision.precision)?;
+            eprintln!(
+                "step {step}: held-out R@1 {trained:?} ({:.0} s)",
+                scored.elapsed().as_secs_f64()
+            );
+            c.log(record, &trained, &pixels)
+        }
+        _ => Ok(()),
+    };
+    // Step 0 (the untrained encoder), or an evaluation a stopped run checkpointed
+    // but did not get to log.
+    if start == 0 || args.eval_every.is_some_and(|n| start % n == 0) || start == total {
+        learning_curve(start, samples, seconds, None)?;
+    }
+    let run_start_samples = samples;
     for step in start..end {
         let waited = Instant::now();
         let batch = loader.next()?;
@@ -376,16 +469,23 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         let local = augment::ViewSettings { views, ..crops };
         // bf16 autocast on CUDA (the paper's precision); on the CPU, --precision.
         let out = m3ret_core::torch_ext::autocast(device, precision.precision, || {
-            trainee.loss(&x, &config, local, args.seed ^ loader::mix(step as u64))
+            trainee.loss(
+                &x,
+                &config,
+                local,
+                args.alignment_weight,
+                args.seed ^ loader::mix(step as u64),
+            )
         });
         out.loss.backward();
         let grad_norm = optim::clip_grad_norm(trainee.trainable(), args.clip);
         opt.step(trainee.trainable(), lr);
         trainee.after_step(step, total, momentum);
-        samples += x.size()[0] as usize;
+        samples += x.size()[0] as u64;
         let loss = out.loss.double_value(&[]);
+        window.add(loss);
         let step_s = computed.elapsed().as_secs_f64();
-        let rate = samples as f64 / started.elapsed().as_secs_f64();
+        let rate = (samples - run_start_samples) as f64 / started.elapsed().as_secs_f64();
         let mut record = serde_json::json!({
             "step": step + 1, "group": batch.group, "loss": loss, "lr": lr, "grad_norm": grad_norm,
             "samples_per_s": rate, "step_s": step_s, "data_wait_s": data_wait_s,
@@ -393,18 +493,36 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         for (k, v) in &out.parts {
             record[*k] = serde_json::json!(v);
         }
+        if config.method == Method::Simdino {
+            record["teacher_momentum"] = serde_json::json!(
+                m3ret_core::model::simdino::teacher_momentum(step, total, momentum.0, momentum.1)
+            );
+        }
         writeln!(log, "{record}").map_err(|e| e.to_string())?;
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {rate:.1} samples/s"));
         bar.inc(1);
-        if (step + 1) % args.checkpoint_every == 0 || step + 1 == end {
+        let evaluate = args.eval_every.is_some_and(|n| (step + 1) % n == 0) || step + 1 == total;
+        if (step + 1) % args.checkpoint_every == 0 || step + 1 == end || evaluate {
             let state = State {
                 step: step + 1,
                 total_steps: total,
                 seed: args.seed,
                 optimizer_steps: opt.steps,
+                samples,
+                seconds: run_seconds(seconds),
                 settings: settings.clone(),
             };
-            checkpoint::save(&args.out, &config, &trainee, &opt, &state)?;
+            checkpoint::save(
+                &args.out,
+                &config,
+                &trainee,
+                &opt,
+                &state,
+                &args.checkpoint_dtype,
+            )?;
+        }
+        if evaluate {
+            learning_curve(step + 1, samples, run_seconds(seconds), window.take())?;
         }
     }
     bar.finish();
@@ -423,6 +541,26 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         );
     }
     finish(&args, end, total)
+}
+
+/// The mean loss of the steps since the last evaluation (of this invocation).
+#[derive(Default)]
+struct LossWindow {
+    sum: f64,
+    steps: usize,
+}
+
+impl LossWindow {
+    fn add(&mut self, loss: f64) {
+        self.sum += loss;
+        self.steps += 1;
+    }
+
+    fn take(&mut self) -> Option<f64> {
+        let mean = (self.steps > 0).then(|| self.sum / self.steps as f64);
+        *self = LossWindow::default();
+        mean
+    }
 }
 
 /// At the end of the run: the loss curve, and the exported model once all steps are done.

@@ -72,6 +72,7 @@ impl Trainee {
         batch: &Tensor,
         config: &ModelConfig,
         local: augment::ViewSettings,
+        alignment_weight: f64,
         seed: u64,
     ) -> StepLoss {
         match self {
@@ -85,7 +86,9 @@ impl Trainee {
             Trainee::SimDino {
                 student, teacher, ..
             } => {
+                let viewed = std::time::Instant::now();
                 let v = augment::views(batch, local, config.encoder.patch[1], seed);
+                let views_s = viewed.elapsed().as_secs_f64();
                 let zs: Vec<Tensor> = v
                     .global
                     .iter()
@@ -95,10 +98,11 @@ impl Trainee {
                 let zt: Vec<Tensor> =
                     tch::no_grad(|| v.global.iter().map(|x| teacher.project(x)).collect());
                 let eps = config.head.as_ref().map(|h| h.eps).unwrap_or(0.5);
-                let out = simdino::simdino_loss(&zs, &zt, eps);
+                let out = simdino::simdino_loss(&zs, &zt, eps, alignment_weight);
                 let parts = vec![
                     ("alignment", out.alignment.double_value(&[])),
                     ("coding_rate", out.coding_rate.double_value(&[])),
+                    ("views_s", views_s),
                 ];
                 StepLoss {
                     loss: out.loss,

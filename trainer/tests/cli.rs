@@ -614,3 +614,121 @@ fn standardize_writes_a_whitened_model_and_eval_compares_every_method_in_every_f
         .iter()
         .any(|f| f["form"] == "whitened-8-per-modality" && f["method"] == "m3ret-features"));
 }
+
+/// Every line of a run's metrics.jsonl, by step (the last for a step logged twice).
+fn records(out: &Path, file: &str) -> std::collections::BTreeMap<i64, serde_json::Value> {
+    std::fs::read_to_string(out.join(file))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["step"].as_i64().unwrap(), v))
+        .collect()
+}
+
+#[test]
+fn a_run_split_in_two_keeps_its_schedules_and_learning_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path());
+    let extra = [
+        "--eval-every",
+        "4",
+        "--eval-split",
+        "test",
+        "--eval-fit-split",
+        "train",
+        "--checkpoint-dtype",
+        "f16",
+        "--checkpoint-every",
+        "2",
+    ];
+    let straight = dir.path().join("straight");
+    let mut args = pretrain_args("simdino", &m, &straight, 8);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run(bin().args(&args));
+    // The same run in two pieces: 4 steps, then a resume to the end.
+    let split = dir.path().join("split");
+    let mut args = pretrain_args("simdino", &m, &split, 8);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--stop-after".into(), "4".into()]);
+    run(bin().args(&args));
+    let text = run(bin().args([
+        "pretrain",
+        "--method",
+        "simdino",
+        "--manifest",
+        m.to_str().unwrap(),
+        "--out",
+        split.to_str().unwrap(),
+        "--resume",
+        split.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--precision",
+        "f32",
+    ]));
+    assert!(text.contains("resuming at step 4 of 8"), "{text}");
+    let (a, b) = (
+        records(&straight, "metrics.jsonl"),
+        records(&split, "metrics.jsonl"),
+    );
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>().iter().collect::<Vec<_>>()
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for step in 1..=8 {
+        let (x, y) = (&a[&step], &b[&step]);
+        // The schedules are functions of the step and the planned total: the same to the bit.
+        for key in ["lr", "teacher_momentum", "group"] {
+            assert_eq!(x[key], y[key], "step {step}: {key}");
+        }
+        // The f16 checkpoint rounds the weights once, at the split.
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        let tolerance = if step <= 4 { 1e-4 } else { 1e-2 };
+        assert!(
+            (lx - ly).abs() < tolerance * (1.0 + lx.abs()),
+            "step {step}: loss {lx} vs {ly}"
+        );
+    }
+    let momentum: Vec<f64> = (1..=8)
+        .map(|s| a[&s]["teacher_momentum"].as_f64().unwrap())
+        .collect();
+    assert!(momentum.windows(2).all(|w| w[0] < w[1]), "{momentum:?}");
+    // The learning curve: steps 0, 4 and 8, each with the untrained zero line beside it.
+    let (ca, cb) = (
+        records(&straight, "log.jsonl"),
+        records(&split, "log.jsonl"),
+    );
+    assert_eq!(cb.keys().copied().collect::<Vec<_>>(), vec![0, 4, 8]);
+    assert_eq!(ca[&0], cb[&0]);
+    assert_eq!(ca[&4]["r1"], cb[&4]["r1"]);
+    for (step, r) in &cb {
+        assert_eq!(r["samples"].as_u64().unwrap(), *step as u64 * 8, "{r}");
+        let epochs = r["epochs"].as_f64().unwrap();
+        assert!((epochs - *step as f64 * 8.0 / 32.0).abs() < 1e-9, "{r}");
+        assert!(r["hours"].as_f64().unwrap() >= 0.0);
+        for modality in ["xray", "endoscopy"] {
+            let m = &r["r1"][modality];
+            for key in ["trained", "untrained", "raw_pixels"] {
+                let v = m[key].as_f64().unwrap_or(-1.0);
+                assert!(
+                    (0.0..=1.0).contains(&v),
+                    "step {step} {modality} {key}: {r}"
+                );
+            }
+            assert_eq!(m["untrained"], cb[&0]["r1"][modality]["trained"]);
+        }
+    }
+    assert!(cb[&0]["loss"].is_null() && cb[&8]["loss"].is_f64());
+    // f16 weights and bf16 moments: about half of an f32 checkpoint.
+    let size = |d: &Path, f: &str| {
+        std::fs::metadata(d.join("checkpoint").join(f))
+            .unwrap()
+            .len()
+    };
+    let plain = dir.path().join("plain");
+    run(bin().args(&pretrain_args("simdino", &m, &plain, 2)));
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(size(&split, f) < size(&plain, f) * 6 / 10, "{f}");
+    }
+}

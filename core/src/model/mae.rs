@@ -102,17 +102,16 @@ impl Decoder {
     // autograd may refuse or get wrong; the new tensor is what is meant.
     #[allow(clippy::assign_op_pattern)]
     fn forward(&self, visible: &Tensor, masking: &Masking, grid: [i64; 3]) -> Tensor {
-        let x = self.embed.forward(visible);
+        // The residual stream in the weights' precision (f32 under autocast), as in the
+        // encoder (`Encoder::tokens`).
+        let x = self.embed.forward(visible).to_kind(self.mask_token.kind());
         let (b, k, w) = x.size3().expect("[B, K, W]");
         let n = masking.ids_restore.size()[1];
-        let masked = self
-            .mask_token
-            .to_kind(x.kind())
-            .expand([b, n - k, w], false);
+        let masked = self.mask_token.expand([b, n - k, w], false);
         let shuffled = Tensor::cat(&[x, masked], 1);
         let mut x = gather_tokens(&shuffled, &masking.ids_restore);
         x = x + sincos_3d(w, grid, visible.device())
-            .to_kind(visible.kind())
+            .to_kind(x.kind())
             .unsqueeze(0);
         for block in &self.blocks {
             x = block.forward(&x);

@@ -70,15 +70,21 @@ pub struct SimDinoLoss {
 /// `student`: one `[B, d]` tensor per view, global views first; `teacher`: one per
 /// global view. Both L2-normalised.
 ///
-/// loss = mean over pairs (teacher view t, student view s != t) of 1/2 |z_s - z_t|^2
+/// loss = w * mean over pairs (teacher view t, student view s != t) of 1/2 |z_s - z_t|^2
 ///        - gamma * mean over global student views of R(Z),
+/// w = `alignment_weight` (the reference's `coeff`, 1 by default),
 /// R(Z) = 1/2 logdet(I + d / (m eps^2) Z^T Z), Z the view's `[m, d]` batch.
 /// gamma = (d + m) / (d m) balances the two terms as the official implementation does.
 /// (The official code writes the scale as d / (m eps'), so its `eps = 0.05` is our eps^2.)
 // `x = x + y`, not `x += y`: on a tch Tensor `+=` is an in-place add, which
 // autograd may refuse or get wrong; the new tensor is what is meant.
 #[allow(clippy::assign_op_pattern)]
-pub fn simdino_loss(student: &[Tensor], teacher: &[Tensor], eps: f64) -> SimDinoLoss {
+pub fn simdino_loss(
+    student: &[Tensor],
+    teacher: &[Tensor],
+    eps: f64,
+    alignment_weight: f64,
+) -> SimDinoLoss {
     let mut alignment = Tensor::zeros([], (Kind::Float, student[0].device()));
     let mut terms = 0;
     for (t, zt) in teacher.iter().enumerate() {
@@ -103,7 +109,7 @@ pub fn simdino_loss(student: &[Tensor], teacher: &[Tensor], eps: f64) -> SimDino
         .collect();
     let coding_rate = Tensor::stack(&rates, 0).mean(Kind::Float);
     let gamma = (d + m) as f64 / (d * m) as f64;
-    let loss = &alignment - &coding_rate * gamma;
+    let loss = &alignment * alignment_weight - &coding_rate * gamma;
     SimDinoLoss {
         loss,
         alignment,

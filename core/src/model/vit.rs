@@ -195,7 +195,13 @@ impl Encoder {
             .forward(input)
             .flatten(2, -1)
             .transpose(1, 2);
-        let pos = sincos_3d(self.config.width, grid, input.device()).to_kind(x.kind());
+        // In the weights' precision, not the patch embedding's output's: under autocast
+        // that output is bf16 while the weights are f32, and the residual stream (and
+        // with it every layer norm's input) must stay f32, as in PyTorch's AMP, where the
+        // f32 position table promotes the sum. A bf16 residual stream rounds every
+        // block's update to 8 bits of mantissa.
+        let pos =
+            sincos_3d(self.config.width, grid, input.device()).to_kind(self.patch_embed.ws.kind());
         x + pos.unsqueeze(0)
     }
 

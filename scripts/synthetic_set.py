@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""A synthetic retrieval set that only a learned, invariant encoder retrieves well.
+
+Eight classes of shapes (disk, ring, square, frame, triangle, cross, bar, star). A
+128 x 128 grey image holds 5 to 10 copies of one shape, each at a random position,
+scale and rotation, on a background of random intensity, gradient and noise level,
+the shapes in a random brighter intensity. Nearest neighbours by raw pixels find
+images with bright blobs at the same places, not the same shape. The shape is what
+every crop of an image shares (a single shape would leave most of SimDINO's local
+crops with background only, and the views would teach background statistics, as a
+first version of this set did: the trained encoder stayed at chance), so an encoder
+that learned what the views teach (crops, flips, intensity and contrast changes,
+blur) should find the same shape anywhere.
+
+Written as a folder tree xray/<shape>/<n>.png (the trainer's folder-tree manifest;
+"xray" only because the set is 2D and grey). Standard library only (no numpy).
+
+    python3 scripts/synthetic_set.py OUT --per-class 150 --seed 1
+"""
+
+import argparse
+import math
+import random
+import struct
+import zlib
+from pathlib import Path
+
+SIDE = 128
+
+
+def inside(shape, u, v):
+    """Whether the point (u, v) of the shape's own frame (unit size) is in the shape."""
+    r = math.hypot(u, v)
+    if shape == "disk":
+        return r <= 1.0
+    if shape == "ring":
+        return 0.55 <= r <= 1.0
+    if shape == "square":
+        return abs(u) <= 0.8 and abs(v) <= 0.8
+    if shape == "frame":
+        return max(abs(u), abs(v)) <= 0.85 and max(abs(u), abs(v)) >= 0.5
+    if shape == "triangle":
+        # Equilateral, centred: three half-planes.
+        return all(
+            u * math.cos(a) + v * math.sin(a) <= 0.5
+            for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)
+        )
+    if shape == "cross":
+        return (abs(u) <= 0.3 and abs(v) <= 1.0) or (abs(v) <= 0.3 and abs(u) <= 1.0)
+    if shape == "bar":
+        return abs(u) <= 1.0 and abs(v) <= 0.25
+    if shape == "star":
+        return r <= 0.55 + 0.45 * math.cos(5 * math.atan2(v, u))
+    raise ValueError(shape)
+
+
+SHAPES = ["disk", "ring", "square", "frame", "triangle", "cross", "bar", "star"]
+
+
+def render(shape, rng):
+    """One image as rows of bytes: 5 to 10 copies of `shape` on a noisy background."""
+    background = rng.uniform(0.0, 0.35)
+    foreground = rng.uniform(background + 0.25, 1.0)
+    gx, gy = rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15)
+    noise = rng.uniform(0.0, 0.08)
+    cover = [[0.0] * SIDE for _ in range(SIDE)]
+    for _ in range(rng.randint(5, 10)):
+        radius = rng.uniform(7.0, 16.0)
+        cx, cy = rng.uniform(0, SIDE), rng.uniform(0, SIDE)
+        angle = rng.uniform(0, 2 * math.pi)
+        ca, sa = math.cos(angle), math.sin(angle)
+        reach = int(radius * 1.5) + 1
+        for y in range(max(0, int(cy) - reach), min(SIDE, int(cy) + reach + 1)):
+            for x in range(max(0, int(cx) - reach), min(SIDE, int(cx) + reach + 1)):
+                # 2 x 2 supersampling for smooth edges; copies may overlap.
+                inside_count = 0
+                for dy in (0.25, 0.75):
+                    for dx in (0.25, 0.75):
+                        px, py = (x + dx - cx) / radius, (y + dy - cy) / radius
+                        inside_count += inside(shape, ca * px + sa * py, -sa * px + ca * py)
+                cover[y][x] = max(cover[y][x], inside_count / 4)
+    rows = []
+    for y in range(SIDE):
+        row = bytearray(SIDE)
+        for x in range(SIDE):
+            base = background + gx * (x / SIDE - 0.5) + gy * (y / SIDE - 0.5)
+            value = base + (foreground - base) * cover[y][x] + rng.gauss(0.0, noise)
+            row[x] = max(0, min(255, round(value * 255)))
+        rows.append(bytes(row))
+    return rows
+
+
+def write_png(path, rows):
+    """An 8-bit greyscale PNG."""
+    raw = b"".join(b"\x00" + r for r in rows)
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", len(rows[0]), len(rows), 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="folder to write xray/<shape>/<n>.png into")
+    p.add_argument("--per-class", type=int, default=150, help="images per shape")
+    p.add_argument("--seed", type=int, default=1, help="random seed (use another for a test set)")
+    args = p.parse_args()
+    rng = random.Random(args.seed)
+    for shape in SHAPES:
+        folder = args.out / "xray" / shape
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(args.per_class):
+            write_png(folder / f"{n:04d}.png", render(shape, rng))
+    print(f"wrote {len(SHAPES) * args.per_class} images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The long SimDINO run of the default model (issue 30), resumed piece by piece.
+#
+#   scripts/train-run.sh            start the run, or resume it from models/run/
+#   scripts/train-run.sh --stop-after N   ... for N steps of this piece only
+#
+# The run lives in models/run/: checkpoint/ (student and teacher in f16, AdamW's
+# moments in bf16), log.jsonl (the learning curve: one held-out evaluation every
+# 2,000 steps) and state.json's settings, which a resume keeps. It runs under
+# `nice`, so that other work on the machine goes first. Stopping it (Ctrl-C, kill)
+# loses at most the steps since the last checkpoint (every 50 steps); commit
+# models/run/checkpoint and models/run/log.jsonl to keep a piece of the run.
+#
+# The planned length (120 epochs of the training split) and so the learning-rate
+# and teacher-momentum schedules are fixed when the run starts; docs/training.md
+# says why each setting is what it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+train=${M3RET_TRAIN_BIN:-${CARGO_TARGET_DIR:-target}/release/m3ret-train}
+[ -x "$train" ] || cargo build --release -p m3ret-train
+run=models/run
+manifest=$run/corpus.csv
+# The manifest names the shared corpus's files (absolute paths); it is made here,
+# the same on every machine, and not committed.
+[ -f "$manifest" ] || python3 scripts/split_corpus.py ../shared/data "$manifest"
+where=(--device auto --threads "$(nproc)" --workers 1 "$@")
+if [ -f "$run/checkpoint/state.json" ]; then
+    exec nice -n 19 "$train" pretrain --method simdino --manifest "$manifest" --out "$run" \
+        --resume "$run" "${where[@]}"
+fi
+exec nice -n 19 "$train" pretrain --method simdino --preset tiny --depth 6 --head-hidden 1024 \
+    --image-size 128 --manifest "$manifest" --split train --out "$run" --epochs 120 \
+    --lr 1e-4 --teacher-momentum 0.996 --local-views-2d 4 --local-views-3d 2 \
+    --batch-2d 32 --batch-video 8 --batch-volume 4 --checkpoint-every 50 \
+    --checkpoint-dtype f16 --eval-every 2000 --eval-split heldout --eval-fit-split train \
+    --eval-fit-max-per-class 200 --seed 1 "${where[@]}"
