@@ -727,7 +727,7 @@ fn a_run_split_in_two_keeps_its_schedules_and_learning_curve() {
             .len()
     };
     let plain = dir.path().join("plain");
-    run(bin().args(&pretrain_args("simdino", &m, &plain, 2)));
+    run(bin().args(pretrain_args("simdino", &m, &plain, 2)));
     for f in ["model.safetensors", "optimizer.safetensors"] {
         assert!(size(&split, f) < size(&plain, f) * 6 / 10, "{f}");
     }

@@ -110,8 +110,9 @@ impl Decoder {
         let masked = self.mask_token.expand([b, n - k, w], false);
         let shuffled = Tensor::cat(&[x, masked], 1);
         let mut x = gather_tokens(&shuffled, &masking.ids_restore);
+        let kind = x.kind();
         x = x + sincos_3d(w, grid, visible.device())
-            .to_kind(x.kind())
+            .to_kind(kind)
             .unsqueeze(0);
         for block in &self.blocks {
             x = block.forward(&x);
