@@ -96,6 +96,28 @@ fn pretrain_args(method: &str, manifest: &Path, out: &Path, steps: u32) -> Vec<S
     .collect()
 }
 
+/// Resumes the SimDINO run in `out` on the CPU in f32 (its other settings are its own).
+fn resume_args(manifest: &Path, out: &Path) -> Vec<String> {
+    [
+        "pretrain",
+        "--method",
+        "simdino",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--precision",
+        "f32",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     let text = format!(
@@ -248,21 +270,7 @@ fn simdino_resumes_after_a_kill_as_if_never_stopped() {
         (4..24).contains(&resumed_from),
         "killed too late: checkpoint at {resumed_from}"
     );
-    let text = run(bin().args([
-        "pretrain",
-        "--method",
-        "simdino",
-        "--manifest",
-        m.to_str().unwrap(),
-        "--out",
-        killed.to_str().unwrap(),
-        "--resume",
-        killed.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--precision",
-        "f32",
-    ]));
+    let text = run(bin().args(resume_args(&m, &killed)));
     assert!(
         text.contains(&format!("resuming at step {resumed_from} of 24")),
         "{text}"
@@ -651,21 +659,7 @@ fn a_run_split_in_two_keeps_its_schedules_and_learning_curve() {
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(["--stop-after".into(), "4".into()]);
     run(bin().args(&args));
-    let text = run(bin().args([
-        "pretrain",
-        "--method",
-        "simdino",
-        "--manifest",
-        m.to_str().unwrap(),
-        "--out",
-        split.to_str().unwrap(),
-        "--resume",
-        split.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--precision",
-        "f32",
-    ]));
+    let text = run(bin().args(resume_args(&m, &split)));
     assert!(text.contains("resuming at step 4 of 8"), "{text}");
     let (a, b) = (
         records(&straight, "metrics.jsonl"),
