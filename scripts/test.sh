@@ -24,4 +24,6 @@ else
 fi
 
 bash scripts/install-extension.sh
+# Citus, for tests/tests/citus.rs and loader/tests/citus.rs (PostgreSQL 15 only).
+bash scripts/install-citus.sh
 cargo test --release --locked -p m3ret-index -p m3ret-core -p m3ret-server -p m3ret-train -p m3ret-load -p m3ret-e2e "$@"

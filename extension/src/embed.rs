@@ -2,7 +2,8 @@
 //!
 //! - `m3ret_embed(bytea, modality, model)`: one file (DICOM, NIfTI, PNG, JPEG, MP4);
 //! - `m3ret_embed(bytea[], modality, model)`: a DICOM series or a video's frames;
-//! - `m3ret_embed_pinned(bytea, modality, 'name@version')`: IMMUTABLE, for indexes;
+//! - `m3ret_embed_pinned(bytea or bytea[], modality, 'name@version')`: IMMUTABLE, for
+//!   indexes and for Citus's workers;
 //! - `m3ret_embed_batch(bytea[], modality, model)`: many studies, batched forward passes.
 
 use crate::bytea_array::{elements, one_dimensional};
@@ -133,13 +134,26 @@ fn m3ret_embed_series(
 /// change), so it can define an expression index. Dropping the version breaks it.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn m3ret_embed_pinned(data: &[u8], modality: &str, model: &str) -> Embedding {
+    require_version(model);
+    embed_one(data, modality, Some(model))
+}
+
+/// As m3ret_embed(bytea[], ...) with an explicit `name@version`: IMMUTABLE, so that
+/// Citus runs it on the workers in `UPDATE ... SET emb = ...` (docs/citus.md).
+#[pg_extern(immutable, parallel_safe, strict, name = "m3ret_embed_pinned")]
+fn m3ret_embed_pinned_series(data: Array<'_, &[u8]>, modality: &str, model: &str) -> Embedding {
+    require_version(model);
+    m3ret_embed_series(Some(data), Some(modality), Some(model))
+        .expect("a strict function's arguments are not NULL")
+}
+
+fn require_version(model: &str) {
     if crate::registry::parse_ref(model).1.is_none() {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("m3ret_embed_pinned needs an explicit model version (\"{model}@N\"): m3ret_model_list shows them"),
         );
     }
-    embed_one(data, modality, Some(model))
 }
 
 /// Embeds many studies with batched forward passes (m3ret.batch_size at a time; studies

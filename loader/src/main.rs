@@ -57,7 +57,7 @@ struct Args {
     /// Store no bytes (data stays NULL): keys and metadata only.
     #[arg(long)]
     no_data: bool,
-    /// After loading, embed every row without an embedding in the server (m3ret_embed_batch per modality; needs the data).
+    /// After loading, embed every row without an embedding in the server (m3ret_embed_batch per modality; needs the data). Into a Citus distributed table: m3ret_embed_pinned on the workers, with the model's version resolved on the coordinator (every node needs the model: docs/citus.md).
     #[arg(long, conflicts_with_all = ["embed_local", "no_data"])]
     embed: bool,
     /// With --embed: the registry model (name or name@version); default: the database's default model.
@@ -321,7 +321,8 @@ fn embed_in_server(
     rejects: &mut RejectsFile,
 ) -> Result<usize, String> {
     let keys = table::keys_to_embed(client, table)?;
-    let model = args.model.as_deref();
+    let model = table::server_embedding(client, table, args.model.as_deref())?;
+    let model = &model;
     let mut embedded = 0;
     for chunk in keys.chunks(args.batch_size.max(1)) {
         match table::embed_in_server(client, table, chunk, model) {

@@ -135,15 +135,78 @@ pub fn keys_to_embed(client: &mut Client, table: &str) -> Result<Vec<String>, St
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Embeds the rows of `keys` in the server: single files with one
-/// m3ret_embed_batch call per modality, series one m3ret_embed call each.
-/// One transaction; returns how many rows got an embedding.
+/// How the server embeds the rows of a table.
+pub enum ServerEmbedding {
+    /// One server: m3ret_embed_batch per modality with this model (None: the default).
+    Batched(Option<String>),
+    /// A Citus distributed table: Citus refuses m3ret_embed (STABLE) with column
+    /// references in an UPDATE, so each worker embeds its own rows with
+    /// m3ret_embed_pinned and this `name@version`, resolved once on the coordinator.
+    Pinned(String),
+}
+
+/// Chooses how to embed `table`'s rows with `model` (None: the default model).
+pub fn server_embedding(
+    client: &mut Client,
+    table: &str,
+    model: Option<&str>,
+) -> Result<ServerEmbedding, String> {
+    if !is_distributed(client, table)? {
+        return Ok(ServerEmbedding::Batched(model.map(str::to_string)));
+    }
+    let row = match model {
+        Some(m) => client.query_one(
+            "SELECT name || '@' || version FROM m3ret_model_resolve($1)",
+            &[&m],
+        ),
+        None => client.query_one(
+            "SELECT coalesce((SELECT model FROM m3ret_model_list WHERE is_default), '')",
+            &[],
+        ),
+    };
+    let pinned: String = row.map_err(|e| db_error(&e))?.get(0);
+    if pinned.is_empty() {
+        return Err("no default model on the coordinator: import one, or pass --model".into());
+    }
+    Ok(ServerEmbedding::Pinned(pinned))
+}
+
+/// Whether `table` is a Citus distributed table (false where Citus is not installed).
+fn is_distributed(client: &mut Client, table: &str) -> Result<bool, String> {
+    let citus: bool = client
+        .query_one(
+            "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL",
+            &[],
+        )
+        .map_err(|e| db_error(&e))?
+        .get(0);
+    if !citus {
+        return Ok(false);
+    }
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
+                            WHERE logicalrelid = $1::text::pg_catalog.regclass)",
+            &[&table],
+        )
+        .map_err(|e| db_error(&e))?
+        .get(0))
+}
+
+/// Embeds the rows of `keys` in the server, as `how` says. Batched: single files
+/// with one m3ret_embed_batch call per modality, series one m3ret_embed call each;
+/// pinned: one m3ret_embed_pinned call per row, on the workers. One transaction;
+/// returns how many rows got an embedding.
 pub fn embed_in_server(
     client: &mut Client,
     table: &str,
     keys: &[String],
-    model: Option<&str>,
+    how: &ServerEmbedding,
 ) -> Result<u64, String> {
+    let model = match how {
+        ServerEmbedding::Batched(model) => model.as_deref(),
+        ServerEmbedding::Pinned(model) => return embed_pinned(client, table, keys, model),
+    };
     let mut tx = client.transaction().map_err(|e| db_error(&e))?;
     let singles = tx
         .execute(
@@ -173,6 +236,23 @@ pub fn embed_in_server(
         .map_err(|e| format!("m3ret_embed of a series: {}", db_error(&e)))?;
     tx.commit().map_err(|e| db_error(&e))?;
     Ok(singles + series)
+}
+
+fn embed_pinned(
+    client: &mut Client,
+    table: &str,
+    keys: &[String],
+    model: &str,
+) -> Result<u64, String> {
+    client
+        .execute(
+            &format!(
+                "UPDATE {table} SET emb = m3ret_embed_pinned(data, modality, $2)
+                 WHERE study_key = ANY($1) AND emb IS NULL AND modality IS NOT NULL"
+            ),
+            &[&keys, &model],
+        )
+        .map_err(|e| format!("m3ret_embed_pinned: {}", db_error(&e)))
 }
 
 /// The server's message (and detail) rather than the client library's wrapper text.

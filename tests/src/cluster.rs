@@ -5,14 +5,19 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-/// The system PostgreSQL 15 binaries (Debian's layout).
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The PostgreSQL binaries the clusters run: `$M3RET_PG_BIN` (scripts/env.sh sets it
+/// for the version M3RET_PG picks), else the system PostgreSQL 15 (Debian's layout).
+pub fn pg_bin() -> PathBuf {
+    std::env::var_os("M3RET_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
 /// util-linux's runuser (root only), to run PostgreSQL binaries as `postgres`.
 const RUNUSER: &str = "/usr/sbin/runuser";
 /// The line PostgreSQL logs when a backend crashes; it must never appear.
 pub const CRASH_MARKER: &str = "terminated by signal";
 
-/// A PostgreSQL 15 cluster in a temporary data directory, on loopback and its own
+/// A PostgreSQL cluster (of [`pg_bin`]'s version) in a temporary data directory, on loopback and its own
 /// port, stopped when dropped (or, for the shared one, when the test binary exits).
 pub struct Cluster {
     dir: tempfile::TempDir,
@@ -234,6 +239,15 @@ impl Cluster {
 
     /// Creates a fresh database with the m3ret extension (dropping any old one of that name).
     pub fn database(&self, name: &str) -> Database<'_> {
+        let db = self.empty_database(name);
+        db.connect()
+            .batch_execute("CREATE EXTENSION m3ret")
+            .expect("CREATE EXTENSION m3ret");
+        db
+    }
+
+    /// Creates a fresh database without any extension (dropping any old one of that name).
+    pub fn empty_database(&self, name: &str) -> Database<'_> {
         let mut admin =
             postgres::Client::connect(&self.connection_string("postgres"), postgres::NoTls)
                 .expect("connect to the test cluster");
@@ -243,14 +257,10 @@ impl Cluster {
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create database");
-        let db = Database {
+        Database {
             cluster: self,
             name: name.to_string(),
-        };
-        db.connect()
-            .batch_execute("CREATE EXTENSION m3ret")
-            .expect("CREATE EXTENSION m3ret");
-        db
+        }
     }
 
     /// Kills the postmaster and every process of the cluster with SIGKILL, as a power
@@ -304,6 +314,13 @@ impl Cluster {
         }
     }
 
+    /// Starts a cluster [`Cluster::stop`] stopped, on its old port, and waits until it
+    /// accepts connections.
+    pub fn start_again(&self) {
+        self.pg_ctl(&["start", "-w", "-t", "120", "-l", path_str(&self.log_path())]);
+        self.stopped.store(false, Ordering::SeqCst);
+    }
+
     fn pg_ctl(&self, args: &[&str]) {
         if let Err(e) = self.try_pg_ctl(args) {
             panic!("pg_ctl {args:?} failed: {e}\nserver log:\n{}", self.log());
@@ -344,7 +361,7 @@ impl Cluster {
     /// in particular no RUST_BACKTRACE, which would make every ERROR capture a backtrace,
     /// and no LD_LIBRARY_PATH, so the extension must find libtorch through its rpath.
     fn postgres_command(&self, program: &str, args: &[&str]) -> Command {
-        let binary = Path::new(PG_BIN).join(program);
+        let binary = pg_bin().join(program);
         let mut cmd = if is_root() {
             let mut c = Command::new(RUNUSER);
             c.args(["-u", "postgres", "--"]).arg(binary);
@@ -398,7 +415,7 @@ impl Database<'_> {
     /// first error, with `name=value` psql variables; panics with its output if
     /// it fails, else returns its standard output.
     pub fn psql_file(&self, file: &str, vars: &[String]) -> String {
-        let mut cmd = Command::new("psql");
+        let mut cmd = Command::new(pg_bin().join("psql"));
         cmd.args([
             "-X",
             "-v",

@@ -11,6 +11,7 @@
 //! client.execute("SELECT '[1,2]'::embedding", &[]).unwrap();
 //! ```
 
+pub mod citus;
 mod cluster;
 pub mod models;
 pub mod wire;
