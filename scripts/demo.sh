@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: set everything up, start a local PostgreSQL 15 cluster with m3ret,
+# The main job: set everything up, start a local PostgreSQL 15 cluster with m3ret
+# (M3RET_PG=18: PostgreSQL 18, in a demo folder of its own),
 # and run the demo queries in sql/. The cluster keeps running afterwards so that you
 # can connect to it; the script prints how.
 set -euo pipefail
@@ -9,9 +10,9 @@ bash scripts/setup.sh
 source scripts/env.sh
 bash scripts/install-extension.sh
 
-DEMO_DIR="${M3RET_DEMO_DIR:-/tmp/m3ret-demo}"
+DEMO_DIR="${M3RET_DEMO_DIR:-/tmp/m3ret-demo$([ "$M3RET_PG" = 15 ] || echo "-pg$M3RET_PG")}"
 PORT="${M3RET_DEMO_PORT:-54329}"
-BIN=/usr/lib/postgresql/15/bin
+BIN="$M3RET_PG_BIN"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- env -u RUST_BACKTRACE "$@"; else env -u RUST_BACKTRACE "$@"; fi; }
 
 if [ ! -f "$DEMO_DIR/data/PG_VERSION" ]; then
@@ -36,7 +37,7 @@ SHARED_DATA="${M3RET_SHARED_DATA:-../shared/data}"
 python3 scripts/demo_corpus.py "$SHARED_DATA" "$CORPUS_CSV" "${M3RET_DEMO_PER_CLASS:-8}"
 [ "$(id -u)" = 0 ] && chown postgres:postgres "$CORPUS_CSV"
 
-PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
+PSQL=("$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 "${PSQL[@]}" -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'm3ret_demo'" | grep -q 1 \
   || "${PSQL[@]}" -d postgres -c "CREATE DATABASE m3ret_demo"
 "${PSQL[@]}" -d m3ret_demo -v model_file="$MODEL" -f sql/demo_setup.sql

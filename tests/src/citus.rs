@@ -5,9 +5,10 @@
 
 use crate::cluster::{Cluster, Database};
 
-/// Every node's `postgresql.conf` lines. Citus must come first in
-/// shared_preload_libraries (it refuses to start otherwise); m3ret after it starts
-/// each node's model server. Logical WAL: shard moves copy by logical replication.
+/// Every node's `postgresql.conf` lines. Citus first, as it asks (it refuses to load
+/// after a library that set planner or executor hooks; m3ret sets none, so the other
+/// order starts too); m3ret starts each node's model server. Logical WAL: shard
+/// moves copy by logical replication.
 pub const NODE_SETTINGS: &[&str] = &[
     "shared_preload_libraries = 'citus,m3ret'",
     "wal_level = logical",

@@ -173,7 +173,7 @@ pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
 /// The dimension count of `embedding(n)`, 0 for a plain `embedding` column.
 fn declared_dims(index: pg_sys::Relation) -> usize {
     // SAFETY: an open index has a tuple descriptor with its one column.
-    let typmod = unsafe { (*(*index).rd_att).attrs.as_slice(1)[0].atttypmod };
+    let typmod = unsafe { crate::pg_compat::attribute_typmod((*index).rd_att, 0) };
     typmod.max(0) as usize
 }
 

@@ -54,7 +54,7 @@ fn m3ret_hnsw_check(
             );
         }
         let heap_oid = pg_sys::IndexGetRelation(index_oid, false);
-        if !pg_sys::pg_class_ownercheck(heap_oid, pg_sys::GetUserId()) {
+        if !crate::pg_compat::owns_relation(heap_oid) {
             raise(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 "m3ret_hnsw_check: must be the owner of the table",

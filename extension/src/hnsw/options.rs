@@ -116,22 +116,20 @@ pub unsafe extern "C-unwind" fn amoptions(
     reloptions: pg_sys::Datum,
     validate: bool,
 ) -> *mut pg_sys::bytea {
+    use crate::pg_compat::relopt;
+    use pg_sys::relopt_type::{RELOPT_TYPE_ENUM, RELOPT_TYPE_INT};
     let table = [
-        pg_sys::relopt_parse_elt {
-            optname: c"m".as_ptr(),
-            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
-            offset: std::mem::offset_of!(Options, m) as i32,
-        },
-        pg_sys::relopt_parse_elt {
-            optname: c"ef_construction".as_ptr(),
-            opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
-            offset: std::mem::offset_of!(Options, ef_construction) as i32,
-        },
-        pg_sys::relopt_parse_elt {
-            optname: c"quantization".as_ptr(),
-            opttype: pg_sys::relopt_type::RELOPT_TYPE_ENUM,
-            offset: std::mem::offset_of!(Options, quantization) as i32,
-        },
+        relopt(c"m", RELOPT_TYPE_INT, std::mem::offset_of!(Options, m)),
+        relopt(
+            c"ef_construction",
+            RELOPT_TYPE_INT,
+            std::mem::offset_of!(Options, ef_construction),
+        ),
+        relopt(
+            c"quantization",
+            RELOPT_TYPE_ENUM,
+            std::mem::offset_of!(Options, quantization),
+        ),
     ];
     let kind = *KIND.get().expect("reloptions registered in _PG_init");
     // SAFETY: `table` describes the fields of `Options`, which matches the struct

@@ -29,11 +29,8 @@ fn file_key(index: pg_sys::Relation) -> Option<FileKey> {
     // SAFETY: an open relation has its pg_class row.
     let persistence = unsafe { (*rel.rd_rel).relpersistence };
     // Temporary indexes live in local buffers: no lookup to save there.
-    (persistence != pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char).then_some((
-        rel.rd_node.spcNode,
-        rel.rd_node.dbNode,
-        rel.rd_node.relNode,
-    ))
+    (persistence != pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char)
+        .then(|| crate::pg_compat::relation_file(rel))
 }
 
 /// `block` of `index` pinned through its hint, or None (no hint, or a stale one).
@@ -46,14 +43,7 @@ pub fn pin_recent(index: pg_sys::Relation, block: u32) -> Option<pg_sys::Buffer>
     // SAFETY: `hint` is a shared buffer this backend pinned before (so a valid
     // buffer number); ReadRecentBuffer pins it only if it still holds this block
     // of this file, and registers the pin with the resource owner.
-    let pinned = unsafe {
-        pg_sys::ReadRecentBuffer(
-            (*index).rd_node,
-            pg_sys::ForkNumber::MAIN_FORKNUM,
-            block,
-            hint,
-        )
-    };
+    let pinned = unsafe { crate::pg_compat::read_recent_buffer(index, block, hint) };
     pinned.then_some(hint)
 }
 

@@ -89,7 +89,7 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
 /// VACUUM's cost-based delay, and a point where it can be cancelled.
 fn pause_for_cost_delay() {
     // SAFETY: called from VACUUM, holding no buffer lock (a cancel ERRORs here).
-    unsafe { pg_sys::vacuum_delay_point() }
+    unsafe { crate::pg_compat::vacuum_delay_point() }
 }
 
 fn new_stats() -> *mut pg_sys::IndexBulkDeleteResult {
