@@ -11,7 +11,8 @@ source scripts/env.sh
 bash scripts/install-extension.sh
 
 DEMO_DIR="${M3RET_DEMO_DIR:-/tmp/m3ret-demo$([ "$M3RET_PG" = 15 ] || echo "-pg$M3RET_PG")}"
-PORT="${M3RET_DEMO_PORT:-54329}"
+# 54329 for 15, 54339 for 18: both demos can run side by side.
+PORT="${M3RET_DEMO_PORT:-$([ "$M3RET_PG" = 15 ] && echo 54329 || echo 54339)}"
 BIN="$M3RET_PG_BIN"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- env -u RUST_BACKTRACE "$@"; else env -u RUST_BACKTRACE "$@"; fi; }
 

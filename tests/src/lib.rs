@@ -1,8 +1,8 @@
-//! The end-to-end test harness: a throwaway PostgreSQL 15 cluster with the m3ret
-//! extension installed, driven through the `postgres` crate.
+//! The end-to-end test harness: a throwaway PostgreSQL cluster (15, or 18 with
+//! M3RET_PG=18) with the m3ret extension installed, driven through the `postgres` crate.
 //!
-//! `scripts/test.sh` installs the freshly built extension into the system
-//! PostgreSQL 15 (`cargo pgrx install`) before the tests run; each test then gets a
+//! `scripts/test.sh` installs the freshly built extension into the PostgreSQL that
+//! M3RET_PG picks (`cargo pgrx install`) before the tests run; each test then gets a
 //! database of its own in a cluster shared by its test binary:
 //!
 //! ```no_run
