@@ -15,7 +15,7 @@ src="${M3RET_CITUS_SRC:-../shared/peers/citus}"
 build="${M3RET_CITUS_BUILD:-/var/cache/m3ret/citus-$CITUS_VERSION}"
 
 log() { printf '[citus] %s\n' "$*" >&2; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+source scripts/apt.sh
 
 installed_version() {
   local so control
@@ -31,15 +31,7 @@ fi
 
 packages=(liblz4-dev libzstd-dev libcurl4-openssl-dev libkrb5-dev libssl-dev libselinux1-dev
   libxslt1-dev libpam0g-dev libreadline-dev make gcc)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "apt: installing ${missing[*]}"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install_missing "${packages[@]}"
 
 # Built in a copy: the peers' folder may be read-only, and configure writes into its tree.
 log "building Citus $CITUS_VERSION in $build (about a minute on 2 cores)"

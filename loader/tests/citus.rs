@@ -2,6 +2,9 @@
 //! made by a first run on an empty folder and distributed by its key, loaded,
 //! resumed as on one server, and embedded on the workers.
 
+mod common;
+
+use common::{summary, write};
 use m3ret_e2e::citus::CitusCluster;
 use m3ret_e2e::max_abs_diff;
 use m3ret_e2e::models::reference_embedding;
@@ -25,17 +28,7 @@ fn load_ok(cluster: &CitusCluster, folder: &Path, extra: &[&str]) -> Value {
         .args(extra)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "m3ret-load failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn write(path: &Path, bytes: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
+    summary(out)
 }
 
 #[test]

@@ -86,6 +86,19 @@ pub fn copy_corpus_2d(client: &mut postgres::Client, table: &str) -> i32 {
     n
 }
 
+/// How many `m3ret_embed` calls this session has counted and not yet reported to the
+/// statistics system (`track_functions = 'all'` counts C functions too). A session
+/// reports only when idle between transactions, so within one transaction the
+/// difference of two readings is what happened between them.
+pub fn embed_calls_pending(t: &mut postgres::Transaction) -> i64 {
+    t.query_opt(
+        "SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = 'm3ret_embed'",
+        &[],
+    )
+    .unwrap()
+    .map_or(0, |r| r.get(0))
+}
+
 /// The repository's committed fixtures (real files with attribution).
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))

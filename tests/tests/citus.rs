@@ -8,7 +8,10 @@ use m3ret_core::vector::synthetic::Clustered;
 use m3ret_e2e::citus::CitusCluster;
 use m3ret_e2e::models::{reference_embedding, small_model};
 use m3ret_e2e::wire::{literal, Vector};
-use m3ret_e2e::{error_message, exact_top10_cosine, fixture, max_abs_diff, FIXTURES_BY_MODALITY};
+use m3ret_e2e::{
+    embed_calls_pending, error_message, exact_top10_cosine, fixture, max_abs_diff,
+    FIXTURES_BY_MODALITY,
+};
 use postgres::Client;
 use std::io::Write;
 
@@ -365,16 +368,6 @@ fn the_distributed_top_10_is_exact_runs_on_shard_indexes_and_joins_the_warehouse
         assert_eq!(got, expected);
     }
     cluster.assert_no_backend_crashed();
-}
-
-/// How many `m3ret_embed` calls this session has counted and not yet reported.
-fn embed_calls_pending(t: &mut postgres::Transaction) -> i64 {
-    t.query_opt(
-        "SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = 'm3ret_embed'",
-        &[],
-    )
-    .unwrap()
-    .map_or(0, |r| r.get(0))
 }
 
 #[test]

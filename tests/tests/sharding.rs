@@ -13,7 +13,8 @@ use m3ret_core::vector::synthetic::Clustered;
 use m3ret_e2e::models::small_model;
 use m3ret_e2e::wire::literal;
 use m3ret_e2e::{
-    exact_top10_cosine, expect_error, fixture, Cluster, Database, FIXTURES_BY_MODALITY,
+    embed_calls_pending, exact_top10_cosine, expect_error, fixture, Cluster, Database,
+    FIXTURES_BY_MODALITY,
 };
 use postgres::Client;
 use std::io::Write;
@@ -162,19 +163,6 @@ fn a_coordinator_over_fdw_shards_returns_the_exact_top_10() {
     for cluster in shards.iter().chain([&head]) {
         cluster.assert_no_backend_crashed();
     }
-}
-
-/// How many `m3ret_embed` calls this session has counted and not yet reported to the
-/// statistics system (`track_functions = 'all'` counts C functions too). A session
-/// reports only when idle between transactions, so within one transaction the
-/// difference of two readings is what happened between them.
-fn embed_calls_pending(t: &mut postgres::Transaction) -> i64 {
-    t.query_opt(
-        "SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = 'm3ret_embed'",
-        &[],
-    )
-    .unwrap()
-    .map_or(0, |r| r.get(0))
 }
 
 /// The ids `sql` returns for the study `data` as `$1`, and how many times the
