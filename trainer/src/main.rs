@@ -4,6 +4,7 @@
 mod augment;
 mod checkpoint;
 mod curve;
+mod curve_report;
 mod decode_cache;
 mod embedset;
 mod eval;
@@ -45,6 +46,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Fit centering and PCA whitening of a model's features on a split; write the model with them.
     Standardize(standardize::StandardizeArgs),
+    /// A run's learning curve (log.jsonl) as a Markdown table on stdout and a PNG.
+    Curve(curve_report::CurveArgs),
     /// Print the libtorch version this binary runs on and the CUDA devices it can use.
     Info,
 }
@@ -56,6 +59,7 @@ fn main() {
         Command::Probe(a) => probe::run(a),
         Command::Export(a) => export::run(a),
         Command::Standardize(a) => standardize::run(a),
+        Command::Curve(a) => curve_report::run(a),
         Command::Info => {
             info();
             Ok(())

@@ -1,5 +1,5 @@
-//! Pictures without a plotting library: the loss curve and the retrieval montage,
-//! drawn pixel by pixel with `image`.
+//! Pictures without a plotting library: the loss curve, the learning curve and the
+//! retrieval montage, drawn pixel by pixel with `image`.
 
 use image::{Rgb, RgbImage};
 
@@ -8,12 +8,7 @@ use image::{Rgb, RgbImage};
 pub fn loss_curve(losses: &[f64], path: &std::path::Path) -> Result<(), String> {
     let (w, h, margin) = (800u32, 400u32, 30u32);
     let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
-    for x in margin..w - margin {
-        img.put_pixel(x, h - margin, Rgb([0, 0, 0]));
-    }
-    for y in margin..h - margin {
-        img.put_pixel(margin, y, Rgb([0, 0, 0]));
-    }
+    axes(&mut img, margin);
     let finite: Vec<f64> = losses.iter().copied().filter(|v| v.is_finite()).collect();
     if finite.len() >= 2 {
         let (lo, hi) = finite
@@ -26,20 +21,105 @@ pub fn loss_curve(losses: &[f64], path: &std::path::Path) -> Result<(), String> 
             (x, y)
         };
         for i in 1..finite.len() {
-            let (x0, y0) = to_xy(i - 1, finite[i - 1]);
-            let (x1, y1) = to_xy(i, finite[i]);
-            let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
-            for s in 0..=steps {
-                let t = s as f64 / steps as f64;
-                let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
-                if (x as u32) < w && (y as u32) < h {
-                    img.put_pixel(x as u32, y as u32, Rgb([200, 30, 30]));
-                }
+            let (a, b) = (to_xy(i - 1, finite[i - 1]), to_xy(i, finite[i]));
+            segment(&mut img, a, b, Rgb([200, 30, 30]), None);
+        }
+    }
+    img.save(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// One series of a learning curve: (x, R@1) points, drawn solid, or dashed for a
+/// baseline.
+pub struct Series {
+    pub points: Vec<(f64, f64)>,
+    pub colour: [u8; 3],
+    pub dashed: bool,
+}
+
+/// R@1 (0 to 1, a light grid line every 0.1) against epochs (a grid line every 10),
+/// one line per series, a dot at each evaluation of a solid series. No text: the
+/// caption says which colour is which.
+pub fn learning_curve(series: &[Series], max_x: f64, path: &std::path::Path) -> Result<(), String> {
+    let (w, h, margin) = (900u32, 500u32, 30u32);
+    let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    let max_x = max_x.max(1.0);
+    let to_xy = |x: f64, y: f64| {
+        (
+            margin as f64 + (w - 2 * margin) as f64 * x / max_x,
+            (h - margin) as f64 - (h - 2 * margin) as f64 * y.clamp(0.0, 1.0),
+        )
+    };
+    let grey = Rgb([225, 225, 225]);
+    for tenth in 1..=10 {
+        let y = tenth as f64 / 10.0;
+        segment(&mut img, to_xy(0.0, y), to_xy(max_x, y), grey, None);
+    }
+    for ten in (10..=max_x as u32).step_by(10) {
+        segment(
+            &mut img,
+            to_xy(ten as f64, 0.0),
+            to_xy(ten as f64, 1.0),
+            grey,
+            None,
+        );
+    }
+    axes(&mut img, margin);
+    for s in series {
+        let colour = Rgb(s.colour);
+        let dash = s.dashed.then_some(8);
+        for pair in s.points.windows(2) {
+            let (a, b) = (to_xy(pair[0].0, pair[0].1), to_xy(pair[1].0, pair[1].1));
+            segment(&mut img, a, b, colour, dash);
+        }
+        if !s.dashed {
+            for &(x, y) in &s.points {
+                dot(&mut img, to_xy(x, y), colour);
             }
         }
     }
     img.save(path)
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn axes(img: &mut RgbImage, margin: u32) {
+    let (w, h) = img.dimensions();
+    for x in margin..w - margin {
+        img.put_pixel(x, h - margin, Rgb([0, 0, 0]));
+    }
+    for y in margin..h - margin {
+        img.put_pixel(margin, y, Rgb([0, 0, 0]));
+    }
+}
+
+/// A straight line from `a` to `b`, 2 px thick; `dash`: drawn `dash` px, skipped `dash` px.
+fn segment(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), colour: Rgb<u8>, dash: Option<usize>) {
+    let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
+    for s in 0..=steps {
+        if dash.is_some_and(|d| (s / d) % 2 == 1) {
+            continue;
+        }
+        let t = s as f64 / steps as f64;
+        let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+        put(img, x, y, colour);
+        put(img, x, y + 1.0, colour);
+    }
+}
+
+fn dot(img: &mut RgbImage, (x, y): (f64, f64), colour: Rgb<u8>) {
+    for dy in -3..=3 {
+        for dx in -3..=3 {
+            if dx * dx + dy * dy <= 9 {
+                put(img, x + dx as f64, y + dy as f64, colour);
+            }
+        }
+    }
+}
+
+fn put(img: &mut RgbImage, x: f64, y: f64, colour: Rgb<u8>) {
+    if x >= 0.0 && y >= 0.0 && (x as u32) < img.width() && (y as u32) < img.height() {
+        img.put_pixel(x as u32, y as u32, colour);
+    }
 }
 
 /// A grey or RGB thumbnail `[3, side, side]` in [0, 1] as pixels.

@@ -725,4 +725,38 @@ fn a_run_split_in_two_keeps_its_schedules_and_learning_curve() {
     for f in ["model.safetensors", "optimizer.safetensors"] {
         assert!(size(&split, f) < size(&plain, f) * 6 / 10, "{f}");
     }
+    // `curve` tables and draws the log: one row per evaluation, trained (untrained).
+    let png = dir.path().join("curve.png");
+    let table = run(bin()
+        .args(["curve", "--log"])
+        .arg(split.join("log.jsonl"))
+        .arg("--out")
+        .arg(&png));
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(
+        rows[0].contains("endoscopy") && rows[0].contains("xray"),
+        "{table}"
+    );
+    let x = cb[&8]["r1"]["xray"]["trained"].as_f64().unwrap();
+    assert!(
+        rows[3].starts_with("| 8 |") && rows[3].contains(&format!("{x:.3} (")),
+        "{table}"
+    );
+    assert_eq!(image::image_dimensions(&png).unwrap(), (900, 500));
+    // A log that is not JSON is an error naming the file and line.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"step\": 0}\nnot json\n").unwrap();
+    let out = bin()
+        .args(["curve", "--log"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.jsonl line 2"),
+        "{err}"
+    );
 }
