@@ -48,8 +48,6 @@ pub fn run(args: CurveArgs) -> Result<(), String> {
         .cloned()
         .collect();
     print_table(&records, &modalities);
-    let r1 =
-        |r: &serde_json::Value, m: &str, kind: &str| r["r1"][m][kind].as_f64().unwrap_or(f64::NAN);
     let epochs = |r: &serde_json::Value| r["epochs"].as_f64().unwrap_or(0.0);
     let max_x = records.iter().map(epochs).fold(0.0, f64::max);
     let mut series = Vec::new();
@@ -84,11 +82,7 @@ fn print_table(records: &[serde_json::Value], modalities: &[String]) {
     for r in records {
         let cells: Vec<String> = modalities
             .iter()
-            .map(|m| {
-                let t = r["r1"][m]["trained"].as_f64().unwrap_or(f64::NAN);
-                let u = r["r1"][m]["untrained"].as_f64().unwrap_or(f64::NAN);
-                format!("{t:.3} ({u:.3})")
-            })
+            .map(|m| format!("{:.3} ({:.3})", r1(r, m, "trained"), r1(r, m, "untrained")))
             .collect();
         let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
@@ -104,4 +98,9 @@ fn print_table(records: &[serde_json::Value], modalities: &[String]) {
             cells.join(" | ")
         );
     }
+}
+
+/// A record's R@1 for `modality`, `kind` being "trained", "untrained" or "raw_pixels".
+fn r1(record: &serde_json::Value, modality: &str, kind: &str) -> f64 {
+    record["r1"][modality][kind].as_f64().unwrap_or(f64::NAN)
 }
