@@ -146,6 +146,14 @@ pub struct PretrainArgs {
     #[arg(long)]
     #[serde(default)]
     pub head_hidden: Option<i64>,
+    /// SimDINO: output width of the projection head, where alignment and coding rate are
+    /// measured (default: the preset's, 256). The coding rate of a batch of m features in d
+    /// dimensions is at its ceiling once they are nearly orthogonal, which random codes
+    /// already are when m is much smaller than d (the reference trains m = 1024 per step
+    /// against d = 256): with small batches a narrower output keeps the rate demanding.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(2..))]
+    #[serde(default)]
+    pub head_out: Option<i64>,
     /// Precision of the checkpoint: f32 (exact resumes), or f16 (weights in f16, AdamW's
     /// moments in bf16: about a third of the size, for a checkpoint kept in a repository;
     /// each resume then starts from the rounded state).
@@ -264,6 +272,9 @@ pub fn model_config(args: &PretrainArgs) -> ModelConfig {
         h.eps = args.eps;
         if let Some(hidden) = args.head_hidden {
             h.hidden = hidden;
+        }
+        if let Some(out) = args.head_out {
+            h.out = out;
         }
     }
     config

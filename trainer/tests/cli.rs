@@ -760,3 +760,36 @@ fn a_run_split_in_two_keeps_its_schedules_and_learning_curve() {
         "{err}"
     );
 }
+
+/// The tensor shapes a safetensors file declares, read from its JSON header.
+fn safetensors_shapes(file: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(file).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + len]).unwrap()
+}
+
+#[test]
+fn head_out_sets_the_projection_width_and_rejects_a_degenerate_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path());
+    let out = dir.path().join("run");
+    let mut args = pretrain_args("simdino", &m, &out, 2);
+    args.extend(["--head-out".into(), "16".into()]);
+    run(bin().args(&args));
+    let header = safetensors_shapes(&out.join("checkpoint").join("model.safetensors"));
+    for branch in ["student", "teacher"] {
+        let fc3 = &header[format!("{branch}.head.fc3.weight")]["shape"];
+        assert_eq!(fc3[0], 16, "{branch}: {fc3}");
+    }
+    // The width is a setting of the run, so that a resume keeps it.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("checkpoint").join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["settings"]["head_out"], 16);
+    let mut args = pretrain_args("simdino", &m, &dir.path().join("bad"), 2);
+    args.extend(["--head-out".into(), "1".into()]);
+    let bad = bin().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("--head-out"), "{err}");
+}
