@@ -2,17 +2,22 @@
 """A synthetic retrieval set that only a learned, invariant encoder retrieves well.
 
 Eight classes of shapes (disk, ring, square, frame, triangle, cross, bar, star). A
-128 x 128 grey image holds 5 to 10 copies of one shape, each at a random position,
-scale and rotation, on a background of random intensity and noise level, the shapes
-in a random brighter intensity. Nearest neighbours by raw pixels find
-images with bright blobs at the same places, not the same shape. The shape is what
-every crop of an image shares (a single shape would leave most of SimDINO's local
-crops with background only, and the views would teach background statistics, as a
-first version of this set did: the trained encoder stayed at chance), so an encoder
-that learned what the views teach (crops, flips, intensity and contrast changes,
-blur) should find the same shape anywhere. A second version varied background level,
-gradient and noise far beyond what the views vary; the trained encoder (m3ret's and a
-plain-PyTorch SimDINO alike) retrieved by those and stayed at chance on shape.
+128 x 128 grey image holds copies of one shape (--copies), each at a random position,
+size (--radius) and rotation, on a background of random level (--background) and noise,
+the shapes a random amount brighter (--lift). Nearest neighbours by raw pixels find
+images of the same brightness, with bright blobs at the same places, not the same
+shape. The shape is what every crop of an image shares, so an encoder that learned
+what SimDINO's views teach (crops, flips, intensity and contrast changes, blur) should
+find the same shape anywhere.
+
+Versions (docs/training.md tables each): a first one drew one shape per image, which
+left most local crops with background only (the trained encoder stayed at chance); a
+second varied background level, gradient and noise far beyond what the views vary (the
+encoder retrieved by those); the third (these flags' defaults: 5-10 copies, radius
+7-16, background 0.1-0.3, lift 0.4-0.6) keeps the nuisances within the views' default
+jitter; the fourth, which scripts/synthetic_check.sh draws, fills the image with 20-30
+smaller copies (radius 6-11) on a background of 0.05-0.45, lift 0.3-0.5, and the check
+widens the views' jitter to match.
 
 Written as a folder tree xray/<shape>/<n>.png (the trainer's folder-tree manifest;
 "xray" only because the set is 2D and grey). Standard library only (no numpy).
@@ -59,19 +64,19 @@ def inside(shape, u, v):
 SHAPES = ["disk", "ring", "square", "frame", "triangle", "cross", "bar", "star"]
 
 
-def render(shape, rng):
-    """One image as rows of bytes: 5 to 10 copies of `shape` on a noisy background."""
+def render(shape, rng, look):
+    """One image as rows of bytes: copies of `shape` on a noisy background, as `look` says."""
     # Intensities and noise vary from image to image only as much as the views'
     # intensity shift (+-0.1) and contrast change (x 0.6-1.4) do: what the views do not
     # vary, SimDINO learns as a feature, and a per-image background level or noise level
     # shared by every crop of the image would be learned before the shape.
-    background = rng.uniform(0.1, 0.3)
-    foreground = background + rng.uniform(0.4, 0.6)
+    background = rng.uniform(*look.background)
+    foreground = background + rng.uniform(*look.lift)
     gx, gy = 0.0, 0.0
     noise = rng.uniform(0.02, 0.04)
     cover = [[0.0] * SIDE for _ in range(SIDE)]
-    for _ in range(rng.randint(5, 10)):
-        radius = rng.uniform(7.0, 16.0)
+    for _ in range(rng.randint(*look.copies)):
+        radius = rng.uniform(*look.radius)
         cx, cy = rng.uniform(0, SIDE), rng.uniform(0, SIDE)
         angle = rng.uniform(0, 2 * math.pi)
         ca, sa = math.cos(angle), math.sin(angle)
@@ -115,13 +120,18 @@ def main():
     p.add_argument("out", type=Path, help="folder to write xray/<shape>/<n>.png into")
     p.add_argument("--per-class", type=int, default=150, help="images per shape")
     p.add_argument("--seed", type=int, default=1, help="random seed (use another for a test set)")
+    # The defaults draw the set the first checks ran on ("v3" in docs/training.md).
+    p.add_argument("--copies", type=int, nargs=2, default=[5, 10], metavar=("MIN", "MAX"), help="copies of the shape per image")
+    p.add_argument("--radius", type=float, nargs=2, default=[7.0, 16.0], metavar=("MIN", "MAX"), help="shape radius, pixels")
+    p.add_argument("--background", type=float, nargs=2, default=[0.1, 0.3], metavar=("MIN", "MAX"), help="background level, on [0, 1]")
+    p.add_argument("--lift", type=float, nargs=2, default=[0.4, 0.6], metavar=("MIN", "MAX"), help="shape level above the background")
     args = p.parse_args()
     rng = random.Random(args.seed)
     for shape in SHAPES:
         folder = args.out / "xray" / shape
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(args.per_class):
-            write_png(folder / f"{n:04d}.png", render(shape, rng))
+            write_png(folder / f"{n:04d}.png", render(shape, rng, args))
     print(f"wrote {len(SHAPES) * args.per_class} images to {args.out}")
 
 
