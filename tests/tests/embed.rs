@@ -586,10 +586,18 @@ fn a_long_batch_stops_on_cancel_and_statement_timeout() {
             while admin.query_one(running, &[&pid]).unwrap().get::<_, i64>(0) == 0 {
                 std::thread::yield_now();
             }
-            admin
-                .query_one("SELECT pg_cancel_backend($1)", &[&pid])
-                .unwrap()
-                .get::<_, bool>(0)
+            // The backend shows the query active from its Parse message on, and ignores
+            // a cancel that lands while it still reads Bind and Execute (PostgreSQL's
+            // DoingCommandRead), so cancel again until the batch is no longer running.
+            let mut sent = false;
+            while admin.query_one(running, &[&pid]).unwrap().get::<_, i64>(0) > 0 {
+                sent |= admin
+                    .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+                    .unwrap()
+                    .get::<_, bool>(0);
+                std::thread::yield_now();
+            }
+            sent
         })
     };
     let started = std::time::Instant::now();
