@@ -8,9 +8,9 @@
 #   scripts/synthetic_check.sh [OUT] [STEPS] [PRETRAIN FLAGS...]
 #       default OUT /tmp/m3ret-synthetic, STEPS 600 (about 15 minutes on 2 cores).
 #       FLAGS are added to the pretrain command (e.g. --eps 2 --warmup-steps 60); the
-#       settings below are changed through the environment instead (LR=1e-4 LOCAL_VIEWS=10
-#       HEAD_OUT=256 INTENSITY=0.1 CONTRAST=0.4 ALIGNMENT=1
-#       MOMENTUM=0.98), since a flag may be given once.
+#       settings below are changed through the environment instead (e.g. LR=1e-4
+#       LOCAL_VIEWS=10 HEAD_OUT=256 INTENSITY=0.1 CONTRAST=0.4 ALIGNMENT=1 MOMENTUM=0.98),
+#       since a flag may be given only once.
 #
 # The set is the fourth version (docs/training.md): 20 to 30 copies of one shape per
 # image, background level 0.05-0.45, the shapes 0.3-0.5 above it. The views' intensity

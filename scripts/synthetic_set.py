@@ -66,10 +66,10 @@ SHAPES = ["disk", "ring", "square", "frame", "triangle", "cross", "bar", "star"]
 
 def render(shape, rng, look):
     """One image as rows of bytes: copies of `shape` on a noisy background, as `look` says."""
-    # Intensities and noise vary from image to image only as much as the views'
-    # intensity shift (+-0.1) and contrast change (x 0.6-1.4) do: what the views do not
-    # vary, SimDINO learns as a feature, and a per-image background level or noise level
-    # shared by every crop of the image would be learned before the shape.
+    # Intensities and noise should vary from image to image no more than the views'
+    # intensity shift and contrast change do (the check sets those to cover `look`):
+    # what the views do not vary, SimDINO learns as a feature, and a per-image background
+    # level or noise level shared by every crop would be learned before the shape.
     background = rng.uniform(*look.background)
     foreground = background + rng.uniform(*look.lift)
     gx, gy = 0.0, 0.0
