@@ -16,6 +16,7 @@ mod optim;
 mod plot;
 mod pretrain;
 mod probe;
+mod schedule;
 mod standardize;
 mod trainee;
 

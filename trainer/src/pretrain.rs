@@ -6,6 +6,7 @@ use crate::decode_cache::DecodeCache;
 use crate::loader::{self, BatchSizes, Loader, LoaderOptions};
 use crate::manifest;
 use crate::optim::{self, AdamW};
+use crate::schedule::{self, Cycle, Schedules};
 use crate::trainee::Trainee;
 use indicatif::{ProgressBar, ProgressStyle};
 use m3ret_core::modality::Modality;
@@ -109,6 +110,25 @@ pub struct PretrainArgs {
     /// Stop after this many steps of this invocation (the run stays resumable), e.g. to fit a time budget.
     #[arg(long)]
     pub stop_after: Option<i64>,
+    /// Extend a finished run (with --resume) by this many steps: a further cosine cycle with
+    /// its own warm-up (5% of it), peak learning rate (--extend-lr) and teacher momentum (from
+    /// the run's --teacher-momentum, or the default for the cycle's length, up to its end
+    /// value), for a curve that still rises when the planned schedule has ended.
+    #[arg(long, requires = "resume", conflicts_with = "extend_epochs")]
+    #[serde(skip)]
+    pub extend_steps: Option<i64>,
+    /// Extend a finished run (with --resume) by this many passes over the training items.
+    #[arg(long, requires = "resume")]
+    #[serde(skip)]
+    pub extend_epochs: Option<f64>,
+    /// Peak learning rate of the extension cycle (default: the run's --lr).
+    #[arg(long, requires = "resume")]
+    #[serde(skip)]
+    pub extend_lr: Option<f64>,
+    /// The cycles the run was extended by: a setting of the run, which a resume keeps.
+    #[arg(skip)]
+    #[serde(default)]
+    pub extensions: Vec<Cycle>,
     /// How steps are shared among the (modality, layout) groups: proportional (each step draws a group with probability proportional to its item count, at least --group-floor) or turns (groups take turns whatever their size).
     #[arg(long, default_value = "proportional", value_parser = ["proportional", "turns"])]
     #[serde(default = "default_group_sampling")]
@@ -239,7 +259,7 @@ fn default_contrast_jitter() -> f64 {
 /// The teacher momentum a run starts from (see `--teacher-momentum`).
 pub fn momentum_start(args: &PretrainArgs, total: i64) -> f64 {
     args.teacher_momentum
-        .unwrap_or_else(|| 0.996f64.min(1.0 - 10.0 / total.max(1) as f64).max(0.0))
+        .unwrap_or_else(|| schedule::default_momentum(total))
 }
 
 fn excluded(args: &PretrainArgs) -> Result<Vec<Modality>, String> {
@@ -281,6 +301,7 @@ pub fn model_config(args: &PretrainArgs) -> ModelConfig {
 }
 
 pub fn run(mut args: PretrainArgs) -> Result<(), String> {
+    let mut resumed_at = None;
     if let Some(from) = args.resume.clone() {
         // A resumed run keeps its own settings; only how long it runs and where (device,
         // CPU precision, workers, threads, decode cache) may change.
@@ -298,8 +319,12 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
             workers: args.workers,
             threads: args.threads,
             decode_cache_mib: args.decode_cache_mib,
+            extend_steps: args.extend_steps,
+            extend_epochs: args.extend_epochs,
+            extend_lr: args.extend_lr,
             ..saved
         };
+        resumed_at = Some((state.step, state.total_steps));
     }
     let config = model_config(&args);
     config.validate()?;
@@ -342,17 +367,26 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
             args.manifest.display()
         ));
     }
-    let total = match (args.steps, args.epochs) {
+    let steps_per_epoch = groups
+        .iter()
+        .map(|g| g.items.len().div_ceil(g.batch) as f64)
+        .sum::<f64>();
+    let planned = match (args.steps, args.epochs) {
         (Some(s), _) => s,
-        (None, Some(e)) => (e * groups
-            .iter()
-            .map(|g| g.items.len().div_ceil(g.batch) as f64)
-            .sum::<f64>())
-        .ceil() as i64,
+        (None, Some(e)) => (e * steps_per_epoch).ceil() as i64,
         (None, None) => return Err("give --steps or --epochs".into()),
     }
     .max(1);
-    let warmup = args.warmup_steps.unwrap_or((total / 20).max(1));
+    let first = Cycle {
+        start: 0,
+        end: planned,
+        lr: args.lr,
+        warmup: args.warmup_steps.unwrap_or((planned / 20).max(1)),
+        momentum_start: momentum_start(&args, planned),
+    };
+    extend(&mut args, resumed_at, &first, steps_per_epoch)?;
+    let schedules = Schedules::new(first, &args.extensions, args.teacher_momentum_end)?;
+    let total = schedules.total();
     tch::manual_seed(args.seed as i64);
     if let Some(t) = args.threads {
         tch::set_num_threads(t);
@@ -404,7 +438,6 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let momentum = (momentum_start(&args, total), args.teacher_momentum_end);
     let crops = augment::ViewSettings {
         views: 0,
         scale: (args.local_crop_min, args.local_crop_max),
@@ -440,7 +473,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         Some(c) if c.last_logged_step().is_none_or(|s| s < step) => {
             let record = serde_json::json!({
                 "step": step, "samples": samples, "epochs": samples as f64 / train_items,
-                "hours": seconds / 3600.0, "loss": loss, "lr": optim::learning_rate(step, total, warmup, args.lr, 0.01),
+                "hours": seconds / 3600.0, "loss": loss, "lr": schedules.learning_rate(step),
             });
             let mut encoder = crate::export::encoder_file(
                 &config,
@@ -470,7 +503,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         let data_wait_s = waited.elapsed().as_secs_f64();
         let computed = Instant::now();
         let x = batch.tensor.to_device(device);
-        let lr = optim::learning_rate(step, total, warmup, args.lr, 0.01);
+        let lr = schedules.learning_rate(step);
         optim::zero_grad(trainee.trainable());
         let views = if x.size()[2] > config.input.slices_2d {
             args.local_views_3d
@@ -491,7 +524,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         out.loss.backward();
         let grad_norm = optim::clip_grad_norm(trainee.trainable(), args.clip);
         opt.step(trainee.trainable(), lr);
-        trainee.after_step(step, total, momentum);
+        trainee.after_step(schedules.teacher_momentum(step));
         samples += x.size()[0] as u64;
         let loss = out.loss.double_value(&[]);
         window.add(loss);
@@ -505,9 +538,7 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
             record[*k] = serde_json::json!(v);
         }
         if config.method == Method::Simdino {
-            record["teacher_momentum"] = serde_json::json!(
-                m3ret_core::model::simdino::teacher_momentum(step, total, momentum.0, momentum.1)
-            );
+            record["teacher_momentum"] = serde_json::json!(schedules.teacher_momentum(step));
         }
         writeln!(log, "{record}").map_err(|e| e.to_string())?;
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {rate:.1} samples/s"));
@@ -552,6 +583,43 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         );
     }
     finish(&args, end, total)
+}
+
+/// Adds the cycle that --extend-steps or --extend-epochs asks for to the run's
+/// extensions; only a run that has finished its schedules can be extended.
+fn extend(
+    args: &mut PretrainArgs,
+    resumed_at: Option<(i64, i64)>,
+    first: &Cycle,
+    steps_per_epoch: f64,
+) -> Result<(), String> {
+    let steps = match (args.extend_steps, args.extend_epochs) {
+        (Some(n), _) => n,
+        (None, Some(e)) => (e * steps_per_epoch).ceil() as i64,
+        (None, None) => return Ok(()),
+    };
+    if steps < 1 {
+        return Err(format!(
+            "--extend-steps {steps}: a number of steps, 1 or more"
+        ));
+    }
+    let end = args.extensions.last().map_or(first.end, |c| c.end);
+    match resumed_at {
+        Some((step, _)) if step == end => {}
+        Some((step, total)) => {
+            return Err(format!(
+                "--extend-steps: the run is at step {step} of {total}; resume it to the end first (without --extend-steps)"
+            ))
+        }
+        None => return Err("--extend-steps and --extend-epochs need --resume".into()),
+    }
+    let lr = args.extend_lr.unwrap_or(args.lr);
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(format!("--extend-lr {lr}: a positive learning rate"));
+    }
+    args.extensions
+        .push(Cycle::new(end, steps, lr, None, args.teacher_momentum));
+    Ok(())
 }
 
 /// The mean loss of the steps since the last evaluation (of this invocation).

@@ -112,20 +112,16 @@ impl Trainee {
         }
     }
 
-    /// After the optimiser step: the SimDINO teacher follows the student, with a
-    /// momentum on a cosine schedule from `momentum.0` to `momentum.1`.
-    pub fn after_step(&self, step: i64, total: i64, momentum: (f64, f64)) {
+    /// After the optimiser step: the SimDINO teacher follows the student with this
+    /// step's momentum (the run's schedule).
+    pub fn after_step(&self, momentum: f64) {
         if let Trainee::SimDino {
             student_vs,
             teacher_vs,
             ..
         } = self
         {
-            simdino::ema_update(
-                teacher_vs,
-                student_vs,
-                simdino::teacher_momentum(step, total, momentum.0, momentum.1),
-            );
+            simdino::ema_update(teacher_vs, student_vs, momentum);
         }
     }
 

@@ -787,3 +787,65 @@ fn head_out_sets_the_projection_width_and_rejects_a_degenerate_one() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("--head-out"), "{err}");
 }
+
+#[test]
+fn a_finished_run_extends_by_a_new_cycle_that_resumes_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path());
+    let extend = |out: &Path, more: &[&str]| {
+        let mut args = resume_args(&m, out);
+        args.extend(["--extend-steps", "4", "--extend-lr", "2e-3"].map(String::from));
+        args.extend(more.iter().map(|s| s.to_string()));
+        args
+    };
+    // Two copies of a finished 4-step run: one extended in one go, one in two pieces.
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    for out in [&whole, &split] {
+        let mut args = pretrain_args("simdino", &m, out, 4);
+        args.extend(["--checkpoint-every", "2"].map(String::from));
+        run(bin().args(&args));
+    }
+    let text = run(bin().args(extend(&whole, &[])));
+    assert!(text.contains("steps 4..8 of 8"), "{text}");
+    run(bin().args(extend(&split, &["--stop-after", "2"])));
+    // An unfinished run is resumed, not extended.
+    let early = bin().args(extend(&split, &[])).output().unwrap();
+    let err = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        !early.status.success() && err.contains("at step 6 of 8"),
+        "{err}"
+    );
+    let text = run(bin().args(resume_args(&m, &split)));
+    assert!(text.contains("resuming at step 6 of 8"), "{text}");
+    let (a, b) = (
+        records(&whole, "metrics.jsonl"),
+        records(&split, "metrics.jsonl"),
+    );
+    assert_eq!(
+        a.keys().copied().collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    for step in 1..=8 {
+        for key in ["lr", "teacher_momentum", "group"] {
+            assert_eq!(a[&step][key], b[&step][key], "step {step}: {key}");
+        }
+    }
+    // The new cycle warms up (one step: 5% of 4, at least 1) to its own peak, then decays.
+    let lr = |s: i64| a[&s]["lr"].as_f64().unwrap();
+    assert!((lr(5) - 2e-3).abs() < 1e-12, "{}", lr(5));
+    assert!(lr(4) < lr(5) && lr(7) < lr(6) && lr(8) < lr(7));
+    // The cycle is a setting of the run, which later resumes keep.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(split.join("checkpoint").join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["total_steps"], 8);
+    assert_eq!(state["settings"]["extensions"][0]["start"], 4);
+    assert_eq!(state["settings"]["extensions"][0]["end"], 8);
+    // Without --resume there is no run to extend.
+    let mut args = pretrain_args("simdino", &m, &dir.path().join("fresh"), 4);
+    args.extend(["--extend-steps", "4"].map(String::from));
+    let fresh = bin().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&fresh.stderr);
+    assert!(!fresh.status.success() && err.contains("--resume"), "{err}");
+}
