@@ -3,6 +3,8 @@
 #
 #   scripts/train-run.sh            start the run, or resume it from models/run/
 #   scripts/train-run.sh --stop-after N   ... for N steps of this piece only
+#   scripts/train-run.sh --extend-epochs E --extend-lr LR
+#                                   extend the finished run by a further cosine cycle
 #
 # The run lives in models/run/: checkpoint/ (student and teacher in f16, AdamW's
 # moments in bf16), log.jsonl (the learning curve: one held-out evaluation every
@@ -24,6 +26,12 @@ manifest=$run/corpus.csv
 # The manifest names the shared corpus's files (absolute paths); it is made here,
 # the same on every machine, and not committed.
 [ -f "$manifest" ] || python3 scripts/split_corpus.py ../shared/data "$manifest"
+# glibc returns freed memory to the kernel and faults it back in, zeroed, at every
+# step (8% of the run's time in clear_page); keeping it mapped made the 2D steps
+# 7% faster here (median 1.165 s -> 1.08 s, X-ray).
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432}
+export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-4294967296}
+export MALLOC_TOP_PAD_=${MALLOC_TOP_PAD_:-268435456}
 where=(--device auto --threads "$(nproc)" --workers 1 "$@")
 if [ -f "$run/checkpoint/state.json" ]; then
     exec nice -n 19 "$train" pretrain --method simdino --manifest "$manifest" --out "$run" \
