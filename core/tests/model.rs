@@ -190,6 +190,11 @@ fn simdino_loss_aligns_views_and_trains() {
         + half_sq(&zs[2], &zt[1]))
         / 4.0;
     assert!((out.alignment.double_value(&[]) - expected).abs() < 1e-6);
+    // Its parts: the global-global pairs, and the local-global ones.
+    let global = (half_sq(&zs[1], &zt[0]) + half_sq(&zs[0], &zt[1])) / 2.0;
+    let local = (half_sq(&zs[2], &zt[0]) + half_sq(&zs[2], &zt[1])) / 2.0;
+    assert!((out.alignment_global - global).abs() < 1e-6);
+    assert!((out.alignment_local - local).abs() < 1e-6);
     let gamma = (32.0 + 4.0) / (32.0 * 4.0);
     let rate = (simdino::coding_rate(&zs[0], 0.5).double_value(&[])
         + simdino::coding_rate(&zs[1], 0.5).double_value(&[]))

@@ -101,6 +101,8 @@ impl Trainee {
                 let out = simdino::simdino_loss(&zs, &zt, eps, alignment_weight);
                 let parts = vec![
                     ("alignment", out.alignment.double_value(&[])),
+                    ("alignment_global", out.alignment_global),
+                    ("alignment_local", out.alignment_local),
                     ("coding_rate", out.coding_rate.double_value(&[])),
                     ("views_s", views_s),
                 ];

@@ -64,6 +64,11 @@ impl Branch {
 pub struct SimDinoLoss {
     pub loss: Tensor,
     pub alignment: Tensor,
+    /// The alignment's mean over the pairs of two global views, and over the pairs of a
+    /// local student view and a global teacher view (0 without local views): which
+    /// kind of view the student fails to match, when the alignment stays high.
+    pub alignment_global: f64,
+    pub alignment_local: f64,
     pub coding_rate: Tensor,
 }
 
@@ -87,21 +92,27 @@ pub fn simdino_loss(
 ) -> SimDinoLoss {
     let mut alignment = Tensor::zeros([], (Kind::Float, student[0].device()));
     let mut terms = 0;
+    // (sum, count) of the pairs' values, for global and for local student views.
+    let mut kinds = [(0.0, 0usize); 2];
     for (t, zt) in teacher.iter().enumerate() {
         for (s, zs) in student.iter().enumerate() {
             if s == t {
                 continue;
             }
-            alignment = alignment
-                + (zs - zt)
-                    .square()
-                    .sum_dim_intlist(-1, false, Kind::Float)
-                    .mean(Kind::Float)
-                    * 0.5;
+            let pair = (zs - zt)
+                .square()
+                .sum_dim_intlist(-1, false, Kind::Float)
+                .mean(Kind::Float)
+                * 0.5;
+            let kind = &mut kinds[usize::from(s >= teacher.len())];
+            kind.0 += pair.double_value(&[]);
+            kind.1 += 1;
+            alignment = alignment + pair;
             terms += 1;
         }
     }
     let alignment = alignment / terms.max(1) as f64;
+    let [global, local] = kinds.map(|(sum, n)| if n > 0 { sum / n as f64 } else { 0.0 });
     let (m, d) = student[0].size2().expect("[B, d]");
     let rates: Vec<Tensor> = student[..teacher.len()]
         .iter()
@@ -113,6 +124,8 @@ pub fn simdino_loss(
     SimDinoLoss {
         loss,
         alignment,
+        alignment_global: global,
+        alignment_local: local,
         coding_rate,
     }
 }
