@@ -73,7 +73,7 @@ pub struct PretrainArgs {
     /// Random seed (weights, sampling, masks, augmentations).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Continue a run from its output folder (or a checkpoint folder), with its own settings; --stop-after, --device, --precision, --workers, --threads and --decode-cache-mib are taken from this command.
+    /// Continue a run from its output folder (or a checkpoint folder), with its own settings; --out, --stop-after, --extend-*, --device, --precision, --workers, --threads and --decode-cache-mib are taken from this command (an --out other than the run's folder forks the run there, with its learning curve so far, and leaves the original as it was).
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Input side in pixels (the paper: 256). Smaller trains faster.
@@ -311,8 +311,12 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         let state: State = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         let saved: PretrainArgs =
             serde_json::from_value(state.settings).map_err(|e| e.to_string())?;
+        fork_learning_curve(&cp, &args.out)?;
         args = PretrainArgs {
             resume: Some(from),
+            // Where this command says: resuming into another folder forks the run and
+            // leaves the one it came from as it was.
+            out: args.out,
             stop_after: args.stop_after,
             device: args.device,
             precision: args.precision,
@@ -583,6 +587,21 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         );
     }
     finish(&args, end, total)
+}
+
+/// A run resumed into another folder (a fork) takes the learning curve so far with it,
+/// so that its evaluations keep the step-0 zero lines beside them.
+fn fork_learning_curve(checkpoint: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+    let run = checkpoint.parent().unwrap_or(checkpoint);
+    let (from, to) = (run.join("log.jsonl"), out.join("log.jsonl"));
+    let same = |a: &std::path::Path, b: &std::path::Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+    if !from.is_file() || to.exists() || same(run, out) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::copy(&from, &to)
+        .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
+    Ok(())
 }
 
 /// Adds the cycle that --extend-steps or --extend-epochs asks for to the run's

@@ -842,6 +842,21 @@ fn a_finished_run_extends_by_a_new_cycle_that_resumes_like_any_other() {
     assert_eq!(state["total_steps"], 8);
     assert_eq!(state["settings"]["extensions"][0]["start"], 4);
     assert_eq!(state["settings"]["extensions"][0]["end"], 8);
+    // Resumed into another folder, the run forks: the copy extends, the original stays.
+    let fork = dir.path().join("fork");
+    let mut args = resume_args(&m, &whole);
+    args[6] = fork.to_str().unwrap().to_string();
+    assert_eq!(args[5], "--out");
+    args.extend(["--extend-steps", "2"].map(String::from));
+    let text = run(bin().args(&args));
+    assert!(text.contains("steps 8..10 of 10"), "{text}");
+    let state = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("checkpoint/state.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(state(&fork)["step"], 10);
+    assert_eq!(state(&whole)["step"], 8);
+    assert_eq!(records(&whole, "metrics.jsonl").len(), 8);
     // Without --resume there is no run to extend.
     let mut args = pretrain_args("simdino", &m, &dir.path().join("fresh"), 4);
     args.extend(["--extend-steps", "4"].map(String::from));
