@@ -15,7 +15,9 @@
 #
 # The planned length (120 epochs of the training split) and so the learning-rate
 # and teacher-momentum schedules are fixed when the run starts; docs/training.md
-# says why each setting is what it is.
+# says why each setting is what it is. This is the second run: the first (alignment
+# weight 1, stopped at 106.7 epochs; its curve is docs/training-run1-log.jsonl) never
+# learned to match two views of one image, so this one weighs the alignment 10x.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -28,7 +30,7 @@ manifest=$run/corpus.csv
 [ -f "$manifest" ] || python3 scripts/split_corpus.py ../shared/data "$manifest"
 # glibc returns freed memory to the kernel and faults it back in, zeroed, at every
 # step (8% of the run's time in clear_page); keeping it mapped made the 2D steps
-# 7% faster here (median 1.165 s -> 1.08 s, X-ray).
+# 6-7% faster here (median 1.165 s -> 1.08-1.10 s, X-ray steps).
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-4294967296}
 export MALLOC_TOP_PAD_=${MALLOC_TOP_PAD_:-268435456}
@@ -39,7 +41,7 @@ if [ -f "$run/checkpoint/state.json" ]; then
 fi
 exec nice -n 19 "$train" pretrain --method simdino --preset tiny --depth 6 --head-hidden 1024 \
     --image-size 128 --manifest "$manifest" --split train --out "$run" --epochs 120 \
-    --lr 1e-4 --teacher-momentum 0.996 --local-views-2d 4 --local-views-3d 2 \
+    --lr 1e-4 --teacher-momentum 0.996 --alignment-weight 10 --local-views-2d 4 --local-views-3d 2 \
     --batch-2d 32 --batch-video 8 --batch-volume 4 --checkpoint-every 50 \
     --checkpoint-dtype f16 --eval-every 2000 --eval-split heldout --eval-fit-split train \
     --eval-fit-max-per-class 200 --seed 1 "${where[@]}"
