@@ -848,8 +848,15 @@ fn a_finished_run_extends_by_a_new_cycle_that_resumes_like_any_other() {
     args[6] = fork.to_str().unwrap().to_string();
     assert_eq!(args[5], "--out");
     args.extend(["--extend-steps", "2"].map(String::from));
+    // The fork takes the learning curve so far (here a stand-in for one).
+    let curve = "{\"step\": 0, \"r1\": {}}\n";
+    std::fs::write(whole.join("log.jsonl"), curve).unwrap();
     let text = run(bin().args(&args));
     assert!(text.contains("steps 8..10 of 10"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(fork.join("log.jsonl")).unwrap(),
+        curve
+    );
     let state = |d: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(d.join("checkpoint/state.json")).unwrap())
             .unwrap()
