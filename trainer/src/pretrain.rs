@@ -6,7 +6,7 @@ use crate::decode_cache::DecodeCache;
 use crate::loader::{self, BatchSizes, Loader, LoaderOptions};
 use crate::manifest;
 use crate::optim::{self, AdamW};
-use crate::schedule::{self, Cycle, Schedules};
+use crate::schedule::{Cycle, Schedules};
 use crate::trainee::Trainee;
 use indicatif::{ProgressBar, ProgressStyle};
 use m3ret_core::modality::Modality;
@@ -256,12 +256,6 @@ fn default_contrast_jitter() -> f64 {
     0.4
 }
 
-/// The teacher momentum a run starts from (see `--teacher-momentum`).
-pub fn momentum_start(args: &PretrainArgs, total: i64) -> f64 {
-    args.teacher_momentum
-        .unwrap_or_else(|| schedule::default_momentum(total))
-}
-
 fn excluded(args: &PretrainArgs) -> Result<Vec<Modality>, String> {
     args.exclude_modality
         .iter()
@@ -381,13 +375,13 @@ pub fn run(mut args: PretrainArgs) -> Result<(), String> {
         (None, None) => return Err("give --steps or --epochs".into()),
     }
     .max(1);
-    let first = Cycle {
-        start: 0,
-        end: planned,
-        lr: args.lr,
-        warmup: args.warmup_steps.unwrap_or((planned / 20).max(1)),
-        momentum_start: momentum_start(&args, planned),
-    };
+    let first = Cycle::new(
+        0,
+        planned,
+        args.lr,
+        args.warmup_steps,
+        args.teacher_momentum,
+    );
     extend(&mut args, resumed_at, &first, steps_per_epoch)?;
     let schedules = Schedules::new(first, &args.extensions, args.teacher_momentum_end)?;
     let total = schedules.total();
