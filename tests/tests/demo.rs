@@ -145,6 +145,17 @@ fn the_demo_runs_and_its_queries_return_what_they_say() {
     assert!(rows
         .windows(2)
         .all(|w| w[0].get::<_, f64>(1) <= w[1].get::<_, f64>(1)));
+    // The abdomen CT volume's nearest neighbour is a CT study (the committed body CT
+    // series), not a brain MRI as with the default model before the long run.
+    let nearest: String = c
+        .query_one(
+            "SELECT s.modality FROM studies s, (SELECT emb FROM studies WHERE study_id = 'sample-ct-1') q
+             WHERE s.study_id <> 'sample-ct-1' ORDER BY s.emb <=> q.emb LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(nearest, "ct", "the abdomen CT volume's nearest neighbour");
     // The warehouse query keeps its filter and its LIMIT.
     let rows = c
         .query(
