@@ -162,6 +162,11 @@ fn fitting_refuses_too_many_components_and_mixed_lengths() {
 /// A small SimDINO model file whose features are standardised with statistics fitted
 /// on random features (shapes and the transform are what matter here).
 fn standardized_model(whiten: i64) -> (Vec<u8>, Vec<u8>) {
+    standardized_model_with(whiten, Scope::Global)
+}
+
+/// As [`standardized_model`], with the whitening's axes shared or per modality.
+fn standardized_model_with(whiten: i64, whitening: Scope) -> (Vec<u8>, Vec<u8>) {
     tch::manual_seed(5);
     let mut c = ModelConfig::new(Method::Simdino, Preset::Tiny);
     c.encoder = EncoderConfig {
@@ -188,7 +193,7 @@ fn standardized_model(whiten: i64) -> (Vec<u8>, Vec<u8>) {
     let plain = file::to_bytes(&c, &tensors, WeightDtype::F16).unwrap();
     let mut fit = features(Modality::Xray, 0.5, 100, 96, 6);
     fit.extend(features(Modality::Ct, -0.5, 100, 96, 7));
-    let s = Standardizer::fit(config(Some(whiten), Scope::Global), &fit).unwrap();
+    let s = Standardizer::fit(config(Some(whiten), whitening), &fit).unwrap();
     tensors.extend(s.tensors());
     c.standardize = Some(s.config);
     c.format_version = FORMAT_VERSION;
@@ -295,5 +300,68 @@ fn a_file_whose_statistics_do_not_fit_its_config_is_refused() {
     let missing = file::to_bytes(&file.config, &tensors, WeightDtype::F32).unwrap();
     assert!(
         matches!(Embedder::from_bytes(&missing, Device::Cpu), Err(ModelError::MissingTensor(n)) if n == "standardize.mean.all")
+    );
+}
+
+#[test]
+fn shared_axes_are_stored_once_and_files_with_a_copy_per_modality_still_load_alike() {
+    let mut fit = features(Modality::Xray, 3.0, 200, 8, 8);
+    fit.extend(features(Modality::Mri, -1.0, 200, 8, 9));
+    let s = Standardizer::fit(config(Some(4), Scope::Global), &fit).unwrap();
+    let names: Vec<String> = s.tensors().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            "standardize.mean.all",
+            "standardize.whiten.all",
+            "standardize.mean.mri",
+            "standardize.mean.xray"
+        ]
+    );
+    // A file as written before: the shared matrix copied under every modality.
+    let (_, bytes) = standardized_model(10);
+    let mut file = m3ret_core::model::ModelFile::from_bytes(&bytes).unwrap();
+    assert!(!file.tensors.contains_key("standardize.whiten.xray"));
+    let shared = file.tensors["standardize.whiten.all"].copy();
+    for m in ["xray", "ct"] {
+        file.tensors
+            .insert(format!("standardize.whiten.{m}"), shared.copy());
+    }
+    let tensors: Vec<(String, Tensor)> = file
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let old = file::to_bytes(&file.config, &tensors, WeightDtype::F16).unwrap();
+    assert!(old.len() > bytes.len() + 2 * 96 * 10 * 4);
+    let studies = [
+        study(Modality::Xray, 1),
+        study(Modality::Ct, 2),
+        study(Modality::Mri, 3),
+    ];
+    let new = Embedder::from_bytes(&bytes, Device::Cpu).unwrap();
+    let old = Embedder::from_bytes(&old, Device::Cpu).unwrap();
+    assert_eq!(
+        new.embed_studies(&studies, 3).unwrap(),
+        old.embed_studies(&studies, 3).unwrap()
+    );
+}
+
+#[test]
+fn per_modality_axes_must_each_be_in_the_file() {
+    let (_, bytes) = standardized_model_with(10, Scope::Modality);
+    let mut file = m3ret_core::model::ModelFile::from_bytes(&bytes).unwrap();
+    assert!(file.tensors.contains_key("standardize.whiten.xray"));
+    assert!(Embedder::from_bytes(&bytes, Device::Cpu).is_ok());
+    // Unlike shared axes, a modality's own axes have no stand-in.
+    file.tensors.remove("standardize.whiten.xray");
+    let tensors: Vec<(String, Tensor)> = file
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let missing = file::to_bytes(&file.config, &tensors, WeightDtype::F32).unwrap();
+    assert!(
+        matches!(Embedder::from_bytes(&missing, Device::Cpu), Err(ModelError::MissingTensor(n)) if n == "standardize.whiten.xray")
     );
 }

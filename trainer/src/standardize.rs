@@ -20,8 +20,13 @@ pub struct StandardizeArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// A manifest CSV or a folder tree <modality>/<class>/<file>.
-    #[arg(long)]
-    pub manifest: PathBuf,
+    #[arg(long, required_unless_present = "rewrite")]
+    pub manifest: Option<PathBuf>,
+    /// Fit nothing: write the model's own statistics again in the current format (older
+    /// files stored shared whitening axes once per modality; this stores them once). The
+    /// vectors it makes do not change. Only --model, --out and --dtype apply.
+    #[arg(long, conflicts_with_all = ["manifest", "pooling", "pool_blocks", "max_per_class"])]
+    pub rewrite: bool,
     /// Manifest splits to fit on (repeatable). Never the split you evaluate on.
     #[arg(long = "split", default_value = "train")]
     pub splits: Vec<String>,
@@ -81,6 +86,11 @@ impl StandardizeArgs {
 pub fn run(args: StandardizeArgs) -> Result<(), String> {
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
     let mut file = ModelFile::from_path(&args.model).map_err(|e| e.to_string())?;
+    let dtype = WeightDtype::parse(&args.dtype).expect("validated by clap");
+    if args.rewrite {
+        return rewrite(&file, &args.out, dtype);
+    }
+    let manifest = args.manifest.as_ref().expect("required by clap");
     // A new pooling makes other features: earlier statistics no longer apply.
     if let Some(p) = args.pooling {
         file.config.pooling = p;
@@ -94,7 +104,7 @@ pub fn run(args: StandardizeArgs) -> Result<(), String> {
     let model = Embedder::from_file(&file, device).map_err(|e| e.to_string())?;
     model.set_cpu_precision(m3ret_core::precision::resolve_name(&args.precision)?.precision);
     let items = cap_per_class(
-        manifest::select(manifest::load(&args.manifest)?, &args.splits, &[]),
+        manifest::select(manifest::load(manifest)?, &args.splits, &[]),
         args.max_per_class,
     );
     if items.is_empty() {
@@ -111,24 +121,33 @@ pub fn run(args: StandardizeArgs) -> Result<(), String> {
         .collect();
     let mut config = args.config();
     config.fitted_on = serde_json::json!({
-        "manifest": args.manifest.display().to_string(),
+        "manifest": manifest.display().to_string(),
         "splits": args.splits,
         "max_per_class": args.max_per_class,
         "items": per_modality_counts(&features),
         "skipped": skipped,
     });
     let standardizer = Standardizer::fit(config.clone(), &features)?;
-    write(
-        &file,
-        standardizer,
-        &args.out,
-        WeightDtype::parse(&args.dtype).expect("validated by clap"),
-    )?;
+    write(&file, standardizer, &args.out, dtype)?;
     eprintln!(
         "wrote {} ({} items fitted, {skipped} unreadable)",
         args.out.display(),
         features.len()
     );
+    Ok(())
+}
+
+/// `--rewrite`: the file's statistics as they are, written in the current format.
+fn rewrite(file: &ModelFile, out: &std::path::Path, dtype: WeightDtype) -> Result<(), String> {
+    let config = file
+        .config
+        .standardize
+        .as_ref()
+        .ok_or("the model has no standardisation to rewrite")?;
+    let standardizer = Standardizer::from_file(config, file, file.config.feature_dims())
+        .map_err(|e| e.to_string())?;
+    write(file, standardizer, out, dtype)?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }
 

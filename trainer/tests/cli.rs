@@ -521,6 +521,67 @@ fn standardize_writes_a_whitened_model_and_eval_compares_every_method_in_every_f
         file.tensors.contains_key("standardize.mean.xray")
             && file.tensors.contains_key("standardize.whiten.all")
     );
+    // Shared axes are stored once, not again under each modality.
+    assert!(!file.tensors.contains_key("standardize.whiten.xray"));
+    // --rewrite turns a file written the old way (a copy of the axes per modality) into
+    // the current form, its statistics and weights unchanged.
+    let mut old = file
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect::<Vec<_>>();
+    old.push((
+        "standardize.whiten.xray".into(),
+        file.tensors["standardize.whiten.all"].copy(),
+    ));
+    let old_model = dir.path().join("old.safetensors");
+    m3ret_core::model::file::save(
+        &old_model,
+        &file.config,
+        &old,
+        m3ret_core::model::file::WeightDtype::F16,
+    )
+    .unwrap();
+    let rewritten = dir.path().join("rewritten.safetensors");
+    run(bin().args([
+        "standardize",
+        "--rewrite",
+        "--model",
+        old_model.to_str().unwrap(),
+        "--out",
+        rewritten.to_str().unwrap(),
+    ]));
+    let again = m3ret_core::model::ModelFile::from_path(&rewritten).unwrap();
+    assert_eq!(again.config, file.config);
+    assert_eq!(
+        again.tensors.keys().collect::<Vec<_>>(),
+        file.tensors.keys().collect::<Vec<_>>()
+    );
+    for (name, t) in &file.tensors {
+        assert!(again.tensors[name].equal(t), "{name} changed");
+    }
+    assert_eq!(
+        std::fs::metadata(&rewritten).unwrap().len(),
+        std::fs::metadata(&std_model).unwrap().len()
+    );
+    // A model without statistics has nothing to rewrite.
+    let none = bin()
+        .args([
+            "standardize",
+            "--rewrite",
+            "--model",
+            plain.to_str().unwrap(),
+            "--out",
+            dir.path().join("x.safetensors").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("no standardisation to rewrite"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
     // Too many components for the features: a clear error, no file.
     let bad = bin()
         .args(args(&[

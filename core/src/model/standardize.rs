@@ -10,7 +10,8 @@
 //!
 //! The transform of a feature `x` (L2-normalised pooled output) of modality `m`:
 //! `y = normalize((x - mean[m]) W[m])`, where `mean[m]` and `W[m]` are the fitted
-//! ones of `m`, or the global ones (`all`) when `m` had no items to fit on.
+//! ones of `m`, or the global ones (`all`) when `m` had no items to fit on. With shared
+//! axes (`whitening: global`) every `W[m]` is `W[all]`, stored once.
 
 use super::file::ModelFile;
 use super::l2_normalize;
@@ -193,6 +194,10 @@ impl Standardizer {
     }
 
     /// Reads the statistics of a model file whose config has a standardisation.
+    ///
+    /// With shared axes (`whitening: global`) a modality's whitening matrix is the
+    /// global one: files written since stored it once (`standardize.whiten.all`), and
+    /// older files, which stored a copy per modality, still load as they were.
     pub fn from_file(
         config: &StandardizeConfig,
         file: &ModelFile,
@@ -200,6 +205,22 @@ impl Standardizer {
     ) -> Result<Standardizer, ModelError> {
         config.validate(features).map_err(ModelError::BadConfig)?;
         let out = config.output_dims(features);
+        let whiten_of = |name: &str| -> Result<Option<Tensor>, ModelError> {
+            let key = format!("{WHITEN_PREFIX}{name}");
+            match file.tensors.get(&key) {
+                Some(w) => {
+                    expect_shape(&key, w, &[features, out])?;
+                    Ok(Some(w.shallow_clone()))
+                }
+                None => Ok(None),
+            }
+        };
+        let shared = match config.whiten {
+            Some(_) => Some(whiten_of(GLOBAL_KEY)?.ok_or_else(|| {
+                ModelError::MissingTensor(format!("{WHITEN_PREFIX}{GLOBAL_KEY}"))
+            })?),
+            None => None,
+        };
         let mut groups = BTreeMap::new();
         for (name, mean) in file
             .tensors
@@ -207,18 +228,16 @@ impl Standardizer {
             .filter_map(|(n, t)| n.strip_prefix(MEAN_PREFIX).map(|k| (k, t)))
         {
             expect_shape(&format!("{MEAN_PREFIX}{name}"), mean, &[features])?;
-            let whiten = match config.whiten {
-                None => None,
-                Some(_) => {
-                    let key = format!("{WHITEN_PREFIX}{name}");
-                    let w = file
-                        .tensors
-                        .get(&key)
-                        .ok_or_else(|| ModelError::MissingTensor(key.clone()))?;
-                    expect_shape(&key, w, &[features, out])?;
-                    Some(w.shallow_clone())
-                }
-            };
+            let whiten =
+                match (&shared, config.whitening) {
+                    (None, _) => None,
+                    (Some(shared), Scope::Global) => {
+                        Some(whiten_of(name)?.unwrap_or_else(|| shared.shallow_clone()))
+                    }
+                    (Some(_), Scope::Modality) => Some(whiten_of(name)?.ok_or_else(|| {
+                        ModelError::MissingTensor(format!("{WHITEN_PREFIX}{name}"))
+                    })?),
+                };
             groups.insert(
                 name.to_string(),
                 GroupStats {
@@ -238,12 +257,18 @@ impl Standardizer {
         })
     }
 
-    /// The tensors to store in a model file.
+    /// The tensors to store in a model file. Shared axes are stored once, as the
+    /// global group's: every modality's matrix is that one.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let shared_axes = self.config.whitening == Scope::Global;
         let mut out = Vec::new();
         for (key, g) in &self.groups {
             out.push((format!("{MEAN_PREFIX}{key}"), g.mean.shallow_clone()));
-            if let Some(w) = &g.whiten {
+            if let Some(w) = g
+                .whiten
+                .as_ref()
+                .filter(|_| key == GLOBAL_KEY || !shared_axes)
+            {
                 out.push((format!("{WHITEN_PREFIX}{key}"), w.shallow_clone()));
             }
         }
