@@ -15,9 +15,13 @@ left most local crops with background only (the trained encoder stayed at chance
 second varied background level, gradient and noise far beyond what the views vary (the
 encoder retrieved by those); the third (these flags' defaults: 5-10 copies, radius
 7-16, background 0.1-0.3, lift 0.4-0.6) keeps the nuisances within the views' default
-jitter; the fourth, which scripts/synthetic_check.sh draws, fills the image with 20-30
-smaller copies (radius 6-11) on a background of 0.05-0.45, lift 0.3-0.5, and the check
-widens the views' jitter to match.
+jitter; the fourth filled the image with 20-30 smaller copies (radius 6-11) on a
+background of 0.05-0.45, lift 0.3-0.5, with the views' jitter widened to match. The
+fifth, which scripts/synthetic_check.sh draws, narrows the background (0.15-0.35) and
+the lift (0.35-0.45) well inside the views' widened jitter, so that an image's own
+brightness is no longer a feature its crops share and other images lack (SimDINO had
+learned it as one), and draws 12-16 copies of radius 9-15, large enough that a disk
+and a square, or a ring and a frame, differ at the scale of a patch.
 
 Written as a folder tree xray/<shape>/<n>.png (the trainer's folder-tree manifest;
 "xray" only because the set is 2D and grey). Standard library only (no numpy).
