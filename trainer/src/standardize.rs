@@ -23,9 +23,10 @@ pub struct StandardizeArgs {
     #[arg(long, required_unless_present = "rewrite")]
     pub manifest: Option<PathBuf>,
     /// Fit nothing: write the model's own statistics again in the current format (older
-    /// files stored shared whitening axes once per modality; this stores them once). The
-    /// vectors it makes do not change. Only --model, --out and --dtype apply.
-    #[arg(long, conflicts_with_all = ["manifest", "pooling", "pool_blocks", "max_per_class"])]
+    /// files stored shared whitening axes once per modality; this stores them once), the
+    /// weights in the precision they had. The vectors it makes do not change. Only
+    /// --model and --out apply.
+    #[arg(long, conflicts_with_all = ["manifest", "pooling", "pool_blocks", "max_per_class", "dtype"])]
     pub rewrite: bool,
     /// Manifest splits to fit on (repeatable). Never the split you evaluate on.
     #[arg(long = "split", default_value = "train")]
@@ -85,11 +86,11 @@ impl StandardizeArgs {
 
 pub fn run(args: StandardizeArgs) -> Result<(), String> {
     let device = parse_device(&args.device).map_err(|e| e.to_string())?;
+    if args.rewrite {
+        return rewrite(&args.model, &args.out);
+    }
     let mut file = ModelFile::from_path(&args.model).map_err(|e| e.to_string())?;
     let dtype = WeightDtype::parse(&args.dtype).expect("validated by clap");
-    if args.rewrite {
-        return rewrite(&file, &args.out, dtype);
-    }
     let manifest = args.manifest.as_ref().expect("required by clap");
     // A new pooling makes other features: earlier statistics no longer apply.
     if let Some(p) = args.pooling {
@@ -137,16 +138,20 @@ pub fn run(args: StandardizeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// `--rewrite`: the file's statistics as they are, written in the current format.
-fn rewrite(file: &ModelFile, out: &std::path::Path, dtype: WeightDtype) -> Result<(), String> {
+/// `--rewrite`: the file's statistics as they are, written in the current format, its
+/// weights in their own precision.
+fn rewrite(model: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+    let bytes = std::fs::read(model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let file = ModelFile::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    let dtype = file::stored_weight_dtype(&bytes).map_err(|e| e.to_string())?;
     let config = file
         .config
         .standardize
         .as_ref()
         .ok_or("the model has no standardisation to rewrite")?;
-    let standardizer = Standardizer::from_file(config, file, file.config.feature_dims())
+    let standardizer = Standardizer::from_file(config, &file, file.config.feature_dims())
         .map_err(|e| e.to_string())?;
-    write(file, standardizer, out, dtype)?;
+    write(&file, standardizer, out, dtype)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

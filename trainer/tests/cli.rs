@@ -524,7 +524,8 @@ fn standardize_writes_a_whitened_model_and_eval_compares_every_method_in_every_f
     // Shared axes are stored once, not again under each modality.
     assert!(!file.tensors.contains_key("standardize.whiten.xray"));
     // --rewrite turns a file written the old way (a copy of the axes per modality) into
-    // the current form, its statistics and weights unchanged.
+    // the current form, its statistics and weights unchanged, in their own precision.
+    use m3ret_core::model::file::{save, stored_weight_dtype, WeightDtype};
     let mut old = file
         .tensors
         .iter()
@@ -534,36 +535,37 @@ fn standardize_writes_a_whitened_model_and_eval_compares_every_method_in_every_f
         "standardize.whiten.xray".into(),
         file.tensors["standardize.whiten.all"].copy(),
     ));
-    let old_model = dir.path().join("old.safetensors");
-    m3ret_core::model::file::save(
-        &old_model,
-        &file.config,
-        &old,
-        m3ret_core::model::file::WeightDtype::F16,
-    )
-    .unwrap();
-    let rewritten = dir.path().join("rewritten.safetensors");
-    run(bin().args([
-        "standardize",
-        "--rewrite",
-        "--model",
-        old_model.to_str().unwrap(),
-        "--out",
-        rewritten.to_str().unwrap(),
-    ]));
-    let again = m3ret_core::model::ModelFile::from_path(&rewritten).unwrap();
-    assert_eq!(again.config, file.config);
-    assert_eq!(
-        again.tensors.keys().collect::<Vec<_>>(),
-        file.tensors.keys().collect::<Vec<_>>()
-    );
-    for (name, t) in &file.tensors {
-        assert!(again.tensors[name].equal(t), "{name} changed");
+    for dtype in [WeightDtype::F16, WeightDtype::F32] {
+        let old_model = dir.path().join(format!("old-{dtype:?}.safetensors"));
+        save(&old_model, &file.config, &old, dtype).unwrap();
+        let rewritten = dir.path().join(format!("rewritten-{dtype:?}.safetensors"));
+        run(bin().args([
+            "standardize",
+            "--rewrite",
+            "--model",
+            old_model.to_str().unwrap(),
+            "--out",
+            rewritten.to_str().unwrap(),
+        ]));
+        let bytes = std::fs::read(&rewritten).unwrap();
+        assert_eq!(stored_weight_dtype(&bytes).unwrap(), dtype);
+        let again = m3ret_core::model::ModelFile::from_bytes(&bytes).unwrap();
+        assert_eq!(again.config, file.config);
+        assert_eq!(
+            again.tensors.keys().collect::<Vec<_>>(),
+            file.tensors.keys().collect::<Vec<_>>()
+        );
+        for (name, t) in &file.tensors {
+            assert!(again.tensors[name].equal(t), "{name} changed ({dtype:?})");
+        }
+        if dtype == WeightDtype::F16 {
+            // The file std_model is: f16 weights, the same tensors.
+            assert_eq!(
+                bytes.len() as u64,
+                std::fs::metadata(&std_model).unwrap().len()
+            );
+        }
     }
-    assert_eq!(
-        std::fs::metadata(&rewritten).unwrap().len(),
-        std::fs::metadata(&std_model).unwrap().len()
-    );
     // A model without statistics has nothing to rewrite.
     let none = bin()
         .args([

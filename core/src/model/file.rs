@@ -97,6 +97,30 @@ pub fn save(
     std::fs::write(path, bytes).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))
 }
 
+/// The precision a model file's weights are stored in: that of its first tensor outside
+/// the standardisation (whose statistics are f32 whatever the weights are).
+pub fn stored_weight_dtype(bytes: &[u8]) -> Result<WeightDtype, ModelError> {
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| ModelError::NotSafetensors(e.to_string()))?;
+    let mut names = st.names();
+    names.sort();
+    let weight = names
+        .into_iter()
+        .find(|n| !is_standardize_tensor(n))
+        .ok_or_else(|| ModelError::NotM3ret("it holds no weights".into()))?;
+    let view = st
+        .tensor(weight)
+        .map_err(|e| ModelError::NotSafetensors(e.to_string()))?;
+    match view.dtype() {
+        Dtype::F32 => Ok(WeightDtype::F32),
+        Dtype::F16 => Ok(WeightDtype::F16),
+        Dtype::BF16 => Ok(WeightDtype::Bf16),
+        other => Err(ModelError::NotM3ret(format!(
+            "it holds a {other:?} tensor; m3ret stores f32, f16 or bf16"
+        ))),
+    }
+}
+
 /// The SHA-256 of a model file's bytes, in hex: the identity of a model version.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
