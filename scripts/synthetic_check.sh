@@ -16,7 +16,7 @@
 # image, radius 9-15 pixels, background level 0.15-0.35, the shapes 0.35-0.45 above it.
 # The views' intensity and contrast jitter are widened well beyond those levels, so
 # that the views, not the set, decide what the encoder must ignore: a level the views
-# do not blur is a feature every crop of an image shares, and SimDINO learns it.
+# do not blur is a feature every crop of an image shares, one SimDINO can learn.
 #
 # Not part of the tests: it takes minutes and says what it measured.
 set -euo pipefail

@@ -19,8 +19,8 @@ jitter; the fourth filled the image with 20-30 smaller copies (radius 6-11) on a
 background of 0.05-0.45, lift 0.3-0.5, with the views' jitter widened to match. The
 fifth, which scripts/synthetic_check.sh draws, narrows the background (0.15-0.35) and
 the lift (0.35-0.45) well inside the views' widened jitter, so that an image's own
-brightness is no longer a feature its crops share and other images lack (SimDINO had
-learned it as one), and draws 12-16 copies of radius 9-15, large enough that a disk
+brightness is no longer a feature its crops share and other images lack (one SimDINO
+can learn; docs/training.md), and draws 12-16 copies of radius 9-15, large enough that a disk
 and a square, or a ring and a frame, differ at the scale of a patch.
 
 Written as a folder tree xray/<shape>/<n>.png (the trainer's folder-tree manifest;
