@@ -109,7 +109,14 @@ fn hand_over(stream: &mut UnixStream, model: &ModelRef) {
         model: key_of(model),
         label: model.label(),
     };
-    match ask(stream, &request, &[&weights]).header {
+    let answer = ask(stream, &request, &[&weights]).header;
+    drop(weights);
+    // The file's bytes (and the detoasted copy SPI read them from) were freed into
+    // glibc's heap, which keeps them: a backend that handed a model over once would
+    // hold its size for the rest of the session. Hand that memory back now.
+    // SAFETY: a plain libc call.
+    unsafe { libc::malloc_trim(0) };
+    match answer {
         Answer::Loaded => {}
         Answer::Failed { error } => raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, error),
         other => protocol_error(&other),
