@@ -203,6 +203,16 @@ fn standardized_model_with(whiten: i64, whitening: Scope) -> (Vec<u8>, Vec<u8>) 
     )
 }
 
+/// A parsed model file written back to bytes, as it stands.
+fn bytes_of(file: &m3ret_core::model::ModelFile, dtype: WeightDtype) -> Vec<u8> {
+    let tensors: Vec<(String, Tensor)> = file
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    file::to_bytes(&file.config, &tensors, dtype).unwrap()
+}
+
 fn study(modality: Modality, seed: i64) -> Study {
     tch::manual_seed(seed);
     let tensor = Tensor::rand([3, 4, 32, 32], (Kind::Float, Device::Cpu));
@@ -272,12 +282,7 @@ fn a_file_whose_statistics_do_not_fit_its_config_is_refused() {
     let (_, bytes) = standardized_model(10);
     let mut file = m3ret_core::model::ModelFile::from_bytes(&bytes).unwrap();
     file.config.standardize.as_mut().unwrap().whiten = Some(12);
-    let tensors: Vec<(String, Tensor)> = file
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
-    let wrong = file::to_bytes(&file.config, &tensors, WeightDtype::F32).unwrap();
+    let wrong = bytes_of(&file, WeightDtype::F32);
     match Embedder::from_bytes(&wrong, Device::Cpu) {
         Err(ModelError::ShapeMismatch {
             name,
@@ -292,12 +297,7 @@ fn a_file_whose_statistics_do_not_fit_its_config_is_refused() {
     let mut file = m3ret_core::model::ModelFile::from_bytes(&bytes).unwrap();
     file.tensors
         .retain(|n, _| !n.starts_with("standardize.mean.all"));
-    let tensors: Vec<(String, Tensor)> = file
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
-    let missing = file::to_bytes(&file.config, &tensors, WeightDtype::F32).unwrap();
+    let missing = bytes_of(&file, WeightDtype::F32);
     assert!(
         matches!(Embedder::from_bytes(&missing, Device::Cpu), Err(ModelError::MissingTensor(n)) if n == "standardize.mean.all")
     );
@@ -327,12 +327,7 @@ fn shared_axes_are_stored_once_and_files_with_a_copy_per_modality_still_load_ali
         file.tensors
             .insert(format!("standardize.whiten.{m}"), shared.copy());
     }
-    let tensors: Vec<(String, Tensor)> = file
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
-    let old = file::to_bytes(&file.config, &tensors, WeightDtype::F16).unwrap();
+    let old = bytes_of(&file, WeightDtype::F16);
     assert!(old.len() > bytes.len() + 2 * 96 * 10 * 4);
     let studies = [
         study(Modality::Xray, 1),
@@ -355,12 +350,7 @@ fn per_modality_axes_must_each_be_in_the_file() {
     assert!(Embedder::from_bytes(&bytes, Device::Cpu).is_ok());
     // Unlike shared axes, a modality's own axes have no stand-in.
     file.tensors.remove("standardize.whiten.xray");
-    let tensors: Vec<(String, Tensor)> = file
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
-    let missing = file::to_bytes(&file.config, &tensors, WeightDtype::F32).unwrap();
+    let missing = bytes_of(&file, WeightDtype::F32);
     assert!(
         matches!(Embedder::from_bytes(&missing, Device::Cpu), Err(ModelError::MissingTensor(n)) if n == "standardize.whiten.xray")
     );
