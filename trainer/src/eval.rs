@@ -22,7 +22,9 @@ pub struct EvalArgs {
     /// A manifest CSV or a folder tree <modality>/<class>/<file>.
     #[arg(long)]
     pub manifest: PathBuf,
-    /// Manifest splits to evaluate on (repeatable; default: every row).
+    /// Manifest splits to evaluate on (repeatable; default: every row). NAME:a and NAME:b
+    /// are the two halves of split NAME, hashed by file: e.g. --split train:b --fit-split
+    /// train:a compares readouts on the training split without the held-out one.
     #[arg(long = "split")]
     pub splits: Vec<String>,
     /// Output folder for report.md, report.json and montage.png.
@@ -47,7 +49,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// Splits to fit the standardisation forms on (repeatable), e.g. train: each baseline is
-    /// then also reported in its best form, and every method's forms are tabled.
+    /// then also reported in its best form, and every method's forms are tabled. NAME:a
+    /// and NAME:b are its halves, as for --split.
     #[arg(long = "fit-split")]
     pub fit_splits: Vec<String>,
     /// Items per class of the fit splits (evenly spread over the class).

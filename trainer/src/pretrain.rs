@@ -67,7 +67,8 @@ pub struct PretrainArgs {
     /// Leave a modality out of pretraining (repeatable), e.g. mri for the paper's unseen-MRI setting.
     #[arg(long = "exclude-modality")]
     pub exclude_modality: Vec<String>,
-    /// Manifest splits to train on (repeatable; default: every row).
+    /// Manifest splits to train on (repeatable; default: every row; NAME:a and NAME:b are
+    /// the two halves of split NAME, hashed by file).
     #[arg(long = "split")]
     pub splits: Vec<String>,
     /// Random seed (weights, sampling, masks, augmentations).

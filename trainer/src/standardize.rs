@@ -28,7 +28,8 @@ pub struct StandardizeArgs {
     /// --model and --out apply.
     #[arg(long, conflicts_with_all = ["manifest", "pooling", "pool_blocks", "max_per_class", "dtype"])]
     pub rewrite: bool,
-    /// Manifest splits to fit on (repeatable). Never the split you evaluate on.
+    /// Manifest splits to fit on (repeatable). Never the split you evaluate on. NAME:a and
+    /// NAME:b are the two halves of split NAME, hashed by file.
     #[arg(long = "split", default_value = "train")]
     pub splits: Vec<String>,
     /// The model file to write: the same weights with the fitted statistics.
