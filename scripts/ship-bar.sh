@@ -10,8 +10,9 @@
 #                                            (default ship-bar/; not committed)
 #
 # The run may be training while this runs: its checkpoint folder is replaced, by a
-# rename, every 50 steps, so the script copies it first (retrying if the copy met a
-# rename) and scores the copy. `nice` lets the run go first.
+# rename, every 50 steps, so the script copies it first and scores the copy; a copy
+# during which the run's step changed (it may hold files of two steps) is made again.
+# `nice` lets the run go first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -23,17 +24,20 @@ manifest=$run/corpus.csv
 [ -f "$manifest" ] || python3 scripts/split_corpus.py ../shared/data "$manifest"
 mkdir -p "$out"
 
+step_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' "$1" 2>/dev/null; }
 snapshot=$out/checkpoint
 for try in 1 2 3 4 5; do
     rm -rf "$snapshot"
+    before=$(step_of "$run/checkpoint/state.json" || true)
     if cp -r "$run/checkpoint" "$snapshot" 2>/dev/null && [ -f "$snapshot/model.safetensors" ] \
-        && [ -f "$snapshot/state.json" ]; then
+        && [ -n "$before" ] && [ "$(step_of "$run/checkpoint/state.json" || true)" = "$before" ] \
+        && [ "$(step_of "$snapshot/state.json" || true)" = "$before" ]; then
         break
     fi
     [ "$try" = 5 ] && { echo "could not copy $run/checkpoint" >&2; exit 1; }
     sleep 2
 done
-step=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' "$snapshot/state.json")
+step=$before
 echo "scoring the teacher of $run at step $step"
 
 nice -n 10 "$train" export --checkpoint "$snapshot" --out "$out/teacher.safetensors" --dtype f32
