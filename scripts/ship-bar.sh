@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Scores a run's teacher against issue 30's bar to ship, on the training split only:
-# the shipped readout (grid4x4 over all 6 blocks, centred per modality, 256 shared
+# the shipped readout (grid4x4 over all blocks, centred per modality, 256 shared
 # whitened axes, shrinkage 100) fitted on one half of the training split (train:a) and
 # scored on the other (train:b), beside the untrained encoder and raw pixels read out
 # the same way. The held-out split is never read, so the figures may decide a ship.
@@ -24,25 +24,26 @@ manifest=$run/corpus.csv
 [ -f "$manifest" ] || python3 scripts/split_corpus.py ../shared/data "$manifest"
 mkdir -p "$out"
 
-step_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' "$1" 2>/dev/null; }
+# A field of a checkpoint's state.json: step, or one of the run's settings.
+state_of() { python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s.get(sys.argv[2], s["settings"].get(sys.argv[2])))' "$1" "$2" 2>/dev/null; }
 snapshot=$out/checkpoint
 for try in 1 2 3 4 5; do
     rm -rf "$snapshot"
-    before=$(step_of "$run/checkpoint/state.json" || true)
+    before=$(state_of "$run/checkpoint/state.json" step || true)
     if cp -r "$run/checkpoint" "$snapshot" 2>/dev/null && [ -f "$snapshot/model.safetensors" ] \
-        && [ -n "$before" ] && [ "$(step_of "$run/checkpoint/state.json" || true)" = "$before" ] \
-        && [ "$(step_of "$snapshot/state.json" || true)" = "$before" ]; then
+        && [ -n "$before" ] && [ "$(state_of "$run/checkpoint/state.json" step || true)" = "$before" ]; then
         break
     fi
     [ "$try" = 5 ] && { echo "could not copy $run/checkpoint" >&2; exit 1; }
     sleep 2
 done
 step=$before
+depth=$(state_of "$snapshot/state.json" depth)
 echo "scoring the teacher of $run at step $step"
 
 nice -n 10 "$train" export --checkpoint "$snapshot" --out "$out/teacher.safetensors" --dtype f32
 nice -n 10 "$train" standardize --model "$out/teacher.safetensors" --manifest "$manifest" \
-    --split train:a --max-per-class 200 --pooling grid4x4 --pool-blocks 6 --centering modality \
+    --split train:a --max-per-class 200 --pooling grid4x4 --pool-blocks "$depth" --centering modality \
     --whiten 256 --whitening global --shrinkage 100 --out "$out/teacher-std.safetensors" \
     --dtype f16 --device cpu
 nice -n 10 "$train" eval --model "$out/teacher-std.safetensors" --manifest "$manifest" \
