@@ -758,7 +758,23 @@ fn a_run_split_in_two_keeps_its_schedules_and_learning_curve() {
     );
     assert_eq!(cb.keys().copied().collect::<Vec<_>>(), vec![0, 4, 8]);
     assert_eq!(ca[&0], cb[&0]);
-    assert_eq!(ca[&4]["r1"], cb[&4]["r1"]);
+    // The trained R@1 at the split may move by one of the 4 test queries a modality:
+    // training is reproducible only to rounding between processes (the loss tolerance
+    // above); on an AVX2-only CPU, in f32, one endoscopy query ranked differently.
+    for modality in ["xray", "endoscopy"] {
+        let (x, y) = (&ca[&4]["r1"][modality], &cb[&4]["r1"][modality]);
+        for key in ["untrained", "raw_pixels"] {
+            assert_eq!(x[key], y[key], "step 4 {modality} {key}");
+        }
+        let (tx, ty) = (
+            x["trained"].as_f64().unwrap(),
+            y["trained"].as_f64().unwrap(),
+        );
+        assert!(
+            (tx - ty).abs() <= 0.25 + 1e-9,
+            "step 4 {modality}: {tx} vs {ty}"
+        );
+    }
     for (step, r) in &cb {
         assert_eq!(r["samples"].as_u64().unwrap(), *step as u64 * 8, "{r}");
         let epochs = r["epochs"].as_f64().unwrap();
